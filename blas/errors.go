@@ -1,0 +1,4 @@
+package blas
+
+// Panic messages.
+const errThreads = "blas: thread count must be at least 1"
