@@ -1,0 +1,95 @@
+# clipmpi: `make run` and `make test` do all set-up themselves.
+SHELL      := /bin/bash
+GO         ?= go
+TAGS       ?= mpi openblas
+GOTAGS     := -tags '$(TAGS)'
+BIN        := $(CURDIR)/bin
+MPIRUN     := $(CURDIR)/scripts/mpirun.sh
+NP         ?= 2
+# MPI world sizes the communicator conformance suite runs at.
+MPI_NPS    ?= 1 2 3 4
+STATICCHECK_VERSION := v0.8.2
+export CLIPMPI_GOLDEN ?= $(abspath $(CURDIR)/../shared/golden)
+
+.PHONY: all deps build run test unit test-mpi test-golden race vet lint fmt-check fmt bench clean
+
+all: build
+
+deps:
+	@scripts/deps.sh
+
+build: deps
+	$(GO) build $(GOTAGS) ./...
+	$(GO) build $(GOTAGS) -o $(BIN)/check ./examples/check
+
+# The main job on its built-in data: every OpenCLIP mode on 2 ranks, checked
+# against one process.
+run: build
+	$(MPIRUN) $(NP) $(BIN)/check
+
+# Everything a contributor keeps green.
+test: deps fmt-check vet lint unit race test-mpi test-golden
+	@echo "make test: all passed"
+
+# Unit and in-process tests, pure Go (no tags: what a bare machine builds) and
+# with OpenBLAS and MPI compiled in.
+unit: deps
+	$(GO) test ./...
+	$(GO) test $(GOTAGS) ./...
+
+race: deps
+	$(GO) test -race $(GOTAGS) ./mpi/... ./loss/... ./test/...
+
+$(BIN)/mpi.test: deps FORCE
+	$(GO) test -c $(GOTAGS) -o $@ ./mpi
+
+$(BIN)/golden.test: deps FORCE
+	$(GO) test -c $(GOTAGS) -o $@ ./test
+
+# The communicator conformance suite on real MPI at every size in MPI_NPS.
+test-mpi: $(BIN)/mpi.test
+	@for np in $(MPI_NPS); do \
+	  echo "== mpirun -np $$np mpi.test"; \
+	  $(MPIRUN) $$np $(BIN)/mpi.test -test.run 'TestWorld' -test.v | grep -E '^(---|===|ok|PASS|FAIL|panic)|rank' ; \
+	  [ $${PIPESTATUS[0]} = 0 ] || exit 1; \
+	done
+
+# The OpenCLIP golden cases in $(CLIPMPI_GOLDEN): in-process ranks under go
+# test, then under mpirun -np W for every world size W among the cases.
+test-golden: $(BIN)/golden.test
+	$(GO) test $(GOTAGS) -run 'TestGolden' -v ./test | grep -E '^(ok|FAIL|PASS|---|panic)|^\s+--- (FAIL|SKIP)|SKIP:|golden' | grep -v -- '--- PASS' ; [ $${PIPESTATUS[0]} = 0 ]
+	@worlds=$$(cd test && $(BIN)/golden.test -golden.worlds) || exit 1; \
+	for w in $$worlds; do \
+	  echo "== mpirun -np $$w golden.test (cases with world_size $$w)"; \
+	  $(MPIRUN) $$w -x CLIPMPI_GOLDEN $(BIN)/golden.test -test.run 'TestGoldenMPI' -test.v > $(BIN)/golden-np$$w.log 2>&1; rc=$$?; \
+	  grep -E '^(ok|FAIL|PASS)|^--- |^    --- (FAIL|SKIP)' $(BIN)/golden-np$$w.log | grep -v 'needs mpirun -np'; \
+	  grep -c -E '^        --- PASS' $(BIN)/golden-np$$w.log | sed 's/^/   algorithm runs passed: /'; \
+	  if [ $$rc != 0 ]; then tail -50 $(BIN)/golden-np$$w.log; exit 1; fi; \
+	done
+
+vet: deps
+	$(GO) vet ./...
+	$(GO) vet $(GOTAGS) ./...
+
+$(BIN)/staticcheck:
+	GOBIN=$(BIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+
+lint: deps $(BIN)/staticcheck
+	$(BIN)/staticcheck ./...
+	$(BIN)/staticcheck $(GOTAGS) ./...
+
+fmt-check:
+	@out=$$(gofmt -s -l $$(git ls-files -co --exclude-standard '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt -s would change:"; echo "$$out"; exit 1; fi
+
+fmt:
+	gofmt -s -w $$(git ls-files -co --exclude-standard '*.go')
+
+# Go benchmarks of blas, mpi and loss (key=value names, GFLOP/s).
+bench: deps
+	OPENBLAS_NUM_THREADS=1 $(GO) test $(GOTAGS) -run '^$$' -bench . -benchmem ./blas ./loss ./mpi
+
+clean:
+	rm -rf $(BIN) run
+
+FORCE:

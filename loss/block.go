@@ -1,0 +1,228 @@
+package loss
+
+import (
+	"fmt"
+	"math"
+
+	"github.com/clipmpi/clipmpi/blas"
+	"github.com/clipmpi/clipmpi/mpi"
+)
+
+// defaultTile is the column tile width of the Tiled algorithm when the
+// options leave it 0: wide enough for GEMM efficiency, narrow enough that a
+// b×tile block of a few thousand rows stays in the tens of MiB.
+const defaultTile = 1024
+
+// blockClip is the one-block algorithm (Fused, and Tiled when tiled is set).
+//
+// Only the text features are gathered. Rank r computes X_r = I_r·T_allᵀ
+// (b×N, or one b×tile column tile at a time), its row statistics locally and
+// its share of the column statistics, completed by two all-reduces of
+// N-vectors (MAX of the maxima, then SUM of the rescaled sums). Backward
+// forms dS on the same rows and needs two GEMMs, dI_r = s·dS·T_all and the
+// text partials dSᵀ·I_r, which a reduce-scatter sends to their owners.
+// See DESIGN.md, "The one-block algorithm, verified".
+type blockClip[T blas.Float] struct {
+	comm  mpi.Comm
+	tiled bool
+	tile  int
+
+	tall       []T // N×d gathered text features
+	x          []T // b×N (Fused) or b×tile (Tiled) logits before scaling
+	dt         []T // second gradient block, local without gather_with_grad
+	partial    []T // N×d text-gradient partials, reduce-scattered
+	rowM, rowS []float64
+	colM, colS []float64 // N: column max, then log-sum
+	colX, colB []float64 // N: column direction's scale and bias gradient shares
+	diag       []float64 // b: logit of each row's positive pair
+	small      []float64
+	smallOut   []float64
+}
+
+func (a *blockClip[T]) run(dImg, dTxt, img, txt []T, lg Logit, st *clipStep) (Result, error) {
+	b, n, d := st.b, st.n, st.d
+	scale, bias := lg.Scale, 0.0
+	if lg.HasBias {
+		bias = lg.Bias
+	}
+	tile := n
+	if a.tiled {
+		tile = a.tile
+		if tile == 0 {
+			tile = defaultTile
+		}
+		tile = min(tile, n)
+	}
+	a.tall = grow(a.tall, n*d)
+	if err := allgather(a.comm, a.tall, txt); err != nil {
+		return Result{}, fmt.Errorf("loss: gathering text features: %w", err)
+	}
+	a.x = grow(a.x, b*tile)
+	a.rowM, a.rowS = grow(a.rowM, b), grow(a.rowS, b)
+	a.colM, a.colS = grow(a.colM, n), grow(a.colS, n)
+	a.diag = grow(a.diag, b)
+	fill(a.rowM, math.Inf(-1))
+	fill(a.rowS, 0)
+	diag0 := st.rank * b
+
+	// Forward: row and column statistics tile by tile.
+	for j0 := 0; j0 < n; j0 += tile {
+		w := min(tile, n-j0)
+		x, ld := a.tileBuf(a.x, j0, w, tile, n)
+		blas.Gemm(blas.NoTrans, blas.Trans, b, w, d, 1, img, d, a.tall[j0*d:], d, 0, x, ld)
+		statsTile(x, ld, b, w, scale, bias, a.rowM, a.rowS, a.colM[j0:], a.colS[j0:])
+		for i := max(0, j0-diag0); i < b && diag0+i < j0+w; i++ {
+			a.diag[i] = scale*float64(x[i*ld+diag0+i-j0]) + bias
+		}
+	}
+	if err := a.completeColumns(); err != nil {
+		return Result{}, err
+	}
+	for i := range a.rowS {
+		a.rowS[i] = math.Log(a.rowS[i])
+	}
+	// Loss terms of this rank's own positive pairs, both directions.
+	var lossSum float64
+	for i := 0; i < b; i++ {
+		c := diag0 + i
+		lossSum -= (a.diag[i] - a.rowM[i]) - a.rowS[i]
+		lossSum -= (a.diag[i] - a.colM[c]) - a.colS[c]
+	}
+	if !st.backward {
+		if st.local {
+			return Result{Loss: lossSum / float64(2*b)}, nil
+		}
+		a.small = grow(a.small, 1)
+		a.small[0] = lossSum
+		if err := a.comm.AllreduceF64(mpi.Sum, a.small, a.small); err != nil {
+			return Result{}, fmt.Errorf("loss: reducing the loss: %w", err)
+		}
+		return Result{Loss: a.small[0] / float64(2*n)}, nil
+	}
+
+	// Backward.
+	c := 1 / float64(2*n)
+	if st.local {
+		c = 1 / float64(2*b)
+	}
+	split := st.local && !st.gwg
+	if split {
+		a.dt = grow(a.dt, b*tile)
+	}
+	f := scale
+	if st.gwg && !st.local {
+		f *= float64(st.w)
+	}
+	a.colX, a.colB = grow(a.colX, n), grow(a.colB, n)
+	fill(a.colX, 0)
+	fill(a.colB, 0)
+	a.partial = grow(a.partial, n*d)
+	var rowX, rowB float64
+	for j0 := 0; j0 < n; j0 += tile {
+		w := min(tile, n-j0)
+		x, ld := a.tileBuf(a.x, j0, w, tile, n)
+		if a.tiled && tile < n {
+			blas.Gemm(blas.NoTrans, blas.Trans, b, w, d, 1, img, d, a.tall[j0*d:], d, 0, x, ld)
+		}
+		var dt []T
+		if split {
+			dt, _ = a.tileBuf(a.dt, j0, w, tile, n)
+		}
+		sx, sb := gradTile(x, dt, x, ld, b, w, j0, diag0, scale, bias, c, c,
+			a.rowM, a.rowS, a.colM[j0:], a.colS[j0:], a.colX[j0:], a.colB[j0:])
+		rowX += sx
+		rowB += sb
+		beta := T(1)
+		if j0 == 0 {
+			beta = 0
+		}
+		blas.Gemm(blas.NoTrans, blas.NoTrans, b, d, w, T(f), x, ld, a.tall[j0*d:], d, beta, dImg, d)
+		src := x
+		if split {
+			src = dt
+		}
+		blas.Gemm(blas.Trans, blas.NoTrans, w, d, b, T(f), src, ld, img, d, 0, a.partial[j0*d:], d)
+	}
+	if err := reduceScatter(a.comm, dTxt, a.partial); err != nil {
+		return Result{}, fmt.Errorf("loss: sending text gradients home: %w", err)
+	}
+	return finishClip(a.comm, st, lossSum, rowX, rowB, a.colX, a.colB, &a.small, &a.smallOut)
+}
+
+// tileBuf returns the part of buf (b×N or b×tile) and the leading dimension
+// for the column tile starting at j0 of width w: a column slice of the kept
+// b×N block (Fused, or one tile covering all columns) or the whole reused
+// b×tile block (Tiled).
+func (a *blockClip[T]) tileBuf(buf []T, j0, w, tile, n int) ([]T, int) {
+	if !a.tiled || tile == n {
+		return buf[j0:], n
+	}
+	return buf, w
+}
+
+// completeColumns turns each rank's column maxima and sums (over its rows)
+// into global log-sum-exp statistics: colM = max over all rows, colS = log of
+// the sum over all rows of exp(s - colM).
+func (a *blockClip[T]) completeColumns() error {
+	return completeColumns(a.comm, a.colM, a.colS, &a.small)
+}
+
+func completeColumns(comm mpi.Comm, colM, colS []float64, scratch *[]float64) error {
+	n := len(colM)
+	*scratch = grow(*scratch, n)
+	m := *scratch
+	if err := comm.AllreduceF64(mpi.Max, m, colM); err != nil {
+		return fmt.Errorf("loss: reducing column maxima: %w", err)
+	}
+	for j := range colS {
+		colS[j] *= math.Exp(colM[j] - m[j])
+	}
+	copy(colM, m)
+	if err := comm.AllreduceF64(mpi.Sum, colS, colS); err != nil {
+		return fmt.Errorf("loss: reducing column sums: %w", err)
+	}
+	for j := range colS {
+		colS[j] = math.Log(colS[j])
+	}
+	return nil
+}
+
+// finishClip completes the loss and the scale and bias gradients.
+//
+// Global modes: every rank sums its own pairs' loss terms and its share of
+// Σ dS∘x and Σ dS; one all-reduce of three scalars gives the global values.
+// Local modes: the image direction of rank r's loss lies in its rows (rowX,
+// rowB); the text direction lies in column block r of every rank's rows, so
+// each rank sums colX, colB per column block and a reduce-scatter of the
+// 2W-vector hands rank r its block's totals.
+func finishClip(comm mpi.Comm, st *clipStep, lossSum, rowX, rowB float64, colX, colB []float64, small, out *[]float64) (Result, error) {
+	if !st.local {
+		var cx, cb float64
+		for j := range colX {
+			cx += colX[j]
+			cb += colB[j]
+		}
+		*small = grow(*small, 3)
+		v := *small
+		v[0], v[1], v[2] = lossSum, rowX+cx, rowB+cb
+		if err := comm.AllreduceF64(mpi.Sum, v, v); err != nil {
+			return Result{}, fmt.Errorf("loss: reducing loss and scale gradient: %w", err)
+		}
+		return Result{Loss: v[0] / float64(2*st.n), GradScale: v[1], GradBias: v[2]}, nil
+	}
+	*small = grow(*small, 2*st.w)
+	*out = grow(*out, 2)
+	v, o := *small, *out
+	for q := 0; q < st.w; q++ {
+		var cx, cb float64
+		for j := q * st.b; j < (q+1)*st.b; j++ {
+			cx += colX[j]
+			cb += colB[j]
+		}
+		v[2*q], v[2*q+1] = cx, cb
+	}
+	if err := comm.ReduceScatterF64(o, v); err != nil {
+		return Result{}, fmt.Errorf("loss: reducing the scale gradient: %w", err)
+	}
+	return Result{Loss: lossSum / float64(2*st.b), GradScale: rowX + o[0], GradBias: rowB + o[1]}, nil
+}

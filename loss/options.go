@@ -1,0 +1,113 @@
+package loss
+
+import "fmt"
+
+// Algorithm selects how the distributed loss is computed. Every algorithm
+// gives the same loss and gradients (OpenCLIP's, in every mode) up to
+// floating-point rounding; they differ in flops, memory and communication.
+type Algorithm int
+
+const (
+	// Fused computes one b×N logit block per rank (S_r = s·I_r·T_allᵀ),
+	// completes the text-to-image log-sum-exp with an all-reduce of column
+	// statistics, and keeps S_r for backward: 3 GEMMs of 2·b·N·d flops.
+	// It is the default.
+	Fused Algorithm = iota
+	// Naive is OpenCLIP's computation as written: all-gather both feature
+	// sets, build logits_per_image and logits_per_text (N×N in the global
+	// modes, b×N in the local ones), and back-propagate through all-gather.
+	// It is the reference the others are tested against.
+	Naive
+	// Tiled is Fused streamed over column tiles with an online
+	// log-sum-exp; tiles are recomputed in backward (4 GEMMs), so memory per
+	// rank is O(b·tile + N·d) instead of O(b·N).
+	Tiled
+	// Ring passes text blocks around a ring of ranks with non-blocking
+	// send/receive while the current block's GEMM runs; text-gradient
+	// partials travel home the same way. No rank holds all N rows.
+	Ring
+)
+
+var algorithmNames = [...]string{Fused: "fused", Naive: "naive", Tiled: "tiled", Ring: "ring"}
+
+// Algorithms lists every algorithm, the naive reference included.
+func Algorithms() []Algorithm { return []Algorithm{Naive, Fused, Tiled, Ring} }
+
+// String returns the algorithm's name as ParseAlgorithm accepts it.
+func (a Algorithm) String() string {
+	if a < 0 || int(a) >= len(algorithmNames) {
+		return fmt.Sprintf("Algorithm(%d)", int(a))
+	}
+	return algorithmNames[a]
+}
+
+// ParseAlgorithm returns the algorithm with the given name
+// ("naive", "fused", "tiled" or "ring").
+func ParseAlgorithm(name string) (Algorithm, error) {
+	for i, n := range algorithmNames {
+		if n == name {
+			return Algorithm(i), nil
+		}
+	}
+	return 0, fmt.Errorf("loss: unknown algorithm %q (want naive, fused, tiled or ring)", name)
+}
+
+// ClipOptions are OpenCLIP's ClipLoss options plus the algorithm.
+//
+// The zero value is OpenCLIP's default: the global loss without gradient
+// through the all-gather, computed with the Fused algorithm.
+type ClipOptions struct {
+	// LocalLoss is OpenCLIP's local_loss: each rank's loss uses only its
+	// own rows against all columns.
+	LocalLoss bool
+	// GatherWithGrad is OpenCLIP's gather_with_grad: gradients flow back
+	// through the all-gather (a SUM reduce-scatter).
+	GatherWithGrad bool
+	// Algorithm picks the computation (default Fused).
+	Algorithm Algorithm
+	// Tile is the column tile width of the Tiled and Ring algorithms;
+	// 0 picks a default.
+	Tile int
+}
+
+// Mode names the OpenCLIP mode of the options: "global", "global_gwg",
+// "local" or "local_gwg".
+func (o ClipOptions) Mode() string {
+	m := "global"
+	if o.LocalLoss {
+		m = "local"
+	}
+	if o.GatherWithGrad {
+		m += "_gwg"
+	}
+	return m
+}
+
+// ParseMode returns the options for a mode named as Mode names it.
+func ParseMode(mode string) (ClipOptions, error) {
+	for _, o := range []ClipOptions{{}, {GatherWithGrad: true}, {LocalLoss: true}, {LocalLoss: true, GatherWithGrad: true}} {
+		if o.Mode() == mode {
+			return o, nil
+		}
+	}
+	return ClipOptions{}, fmt.Errorf("loss: unknown mode %q (want global, global_gwg, local or local_gwg)", mode)
+}
+
+// Logit is the logit scale and optional bias as the loss receives them:
+// Scale is already exponentiated (OpenCLIP's logit_scale.exp()).
+type Logit struct {
+	Scale float64
+	// Bias is added to every logit when HasBias is set.
+	Bias    float64
+	HasBias bool
+}
+
+// Result is what one rank gets back from a forward and backward pass.
+type Result struct {
+	// Loss is this rank's loss (see the mode table in the package doc).
+	Loss float64
+	// GradScale is d loss / d Scale, this rank's replica.
+	GradScale float64
+	// GradBias is d loss / d Bias, this rank's replica; 0 without a bias.
+	GradBias float64
+}

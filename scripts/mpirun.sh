@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# mpirun.sh NP PROGRAM [ARGS...]: run PROGRAM on NP local MPI ranks with the
+# flags this machine needs, so nobody has to remember them:
+#   --allow-run-as-root     when running as root (CI, containers);
+#   --oversubscribe         when NP exceeds the cores;
+#   --bind-to none          ranks and BLAS threads are placed by the kernel;
+#   OPENBLAS_NUM_THREADS    cores / NP (at least 1), unless already set, so
+#                           ranks x threads never exceeds the cores;
+#   the OpenMPI TCP keepalive settings that turn a lost peer into an error
+#   within seconds instead of minutes (shared/cluster/RECIPE.md).
+# The whole run is bounded by CLIPMPI_TIMEOUT seconds (default 900): a hang
+# becomes a failure, never a stuck CI job.
+set -euo pipefail
+if [ $# -lt 2 ]; then
+  echo "usage: $0 NP PROGRAM [ARGS...]" >&2
+  exit 2
+fi
+np=$1
+shift
+command -v mpirun >/dev/null || { echo "mpirun not found: run 'make deps' (Debian: apt-get install openmpi-bin libopenmpi-dev)" >&2; exit 127; }
+cores=$(nproc)
+flags=(--bind-to none)
+[ "$(id -u)" = 0 ] && flags+=(--allow-run-as-root)
+[ "$np" -gt "$cores" ] && flags+=(--oversubscribe)
+threads=$(( cores / np ))
+[ "$threads" -ge 1 ] || threads=1
+export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-$threads}
+export OMPI_MCA_oob_tcp_keepalive_time=${OMPI_MCA_oob_tcp_keepalive_time:-5}
+export OMPI_MCA_oob_tcp_keepalive_intvl=${OMPI_MCA_oob_tcp_keepalive_intvl:-2}
+export OMPI_MCA_oob_tcp_keepalive_probes=${OMPI_MCA_oob_tcp_keepalive_probes:-3}
+# Containers and VMs often forbid the cross-memory attach that vader's
+# single-copy path uses; copy-in/copy-out works everywhere.
+export OMPI_MCA_btl_vader_single_copy_mechanism=${OMPI_MCA_btl_vader_single_copy_mechanism:-none}
+exec timeout -k 10 "${CLIPMPI_TIMEOUT:-900}" mpirun "${flags[@]}" -x OPENBLAS_NUM_THREADS -np "$np" "$@"
