@@ -203,8 +203,6 @@ func (l *ClipLoss[T]) check(dImg, dTxt, img, txt []T, lg Logit) (*clipStep, erro
 		return nil, fmt.Errorf("%w on the element type: float32 on some ranks, float64 on others", ErrShapeMismatch)
 	case differ(agreeOpts):
 		return nil, fmt.Errorf("%w on the loss options (local_loss, gather_with_grad, algorithm, tile or logit bias)", ErrShapeMismatch)
-	case differ(agreeScale) || differ(agreeBias):
-		return nil, fmt.Errorf("%w on the logit scale or bias (replicas must be identical)", ErrShapeMismatch)
 	case v[agreeB] == 0:
 		return nil, fmt.Errorf("%w: 0 rows per rank", ErrEmptyBatch)
 	}
@@ -221,6 +219,9 @@ func (l *ClipLoss[T]) check(dImg, dTxt, img, txt []T, lg Logit) (*clipStep, erro
 			}
 			return nil, fmt.Errorf("%w: NaN or Inf in the %s on rank %d", ErrNonFinite, what, r)
 		}
+	}
+	if differ(agreeScale) || differ(agreeBias) {
+		return nil, fmt.Errorf("%w on the logit scale or bias (replicas must be identical)", ErrShapeMismatch)
 	}
 	l.st = clipStep{rank: rank, w: w, b: b, n: w * b, d: l.dim, backward: dImg != nil}
 	if w > 1 {
