@@ -395,13 +395,19 @@ func TestErrorsOnEveryRank(t *testing.T) {
 func TestPanics(t *testing.T) {
 	c := mpi.Self()
 	for name, fn := range map[string]func(){
-		"nil comm":        func() { NewClipLoss[float64](nil, 3, ClipOptions{}) },
-		"dim 0":           func() { NewClipLoss[float64](c, 0, ClipOptions{}) },
-		"bad algorithm":   func() { NewClipLoss[float64](c, 3, ClipOptions{Algorithm: 99}) },
-		"negative tile":   func() { NewClipLoss[float64](c, 3, ClipOptions{Tile: -1}) },
-		"lengths differ":  func() { NewClipLoss[float64](c, 3, ClipOptions{}).Forward(make([]float64, 6), make([]float64, 3), Logit{Scale: 1}) },
-		"not multiple":    func() { NewClipLoss[float64](c, 3, ClipOptions{}).Forward(make([]float64, 4), make([]float64, 4), Logit{Scale: 1}) },
-		"short gradients": func() { NewClipLoss[float64](c, 3, ClipOptions{}).ForwardBackward(make([]float64, 3), make([]float64, 6), make([]float64, 6), make([]float64, 6), Logit{Scale: 1}) },
+		"nil comm":      func() { NewClipLoss[float64](nil, 3, ClipOptions{}) },
+		"dim 0":         func() { NewClipLoss[float64](c, 0, ClipOptions{}) },
+		"bad algorithm": func() { NewClipLoss[float64](c, 3, ClipOptions{Algorithm: 99}) },
+		"negative tile": func() { NewClipLoss[float64](c, 3, ClipOptions{Tile: -1}) },
+		"lengths differ": func() {
+			NewClipLoss[float64](c, 3, ClipOptions{}).Forward(make([]float64, 6), make([]float64, 3), Logit{Scale: 1})
+		},
+		"not multiple": func() {
+			NewClipLoss[float64](c, 3, ClipOptions{}).Forward(make([]float64, 4), make([]float64, 4), Logit{Scale: 1})
+		},
+		"short gradients": func() {
+			NewClipLoss[float64](c, 3, ClipOptions{}).ForwardBackward(make([]float64, 3), make([]float64, 6), make([]float64, 6), make([]float64, 6), Logit{Scale: 1})
+		},
 	} {
 		t.Run(name, func(t *testing.T) {
 			defer func() {

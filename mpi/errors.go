@@ -14,4 +14,7 @@ const (
 	errBadRank  = "mpi: rank out of range"
 	errBadOp    = "mpi: invalid reduction operator"
 	errBadSize  = "mpi: group size must be at least 1"
+
+	errTooManyRequests = "mpi: more than MaxRequests requests outstanding on one Comm"
+	errTooLong         = "mpi: buffer longer than an MPI count (2^31-1 elements)"
 )
