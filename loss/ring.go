@@ -1,19 +1,200 @@
 package loss
 
 import (
+	"fmt"
+	"math"
+
 	"github.com/clipmpi/clipmpi/blas"
 	"github.com/clipmpi/clipmpi/mpi"
 )
 
-// ringClip is the Ring algorithm; until it lands it runs the Fused
-// computation so that every algorithm name is usable.
+// defaultRingTile bounds the width of the logit tile the Ring algorithm
+// computes at once, so that memory is O(b·tile) even when b is large.
+const defaultRingTile = 1024
+
+// ringClip is the one-block algorithm with the text features travelling
+// around a ring instead of being gathered (after Inf-CL's ring, Wang et al.
+// 2024, and ring attention): no rank ever holds more than two text blocks.
+//
+// Rank r sends to r+1 and receives from r-1. In forward, at step k it holds
+// text block q = r-k (mod W), passes it on with a non-blocking send/receive
+// and, meanwhile, computes the logit tiles of I_r·T_qᵀ and their row and
+// column statistics. The column statistics are completed by the same two
+// all-reduces as Fused. In backward the block travels again, now followed by
+// its accumulator A_q = Σ (dS tile)ᵀ·I over the ranks visited; after W steps
+// the accumulator arrives at rank q complete: that is dT_q. Each step sends
+// the accumulator while the step's last image-gradient GEMM runs.
+//
+// Flops: 4 GEMMs of 2·b·N·d (tiles are recomputed in backward), like Tiled;
+// memory: O(b·tile + b·d).
 type ringClip[T blas.Float] struct {
 	comm mpi.Comm
 	tile int
-	blk  blockClip[T]
+
+	// bufs hold two packed blocks [A (b×d) | T (b×d)]: the one being
+	// computed on and the one being received.
+	bufs       [2][]T
+	x, dt      []T // b×tile logits / gradients
+	rowM, rowS []float64
+	colM, colS []float64
+	colX, colB []float64
+	diag       []float64
+	small, out []float64
 }
 
 func (a *ringClip[T]) run(dImg, dTxt, img, txt []T, lg Logit, st *clipStep) (Result, error) {
-	a.blk.comm = a.comm
-	return a.blk.run(dImg, dTxt, img, txt, lg, st)
+	b, n, d, w, r := st.b, st.n, st.d, st.w, st.rank
+	bd := b * d
+	scale, bias := lg.Scale, 0.0
+	if lg.HasBias {
+		bias = lg.Bias
+	}
+	tile := a.tile
+	if tile == 0 {
+		tile = defaultRingTile
+	}
+	tile = min(tile, b)
+	for i := range a.bufs {
+		a.bufs[i] = grow(a.bufs[i], 2*bd)
+	}
+	a.x = grow(a.x, b*tile)
+	a.rowM, a.rowS = grow(a.rowM, b), grow(a.rowS, b)
+	a.colM, a.colS = grow(a.colM, n), grow(a.colS, n)
+	a.diag = grow(a.diag, b)
+	fill(a.rowM, math.Inf(-1))
+	fill(a.rowS, 0)
+	right, left := (r+1)%w, (r+w-1)%w
+	diag0 := r * b
+
+	// Forward: text blocks travel, statistics accumulate.
+	cur, next := a.bufs[0], a.bufs[1]
+	copy(cur[bd:], txt)
+	for k := 0; k < w; k++ {
+		q := (r - k + w) % w
+		var req mpi.Request
+		if k < w-1 {
+			var err error
+			if req, err = isendrecv(a.comm, next[bd:], left, cur[bd:], right); err != nil {
+				return Result{}, fmt.Errorf("loss: ring shift of text features: %w", err)
+			}
+		}
+		tq := cur[bd:]
+		for c0 := 0; c0 < b; c0 += tile {
+			cw := min(tile, b-c0)
+			j0 := q*b + c0
+			blas.Gemm(blas.NoTrans, blas.Trans, b, cw, d, 1, img, d, tq[c0*d:], d, 0, a.x, cw)
+			statsTile(a.x, cw, b, cw, scale, bias, a.rowM, a.rowS, a.colM[j0:], a.colS[j0:])
+			for i := max(0, j0-diag0); i < b && diag0+i < j0+cw; i++ {
+				a.diag[i] = scale*float64(a.x[i*cw+diag0+i-j0]) + bias
+			}
+		}
+		if req != nil {
+			if err := req.Wait(); err != nil {
+				return Result{}, fmt.Errorf("loss: ring shift of text features: %w", err)
+			}
+			cur, next = next, cur
+		}
+	}
+	if err := completeColumns(a.comm, a.colM, a.colS, &a.small); err != nil {
+		return Result{}, err
+	}
+	for i := range a.rowS {
+		a.rowS[i] = math.Log(a.rowS[i])
+	}
+	var lossSum float64
+	for i := 0; i < b; i++ {
+		c := diag0 + i
+		lossSum -= (a.diag[i] - a.rowM[i]) - a.rowS[i]
+		lossSum -= (a.diag[i] - a.colM[c]) - a.colS[c]
+	}
+	if !st.backward {
+		if st.local {
+			return Result{Loss: lossSum / float64(2*b)}, nil
+		}
+		a.small = grow(a.small, 1)
+		a.small[0] = lossSum
+		if err := a.comm.AllreduceF64(mpi.Sum, a.small, a.small); err != nil {
+			return Result{}, fmt.Errorf("loss: reducing the loss: %w", err)
+		}
+		return Result{Loss: a.small[0] / float64(2*n)}, nil
+	}
+
+	// Backward: the block starts again from its owner, with an empty
+	// accumulator, and travels W steps, the last one carrying only the
+	// finished accumulator home.
+	c := 1 / float64(2*n)
+	if st.local {
+		c = 1 / float64(2*b)
+	}
+	split := st.local && !st.gwg
+	if split {
+		a.dt = grow(a.dt, b*tile)
+	}
+	f := scale
+	if st.gwg && !st.local {
+		f *= float64(w)
+	}
+	a.colX, a.colB = grow(a.colX, n), grow(a.colB, n)
+	fill(a.colX, 0)
+	fill(a.colB, 0)
+	var rowX, rowB float64
+	cur, next = a.bufs[0], a.bufs[1]
+	copy(cur[bd:], txt)
+	for k := 0; k < w; k++ {
+		q := (r - k + w) % w
+		acc, tq := cur[:bd], cur[bd:]
+		accBeta := T(1)
+		if k == 0 {
+			accBeta = 0
+		}
+		var req mpi.Request
+		for c0 := 0; c0 < b; c0 += tile {
+			cw := min(tile, b-c0)
+			j0 := q*b + c0
+			blas.Gemm(blas.NoTrans, blas.Trans, b, cw, d, 1, img, d, tq[c0*d:], d, 0, a.x, cw)
+			var dt []T
+			if split {
+				dt = a.dt
+			}
+			sx, sb := gradTile(a.x, dt, a.x, cw, b, cw, j0, diag0, scale, bias, c, c,
+				a.rowM, a.rowS, a.colM[j0:], a.colS[j0:], a.colX[j0:], a.colB[j0:])
+			rowX += sx
+			rowB += sb
+			src := a.x
+			if split {
+				src = dt
+			}
+			blas.Gemm(blas.Trans, blas.NoTrans, cw, d, b, T(f), src, cw, img, d, accBeta, acc[c0*d:], d)
+			if c0+cw == b {
+				// The accumulator is complete for this rank: send it on
+				// (with the text block, except on the last step, where the
+				// accumulator goes home straight into dTxt) while the last
+				// image-gradient GEMM runs.
+				var err error
+				switch {
+				case w == 1:
+					copy(dTxt, acc)
+				case k < w-1:
+					req, err = isendrecv(a.comm, next, left, cur, right)
+				default:
+					req, err = isendrecv(a.comm, dTxt, left, acc, right)
+				}
+				if err != nil {
+					return Result{}, fmt.Errorf("loss: ring shift of text gradients: %w", err)
+				}
+			}
+			beta := T(1)
+			if k == 0 && c0 == 0 {
+				beta = 0
+			}
+			blas.Gemm(blas.NoTrans, blas.NoTrans, b, d, cw, T(f), a.x, cw, tq[c0*d:], d, beta, dImg, d)
+		}
+		if req != nil {
+			if err := req.Wait(); err != nil {
+				return Result{}, fmt.Errorf("loss: ring shift of text gradients: %w", err)
+			}
+			cur, next = next, cur
+		}
+	}
+	return finishClip(a.comm, st, lossSum, rowX, rowB, a.colX, a.colB, &a.small, &a.out)
 }
