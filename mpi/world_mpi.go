@@ -1,0 +1,601 @@
+//go:build mpi
+
+package mpi
+
+/*
+#cgo pkg-config: ompi
+#include <stddef.h>
+#include <mpi.h>
+
+// cm_init initialises MPI asking for MPI_THREAD_MULTIPLE, or, if MPI is
+// already initialised, queries the level it was given.
+static int cm_init(int *provided, int *here) {
+	int flag = 0;
+	int rc = MPI_Initialized(&flag);
+	if (rc != MPI_SUCCESS) return rc;
+	if (flag) {
+		*here = 0;
+		return MPI_Query_thread(provided);
+	}
+	*here = 1;
+	return MPI_Init_thread(NULL, NULL, MPI_THREAD_MULTIPLE, provided);
+}
+
+static int cm_thread_multiple(void) { return MPI_THREAD_MULTIPLE; }
+static int cm_thread_serialized(void) { return MPI_THREAD_SERIALIZED; }
+
+// cm_setup makes MPI_COMM_WORLD return errors instead of aborting, and
+// duplicates it into *p2p, the communicator for point-to-point traffic,
+// so that our messages never match anyone else's on MPI_COMM_WORLD.
+static int cm_setup(MPI_Comm *p2p) {
+	int rc = MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+	if (rc != MPI_SUCCESS) return rc;
+	rc = MPI_Comm_dup(MPI_COMM_WORLD, p2p);
+	if (rc != MPI_SUCCESS) return rc;
+	return MPI_Comm_set_errhandler(*p2p, MPI_ERRORS_RETURN);
+}
+
+static int cm_error_string(int code, char *buf, int *len) {
+	return MPI_Error_string(code, buf, len);
+}
+
+static MPI_Datatype cm_type(int f64) { return f64 ? MPI_DOUBLE : MPI_FLOAT; }
+
+static int cm_allgather(void *dst, void *src, int n, int f64) {
+	return MPI_Allgather(src, n, cm_type(f64), dst, n, cm_type(f64), MPI_COMM_WORLD);
+}
+
+static int cm_reduce_scatter(void *dst, void *src, int n, int f64) {
+	return MPI_Reduce_scatter_block(src, dst, n, cm_type(f64), MPI_SUM, MPI_COMM_WORLD);
+}
+
+static int cm_allreduce(void *dst, void *src, int n, int f64, int max, int inplace) {
+	return MPI_Allreduce(inplace ? MPI_IN_PLACE : src, dst, n, cm_type(f64),
+		max ? MPI_MAX : MPI_SUM, MPI_COMM_WORLD);
+}
+
+// cm_isendrecv starts a receive of ndst values from rank from into dst and
+// a send of nsrc values from src to rank to; reqs[0] is the receive,
+// reqs[1] the send.
+static int cm_isendrecv(void *dst, int ndst, int from, void *src, int nsrc, int to,
+		int f64, MPI_Comm comm, MPI_Request *reqs) {
+	int rc = MPI_Irecv(dst, ndst, cm_type(f64), from, 0, comm, &reqs[0]);
+	if (rc != MPI_SUCCESS) return rc;
+	rc = MPI_Isend(src, nsrc, cm_type(f64), to, 0, comm, &reqs[1]);
+	if (rc != MPI_SUCCESS) {
+		MPI_Cancel(&reqs[0]);
+		MPI_Wait(&reqs[0], MPI_STATUS_IGNORE);
+	}
+	return rc;
+}
+
+// cm_waitall completes the two requests of cm_isendrecv and stores the
+// number of values received in *got.
+static int cm_waitall(MPI_Request *reqs, int f64, int *got) {
+	MPI_Status st[2];
+	int rc = MPI_Waitall(2, reqs, st);
+	if (rc == MPI_ERR_IN_STATUS) {
+		for (int i = 0; i < 2; i++) {
+			if (st[i].MPI_ERROR != MPI_SUCCESS && st[i].MPI_ERROR != MPI_ERR_PENDING) {
+				return st[i].MPI_ERROR;
+			}
+		}
+	}
+	if (rc != MPI_SUCCESS) return rc;
+	return MPI_Get_count(&st[0], cm_type(f64), got);
+}
+
+// cm_sendrecv is the blocking counterpart of cm_isendrecv + cm_waitall.
+static int cm_sendrecv(void *dst, int ndst, int from, void *src, int nsrc, int to,
+		int f64, MPI_Comm comm, int *got) {
+	MPI_Status st;
+	int rc = MPI_Sendrecv(src, nsrc, cm_type(f64), to, 0, dst, ndst, cm_type(f64), from, 0, comm, &st);
+	if (rc != MPI_SUCCESS) return rc;
+	return MPI_Get_count(&st, cm_type(f64), got);
+}
+
+static int cm_abort(int code) { return MPI_Abort(MPI_COMM_WORLD, code); }
+
+static int cm_finalize(MPI_Comm *p2p) {
+	int rc = MPI_Comm_free(p2p);
+	if (rc != MPI_SUCCESS) return rc;
+	return MPI_Finalize();
+}
+*/
+import "C"
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+	"unsafe"
+
+	empi "github.com/emer/empi/mpi"
+)
+
+// Enabled reports whether this package was built with MPI (build tag mpi).
+const Enabled = true
+
+// World returns the communicator of all processes started together by
+// mpirun (or srun), MPI_COMM_WORLD. The first call initialises MPI with
+// MPI_Init_thread asking for MPI_THREAD_MULTIPLE and sets
+// MPI_ERRORS_RETURN, so that a failed call returns an error naming it
+// ("mpi: MPI_Allgather: MPI_ERR_...: ...") instead of killing the job.
+// Later calls return the same Comm (or the same error). If MPI was already
+// initialised by someone else, World uses it and Finalize leaves it alone.
+//
+// With MPI_THREAD_MULTIPLE a background goroutine completes pending
+// Requests while the caller computes (see IsendrecvF32). If MPI provides
+// only MPI_THREAD_SERIALIZED, World accepts it and every MPI call is made
+// under one mutex; Requests then progress only inside MPI calls (Wait and
+// the collectives), and nothing else in the process may call MPI
+// concurrently. A lower level is an error.
+//
+// Collectives use emer/empi where it fits (Allgather, Allreduce, Barrier,
+// Rank, Size) and this package's own cgo for the rest
+// (MPI_Reduce_scatter_block, MPI_IN_PLACE, empty buffers, MPI_Isend/Irecv,
+// MPI_Abort). Point-to-point traffic runs on a duplicate of
+// MPI_COMM_WORLD, so it never matches other messages on MPI_COMM_WORLD.
+//
+// Buffers longer than 2^31-1 elements (an MPI count) make the call panic.
+// Abort calls MPI_Abort, which ends every rank with exit status code (1
+// if code is 0 mod 256).
+func World() (Comm, error) {
+	world.mu.Lock()
+	defer world.mu.Unlock()
+	if world.finalized {
+		return nil, errors.New("mpi: World called after Finalize")
+	}
+	if world.c == nil && world.err == nil {
+		world.c, world.err = newWorld()
+	}
+	if world.err != nil {
+		return nil, world.err
+	}
+	return world.c, nil
+}
+
+// Finalize completes the use of MPI: it stops the background goroutine,
+// frees World's communicator and calls MPI_Finalize if World initialised
+// MPI. It must be called once by every rank, after every Request was
+// waited for, and no Comm method may be called afterwards. Finalize
+// without a prior World does nothing and returns nil.
+func Finalize() error {
+	world.mu.Lock()
+	defer world.mu.Unlock()
+	c := world.c
+	if c == nil || world.finalized {
+		return nil
+	}
+	world.finalized = true
+	if c.work != nil {
+		close(c.work)
+		<-c.stopped
+	}
+	if !world.initHere {
+		return nil
+	}
+	return callError("MPI_Finalize", C.cm_finalize(&c.p2p))
+}
+
+var world struct {
+	mu        sync.Mutex
+	c         *worldComm
+	err       error
+	finalized bool
+	initHere  bool // World called MPI_Init_thread
+}
+
+// p2pMode is how IsendrecvF32 and Wait drive MPI.
+type p2pMode uint8
+
+const (
+	// modeIsend posts MPI_Irecv and MPI_Isend and completes them with
+	// MPI_Waitall in Wait. Open MPI moves large (rendezvous) messages only
+	// inside MPI calls, so little happens while the caller computes.
+	modeIsend p2pMode = iota
+	// modeWaitall posts MPI_Irecv and MPI_Isend, and a background
+	// goroutine sits in MPI_Waitall, which drives the transfer while the
+	// caller computes; Wait waits for that goroutine.
+	modeWaitall
+	// modeSendrecv hands the buffers to a background goroutine that calls
+	// MPI_Sendrecv; Wait waits for it.
+	modeSendrecv
+)
+
+func (m p2pMode) String() string {
+	switch m {
+	case modeIsend:
+		return "isend"
+	case modeWaitall:
+		return "waitall"
+	case modeSendrecv:
+		return "sendrecv"
+	}
+	return "invalid"
+}
+
+// p2pDefault is the mode used with MPI_THREAD_MULTIPLE; see
+// TestWorldOverlap for the measurement that chose it.
+var p2pDefault = modeWaitall
+
+func newWorld() (*worldComm, error) {
+	var provided, here C.int
+	if rc := C.cm_init(&provided, &here); rc != C.MPI_SUCCESS {
+		return nil, callError("MPI_Init_thread", rc)
+	}
+	world.initHere = here != 0
+	if provided < C.cm_thread_serialized() {
+		return nil, fmt.Errorf("mpi: MPI_Init_thread: MPI provides thread level %d, need MPI_THREAD_SERIALIZED (%d) or better",
+			provided, C.cm_thread_serialized())
+	}
+	c := &worldComm{serial: provided < C.cm_thread_multiple()}
+	if rc := C.cm_setup(&c.p2p); rc != C.MPI_SUCCESS {
+		return nil, callError("MPI_Comm_dup", rc)
+	}
+	empi.LogErrors = false
+	e, err := empi.NewComm(nil)
+	if err != nil {
+		return nil, empiError("MPI_Comm_group", err)
+	}
+	c.e = e
+	c.rank, c.size = e.Rank(), e.Size()
+	c.mode = modeIsend
+	if !c.serial {
+		c.mode = p2pDefault
+		c.work = make(chan *worldRequest, MaxRequests)
+		c.stopped = make(chan struct{})
+		go c.worker()
+	}
+	for i := range c.reqs {
+		c.reqs[i].c = c
+		c.reqs[i].done = make(chan struct{}, 1)
+	}
+	return c, nil
+}
+
+type worldComm struct {
+	e          *empi.Comm
+	rank, size int
+	p2p        C.MPI_Comm
+	serial     bool       // only MPI_THREAD_SERIALIZED: mu guards every MPI call
+	mu         sync.Mutex // used only if serial
+	mode       p2pMode
+	work       chan *worldRequest // to the background goroutine; nil if serial
+	stopped    chan struct{}      // closed when it has returned
+	reqs       [MaxRequests]worldRequest
+}
+
+func (c *worldComm) lock() {
+	if c.serial {
+		c.mu.Lock()
+	}
+}
+
+func (c *worldComm) unlock() {
+	if c.serial {
+		c.mu.Unlock()
+	}
+}
+
+// callErr is a failed MPI call.
+type callErr struct {
+	call, msg string
+}
+
+func (e *callErr) Error() string { return "mpi: " + e.call + ": " + e.msg }
+
+// callError returns nil if rc is MPI_SUCCESS, or an error naming call and
+// carrying MPI's error string.
+func callError(call string, rc C.int) error {
+	if rc == C.MPI_SUCCESS {
+		return nil
+	}
+	var buf [C.MPI_MAX_ERROR_STRING]C.char
+	var n C.int
+	msg := fmt.Sprintf("MPI error %d", int(rc))
+	if C.cm_error_string(rc, &buf[0], &n) == C.MPI_SUCCESS && n > 0 {
+		msg = C.GoStringN(&buf[0], n)
+	}
+	return &callErr{call: call, msg: msg}
+}
+
+// empiError rewrites an error of emer/empi ("MPI Error: <code> <context>
+// <message>") as one naming call.
+func empiError(call string, err error) error {
+	if err == nil {
+		return nil
+	}
+	msg := err.Error()
+	if f := strings.SplitN(msg, " ", 5); len(f) == 5 && f[0] == "MPI" && f[1] == "Error:" {
+		msg = f[4]
+	}
+	return &callErr{call: call, msg: msg}
+}
+
+// checkCount panics if n does not fit an MPI count.
+func checkCount(n int) {
+	if n > math.MaxInt32 {
+		panic(errTooLong)
+	}
+}
+
+// ptr returns the address of s[0], or nil if s is empty.
+func ptr[T float](s []T) unsafe.Pointer {
+	if len(s) == 0 {
+		return nil
+	}
+	return unsafe.Pointer(&s[0])
+}
+
+func isF64[T float]() C.int {
+	var z T
+	if unsafe.Sizeof(z) == 8 {
+		return 1
+	}
+	return 0
+}
+
+func (c *worldComm) Rank() int { return c.rank }
+func (c *worldComm) Size() int { return c.size }
+
+func (c *worldComm) Barrier() error {
+	c.lock()
+	defer c.unlock()
+	return empiError("MPI_Barrier", c.e.Barrier())
+}
+
+func (c *worldComm) AllgatherF32(dst, src []float32) error {
+	checkAllgather(c.size, dst, src)
+	checkCount(len(src))
+	if len(src) == 0 {
+		return worldAllgatherEmpty[float32](c)
+	}
+	c.lock()
+	defer c.unlock()
+	return empiError("MPI_Allgather", c.e.AllGatherF32(dst, src))
+}
+
+func (c *worldComm) AllgatherF64(dst, src []float64) error {
+	checkAllgather(c.size, dst, src)
+	checkCount(len(src))
+	if len(src) == 0 {
+		return worldAllgatherEmpty[float64](c)
+	}
+	c.lock()
+	defer c.unlock()
+	return empiError("MPI_Allgather", c.e.AllGatherF64(dst, src))
+}
+
+// worldAllgatherEmpty still calls MPI_Allgather (with count 0), so that
+// ranks that disagree on the length get an MPI error rather than a hang.
+func worldAllgatherEmpty[T float](c *worldComm) error {
+	c.lock()
+	defer c.unlock()
+	return callError("MPI_Allgather", C.cm_allgather(nil, nil, 0, isF64[T]()))
+}
+
+func (c *worldComm) ReduceScatterF32(dst, src []float32) error {
+	return worldReduceScatter(c, dst, src)
+}
+
+func (c *worldComm) ReduceScatterF64(dst, src []float64) error {
+	return worldReduceScatter(c, dst, src)
+}
+
+func worldReduceScatter[T float](c *worldComm, dst, src []T) error {
+	checkReduceScatter(c.size, dst, src)
+	checkCount(len(dst))
+	c.lock()
+	defer c.unlock()
+	rc := C.cm_reduce_scatter(ptr(dst), ptr(src), C.int(len(dst)), isF64[T]())
+	runtime.KeepAlive(dst)
+	runtime.KeepAlive(src)
+	return callError("MPI_Reduce_scatter_block", rc)
+}
+
+func (c *worldComm) AllreduceF32(op Op, dst, src []float32) error {
+	inPlace := checkAllreduce(op, dst, src)
+	checkCount(len(dst))
+	if inPlace || len(dst) == 0 {
+		return worldAllreduce(c, op, dst, src, inPlace)
+	}
+	c.lock()
+	defer c.unlock()
+	return empiError("MPI_Allreduce", c.e.AllReduceF32(empiOp(op), dst, src))
+}
+
+func (c *worldComm) AllreduceF64(op Op, dst, src []float64) error {
+	inPlace := checkAllreduce(op, dst, src)
+	checkCount(len(dst))
+	if inPlace || len(dst) == 0 {
+		return worldAllreduce(c, op, dst, src, inPlace)
+	}
+	c.lock()
+	defer c.unlock()
+	return empiError("MPI_Allreduce", c.e.AllReduceF64(empiOp(op), dst, src))
+}
+
+func empiOp(op Op) empi.Op {
+	if op == Max {
+		return empi.OpMax
+	}
+	return empi.OpSum
+}
+
+// worldAllreduce calls MPI_Allreduce itself: in place (MPI_IN_PLACE) or
+// with empty buffers, which emer/empi cannot do.
+func worldAllreduce[T float](c *worldComm, op Op, dst, src []T, inPlace bool) error {
+	var max, in C.int
+	if op == Max {
+		max = 1
+	}
+	if inPlace {
+		in = 1
+	}
+	c.lock()
+	defer c.unlock()
+	rc := C.cm_allreduce(ptr(dst), ptr(src), C.int(len(dst)), isF64[T](), max, in)
+	runtime.KeepAlive(dst)
+	runtime.KeepAlive(src)
+	return callError("MPI_Allreduce", rc)
+}
+
+func (c *worldComm) IsendrecvF32(dst []float32, from int, src []float32, to int) (Request, error) {
+	return worldIsendrecv(c, dst, from, src, to)
+}
+
+func (c *worldComm) IsendrecvF64(dst []float64, from int, src []float64, to int) (Request, error) {
+	return worldIsendrecv(c, dst, from, src, to)
+}
+
+// worldIsendrecv starts the exchange. In the modes that post MPI_Irecv and
+// MPI_Isend, MPI keeps the buffer addresses after the call returns, so
+// both buffers are pinned (runtime.Pinner) until Wait; the Go collector
+// does not move heap objects today, but pinning is what the cgo rules ask
+// for. In modeSendrecv the background goroutine passes them to C for the
+// duration of one blocking call.
+func worldIsendrecv[T float](c *worldComm, dst []T, from int, src []T, to int) (Request, error) {
+	checkIsendrecv(c.size, dst, from, src, to)
+	checkCount(len(dst))
+	checkCount(len(src))
+	r := c.request()
+	r.mode = c.mode
+	r.dst, r.ndst, r.from = ptr(dst), C.int(len(dst)), C.int(from)
+	r.src, r.nsrc, r.to = ptr(src), C.int(len(src)), C.int(to)
+	r.f64 = isF64[T]()
+	if r.mode == modeSendrecv {
+		r.busy = true
+		c.work <- r
+		return r, nil
+	}
+	if len(dst) > 0 {
+		r.pin.Pin(&dst[0])
+	}
+	if len(src) > 0 {
+		r.pin.Pin(&src[0])
+	}
+	c.lock()
+	rc := C.cm_isendrecv(r.dst, r.ndst, r.from, r.src, r.nsrc, r.to, r.f64, c.p2p, &r.reqs[0])
+	c.unlock()
+	if rc != C.MPI_SUCCESS {
+		r.release()
+		err := callError("MPI_Isend/MPI_Irecv", rc)
+		return &failedRequest{err}, err
+	}
+	r.busy = true
+	if r.mode == modeWaitall {
+		c.work <- r
+	}
+	return r, nil
+}
+
+// request returns a free request slot, or panics.
+func (c *worldComm) request() *worldRequest {
+	for i := range c.reqs {
+		if !c.reqs[i].busy {
+			return &c.reqs[i]
+		}
+	}
+	panic(errTooManyRequests)
+}
+
+// worker completes requests handed to it, one at a time in the order they
+// were started.
+func (c *worldComm) worker() {
+	defer close(c.stopped)
+	for r := range c.work {
+		if r.mode == modeSendrecv {
+			r.err = r.sendrecv()
+		} else {
+			r.err = r.waitall()
+		}
+		r.done <- struct{}{}
+	}
+}
+
+// failedRequest is returned with an error; Wait returns the same error.
+type failedRequest struct{ err error }
+
+func (r *failedRequest) Wait() error { return r.err }
+
+// worldRequest is a Comm's reusable request slot.
+type worldRequest struct {
+	c    *worldComm
+	busy bool
+	err  error
+	mode p2pMode
+	done chan struct{} // from the background goroutine; capacity 1
+
+	reqs       [2]C.MPI_Request
+	pin        runtime.Pinner
+	dst, src   unsafe.Pointer
+	ndst, nsrc C.int
+	from, to   C.int
+	f64        C.int
+}
+
+// Wait completes the request. Calling it again returns the same result
+// until the slot is reused by a later Isendrecv on the same Comm.
+func (r *worldRequest) Wait() error {
+	if !r.busy {
+		return r.err
+	}
+	var err error
+	if r.mode == modeIsend {
+		r.c.lock()
+		err = r.waitall()
+		r.c.unlock()
+	} else {
+		<-r.done
+		err = r.err
+	}
+	r.release()
+	r.busy = false
+	r.err = err
+	return err
+}
+
+func (r *worldRequest) release() {
+	r.pin.Unpin()
+	r.dst, r.src = nil, nil
+}
+
+func (r *worldRequest) waitall() error {
+	var got C.int
+	if err := callError("MPI_Waitall", C.cm_waitall(&r.reqs[0], r.f64, &got)); err != nil {
+		return err
+	}
+	return r.checkGot(got)
+}
+
+func (r *worldRequest) sendrecv() error {
+	var got C.int
+	if err := callError("MPI_Sendrecv", C.cm_sendrecv(r.dst, r.ndst, r.from, r.src, r.nsrc, r.to, r.f64, r.c.p2p, &got)); err != nil {
+		return err
+	}
+	return r.checkGot(got)
+}
+
+// checkGot reports a message shorter than the receive buffer, which MPI
+// accepts silently.
+func (r *worldRequest) checkGot(got C.int) error {
+	if got != r.ndst {
+		return fmt.Errorf("mpi: Isendrecv: rank %d sent %d values, rank %d expected %d",
+			int(r.from), int(got), r.c.rank, int(r.ndst))
+	}
+	return nil
+}
+
+// Abort calls MPI_Abort on MPI_COMM_WORLD, which ends every rank with exit
+// status code (1 if code is 0 mod 256). It does not return.
+func (c *worldComm) Abort(code int) {
+	status := exitStatus(code)
+	fmt.Fprintf(os.Stderr, "mpi: rank %d calls MPI_Abort(%d)\n", c.rank, status)
+	C.cm_abort(C.int(status))
+	os.Exit(status)
+}
