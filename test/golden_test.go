@@ -1,0 +1,158 @@
+package test
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/clipmpi/clipmpi/loss"
+	"github.com/clipmpi/clipmpi/mpi"
+)
+
+var printWorlds = flag.Bool("golden.worlds", false, "print the world sizes of the golden cases and exit (for the Makefile)")
+
+// tiles are the Tiled algorithm's tile widths the golden cases run with: 1
+// and 3 straddle rank blocks (b = 4, 7), 0 is the default.
+var tiles = []int{0, 1, 3}
+
+// algoRuns lists the (algorithm, tile) pairs each clip case runs with.
+func algoRuns() []struct {
+	algo loss.Algorithm
+	tile int
+} {
+	var runs []struct {
+		algo loss.Algorithm
+		tile int
+	}
+	for _, a := range loss.Algorithms() {
+		ts := []int{0}
+		if a == loss.Tiled || a == loss.Ring {
+			ts = tiles
+		}
+		for _, t := range ts {
+			runs = append(runs, struct {
+				algo loss.Algorithm
+				tile int
+			}{a, t})
+		}
+	}
+	return runs
+}
+
+func runName(a loss.Algorithm, tile int) string {
+	if tile == 0 {
+		return "algo=" + a.String()
+	}
+	return fmt.Sprintf("algo=%s/tile=%d", a, tile)
+}
+
+func loadCases(t *testing.T) []*Case {
+	t.Helper()
+	cases, err := LoadCases(GoldenDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cases
+}
+
+// skipUnimplemented skips a case whose loss kind has no implementation yet,
+// saying so.
+func skipUnimplemented(t *testing.T, c *Case) {
+	t.Helper()
+	switch c.LossKind {
+	case "clip":
+	case "siglip":
+		t.Skipf("%s: SigLIP loss is not implemented yet (issue 4)", c.TestName())
+	default:
+		t.Skipf("%s: unknown loss_kind %q", c.TestName(), c.LossKind)
+	}
+}
+
+// TestGoldenInProcess runs every golden case with W goroutine ranks of an
+// in-process group, per algorithm, and the single_process outputs on one
+// rank.
+func TestGoldenInProcess(t *testing.T) {
+	if *printWorlds {
+		cases := loadCases(t)
+		for _, w := range Worlds(cases) {
+			fmt.Println(w)
+		}
+		os.Exit(0)
+	}
+	if world != nil {
+		t.Skip("running under mpirun: TestGoldenMPI covers the cases")
+	}
+	for _, c := range loadCases(t) {
+		t.Run(c.TestName(), func(t *testing.T) {
+			skipUnimplemented(t, c)
+			for _, run := range algoRuns() {
+				t.Run(runName(run.algo, run.tile), func(t *testing.T) {
+					comms := mpi.NewGroup(c.WorldSize)
+					bad := make([][]string, c.WorldSize)
+					errs := make([]error, c.WorldSize)
+					var wg sync.WaitGroup
+					for r, comm := range comms {
+						wg.Add(1)
+						go func() {
+							defer wg.Done()
+							bad[r], errs[r] = RunClip(comm, c, run.algo, run.tile)
+						}()
+					}
+					wg.Wait()
+					for r := range comms {
+						if errs[r] != nil {
+							t.Errorf("rank %d: %v", r, errs[r])
+						}
+						for _, s := range bad[r] {
+							t.Errorf("rank %d: %s", r, s)
+						}
+					}
+					bs, err := RunClipSingle(c, run.algo, run.tile)
+					if err != nil {
+						t.Errorf("single_process: %v", err)
+					}
+					for _, s := range bs {
+						t.Errorf("single_process: %s", s)
+					}
+				})
+			}
+		})
+	}
+}
+
+// TestGoldenMPI runs the golden cases whose world size is this mpirun's
+// -np, one rank per process. Under plain go test it skips.
+func TestGoldenMPI(t *testing.T) {
+	if world == nil {
+		t.Skip("not launched under mpirun with the mpi build tag: run `make test-golden`")
+	}
+	ran, other := 0, 0
+	for _, c := range loadCases(t) {
+		if c.WorldSize != world.Size() {
+			other++ // `make test-golden` runs it under its own mpirun -np
+			continue
+		}
+		ran++
+		t.Run(c.TestName(), func(t *testing.T) {
+			skipUnimplemented(t, c)
+			for _, run := range algoRuns() {
+				t.Run(runName(run.algo, run.tile), func(t *testing.T) {
+					bad, err := RunClip(world, c, run.algo, run.tile)
+					if err != nil {
+						t.Fatalf("rank %d: %v", world.Rank(), err)
+					}
+					if len(bad) > 0 {
+						t.Errorf("rank %d:\n%s", world.Rank(), strings.Join(bad, "\n"))
+					}
+				})
+			}
+		})
+	}
+	t.Logf("%d cases with world size %d; %d cases need other world sizes", ran, world.Size(), other)
+	if ran == 0 {
+		t.Errorf("no golden case has world size %d", world.Size())
+	}
+}
