@@ -26,6 +26,7 @@ type blockClip[T blas.Float] struct {
 	comm  mpi.Comm
 	tiled bool
 	tile  int
+	k     kernelScratch
 
 	tall       []T // N×d gathered text features
 	x          []T // b×N (Fused) or b×tile (Tiled) logits before scaling
@@ -70,7 +71,7 @@ func (a *blockClip[T]) run(dImg, dTxt, img, txt []T, lg Logit, st *clipStep) (Re
 		w := min(tile, n-j0)
 		x, ld := a.tileBuf(a.x, j0, w, tile, n)
 		blas.Gemm(blas.NoTrans, blas.Trans, b, w, d, 1, img, d, a.tall[j0*d:], d, 0, x, ld)
-		statsTile(x, ld, b, w, scale, bias, a.rowM, a.rowS, a.colM[j0:], a.colS[j0:])
+		stats(&a.k, x, ld, b, w, scale, bias, a.rowM, a.rowS, a.colM[j0:], a.colS[j0:])
 		for i := max(0, j0-diag0); i < b && diag0+i < j0+w; i++ {
 			a.diag[i] = scale*float64(x[i*ld+diag0+i-j0]) + bias
 		}
@@ -128,7 +129,7 @@ func (a *blockClip[T]) run(dImg, dTxt, img, txt []T, lg Logit, st *clipStep) (Re
 		if split {
 			dt, _ = a.tileBuf(a.dt, j0, w, tile, n)
 		}
-		sx, sb := gradTile(x, dt, x, ld, b, w, j0, diag0, scale, bias, c, c,
+		sx, sb := grad(&a.k, x, dt, x, ld, b, w, j0, diag0, scale, bias, c, c,
 			a.rowM, a.rowS, a.colM[j0:], a.colS[j0:], a.colX[j0:], a.colB[j0:])
 		rowX += sx
 		rowB += sb

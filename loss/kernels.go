@@ -177,3 +177,44 @@ func rowLoss[T blas.Float](x []T, ld, rows, diag0 int, scale, bias float64, m, l
 	}
 	return sum
 }
+
+// stats is statsTile, in C for float32 when the native kernels are compiled
+// in.
+func stats[T blas.Float](k *kernelScratch, x []T, ld, rows, cols int, scale, bias float64, rowM, rowS, colM, colS []float64) {
+	if nativeKernels && is32[T]() {
+		checkTile(len(x), ld, rows, cols)
+		_, _, _, _ = rowM[rows-1], rowS[rows-1], colM[cols-1], colS[cols-1]
+		k.stats32(f32(x), ld, rows, cols, scale, bias, rowM, rowS, colM, colS)
+		return
+	}
+	statsTile(x, ld, rows, cols, scale, bias, rowM, rowS, colM, colS)
+}
+
+// grad is gradTile, in C for float32 when the native kernels are compiled
+// in.
+func grad[T blas.Float](k *kernelScratch, di, dt, x []T, ld, rows, cols, j0, diag0 int, scale, bias, cI, cT float64,
+	rowM, rowL, colM, colL, colX, colB []float64) (sumX, sumB float64) {
+	if nativeKernels && is32[T]() {
+		checkTile(len(x), ld, rows, cols)
+		checkTile(len(di), ld, rows, cols)
+		if dt != nil {
+			checkTile(len(dt), ld, rows, cols)
+		}
+		_, _, _, _ = rowM[rows-1], rowL[rows-1], colM[cols-1], colL[cols-1]
+		_, _ = colX[cols-1], colB[cols-1]
+		var dt32 []float32
+		if dt != nil {
+			dt32 = f32(dt)
+		}
+		return k.grad32(f32(di), dt32, f32(x), ld, rows, cols, j0, diag0, scale, bias, cI, cT, rowM, rowL, colM, colL, colX, colB)
+	}
+	return gradTile(di, dt, x, ld, rows, cols, j0, diag0, scale, bias, cI, cT, rowM, rowL, colM, colL, colX, colB)
+}
+
+// checkTile panics unless a buffer of length n holds a rows×cols tile with
+// leading dimension ld: the C kernels do not check bounds.
+func checkTile(n, ld, rows, cols int) {
+	if rows < 1 || cols < 1 || ld < cols || n < (rows-1)*ld+cols {
+		panic("loss: internal error: tile out of bounds")
+	}
+}

@@ -30,6 +30,7 @@ const defaultRingTile = 1024
 type ringClip[T blas.Float] struct {
 	comm mpi.Comm
 	tile int
+	k    kernelScratch
 
 	// bufs hold two packed blocks [A (b×d) | T (b×d)]: the one being
 	// computed on and the one being received.
@@ -83,7 +84,7 @@ func (a *ringClip[T]) run(dImg, dTxt, img, txt []T, lg Logit, st *clipStep) (Res
 			cw := min(tile, b-c0)
 			j0 := q*b + c0
 			blas.Gemm(blas.NoTrans, blas.Trans, b, cw, d, 1, img, d, tq[c0*d:], d, 0, a.x, cw)
-			statsTile(a.x, cw, b, cw, scale, bias, a.rowM, a.rowS, a.colM[j0:], a.colS[j0:])
+			stats(&a.k, a.x, cw, b, cw, scale, bias, a.rowM, a.rowS, a.colM[j0:], a.colS[j0:])
 			for i := max(0, j0-diag0); i < b && diag0+i < j0+cw; i++ {
 				a.diag[i] = scale*float64(a.x[i*cw+diag0+i-j0]) + bias
 			}
@@ -156,7 +157,7 @@ func (a *ringClip[T]) run(dImg, dTxt, img, txt []T, lg Logit, st *clipStep) (Res
 			if split {
 				dt = a.dt
 			}
-			sx, sb := gradTile(a.x, dt, a.x, cw, b, cw, j0, diag0, scale, bias, c, c,
+			sx, sb := grad(&a.k, a.x, dt, a.x, cw, b, cw, j0, diag0, scale, bias, c, c,
 				a.rowM, a.rowS, a.colM[j0:], a.colS[j0:], a.colX[j0:], a.colB[j0:])
 			rowX += sx
 			rowB += sb
