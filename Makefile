@@ -11,7 +11,7 @@ MPI_NPS    ?= 1 2 3 4
 STATICCHECK_VERSION := v0.8.2
 export CLIPMPI_GOLDEN ?= $(abspath $(CURDIR)/../shared/golden)
 
-.PHONY: all deps build run test unit test-mpi test-golden race vet lint fmt-check fmt bench clean
+.PHONY: all deps build run test unit test-mpi test-golden race vet lint fmt-check fmt bench bench-loss clean
 
 all: build
 
@@ -21,6 +21,7 @@ deps:
 build: deps
 	$(GO) build $(GOTAGS) ./...
 	$(GO) build $(GOTAGS) -o $(BIN)/check ./examples/check
+	$(GO) build $(GOTAGS) -o $(BIN)/bench ./examples/bench
 
 # The main job on its built-in data: every OpenCLIP mode on 2 ranks, checked
 # against one process.
@@ -92,6 +93,19 @@ fmt:
 # Go benchmarks of blas, mpi and loss (key=value names, GFLOP/s).
 bench: deps
 	OPENBLAS_NUM_THREADS=1 $(GO) test $(GOTAGS) -run '^$$' -bench . -benchmem ./blas ./loss ./mpi
+
+# The distributed loss per algorithm against its floor (GEMM time at the
+# measured sgemm rate + bytes at the measured collective bandwidth).
+B     ?= 1024
+D     ?= 512
+MODE  ?= local_gwg
+ALGO  ?= all
+DTYPE ?= float32
+STEPS ?= 10
+LOSS  ?= clip
+TILE  ?= 0
+bench-loss: build
+	$(MPIRUN) $(NP) $(BIN)/bench -loss $(LOSS) -b $(B) -d $(D) -mode $(MODE) -algo $(ALGO) -dtype $(DTYPE) -steps $(STEPS) -tile $(TILE)
 
 clean:
 	rm -rf $(BIN) run

@@ -1,0 +1,333 @@
+// Command bench times the distributed ClipLoss, forward and backward, per
+// algorithm, under mpirun, and compares each with its floor: the time its
+// GEMMs take at the sgemm rate measured in the same run on the same shapes,
+// plus the time its bytes take at the collective bandwidth measured in the
+// same run. It prints one JSON object per configuration and a table.
+//
+//	mpirun -np 2 ./bench -b 1024 -d 512 -mode local_gwg -algo all -dtype float32 -steps 10
+//
+// `make bench-loss NP=2 B=1024 D=512 MODE=local_gwg ALGO=all DTYPE=float32 STEPS=10`
+// runs it with this machine's mpirun flags.
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/clipmpi/clipmpi/blas"
+	"github.com/clipmpi/clipmpi/loss"
+	"github.com/clipmpi/clipmpi/mpi"
+)
+
+// Record is one configuration's result, one JSON line.
+type Record struct {
+	Loss             string  `json:"loss"`
+	Algo             string  `json:"algo"`
+	Mode             string  `json:"mode"`
+	World            int     `json:"world"`
+	B                int     `json:"b"`
+	D                int     `json:"d"`
+	Dtype            string  `json:"dtype"`
+	Tile             int     `json:"tile"`
+	Steps            int     `json:"steps"`
+	StepMsMedian     float64 `json:"step_ms_median"`
+	StepMsMin        float64 `json:"step_ms_min"`
+	StepMsMax        float64 `json:"step_ms_max"`
+	GflopPerStep     float64 `json:"gflop_per_step"`
+	Gflops           float64 `json:"gflops"`
+	GemmFloorMs      float64 `json:"gemm_floor_ms"`
+	CommFloorMs      float64 `json:"comm_floor_ms"`
+	FloorMs          float64 `json:"floor_ms"`
+	RatioToFloor     float64 `json:"ratio_to_floor"`
+	SgemmGflops      float64 `json:"sgemm_gflops"`
+	CollectiveGBs    float64 `json:"collective_gb_per_s"`
+	PeakRSSMiB       float64 `json:"peak_rss_mib"`
+	WorkspaceMiB     float64 `json:"workspace_mib"`
+	CommBytesPerStep float64 `json:"comm_bytes_per_step"`
+	AllocsPerStep    float64 `json:"allocs_per_step"`
+	BlasBackend      string  `json:"blas_backend"`
+	BlasThreads      int     `json:"blas_threads"`
+	Loss0            float64 `json:"loss_value"`
+	Skipped          string  `json:"skipped,omitempty"`
+}
+
+func main() {
+	b := flag.Int("b", 1024, "rows per rank")
+	d := flag.Int("d", 512, "feature dimension")
+	mode := flag.String("mode", "local_gwg", "OpenCLIP mode: global, global_gwg, local or local_gwg")
+	algos := flag.String("algo", "all", "algorithm(s), comma-separated, or all")
+	dtype := flag.String("dtype", "float32", "float32 or float64")
+	steps := flag.Int("steps", 10, "timed steps")
+	warmup := flag.Int("warmup", 2, "untimed steps first")
+	tile := flag.Int("tile", 0, "tile width of tiled and ring (0: default)")
+	memLimit := flag.Float64("mem-limit-mib", 0, "skip configurations whose workspace estimate exceeds this per rank (0: 80% of MemAvailable / ranks)")
+	lossKind := flag.String("loss", "clip", "loss: clip")
+	jsonOnly := flag.Bool("json", false, "print only the JSON lines")
+	flag.Parse()
+
+	comm, err := mpi.World()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+	code := 0
+	if err := run(comm, *lossKind, *b, *d, *mode, *algos, *dtype, *steps, *warmup, *tile, *memLimit, *jsonOnly); err != nil {
+		if comm.Rank() == 0 {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+		}
+		code = 1
+	}
+	mpi.Finalize()
+	os.Exit(code)
+}
+
+func run(comm mpi.Comm, lossKind string, b, d int, mode, algos, dtype string, steps, warmup, tile int, memLimit float64, jsonOnly bool) error {
+	if lossKind != "clip" {
+		return fmt.Errorf("unknown loss %q", lossKind)
+	}
+	opt, err := loss.ParseMode(mode)
+	if err != nil {
+		return err
+	}
+	var list []loss.Algorithm
+	if algos == "all" {
+		list = loss.Algorithms()
+	} else {
+		for _, name := range strings.Split(algos, ",") {
+			a, err := loss.ParseAlgorithm(name)
+			if err != nil {
+				return err
+			}
+			list = append(list, a)
+		}
+	}
+	if memLimit == 0 {
+		memLimit = 0.8 * memAvailableMiB() / float64(localRanks(comm))
+	}
+	loss.Warn = func(string) {}
+	rank0 := comm.Rank() == 0
+	if rank0 && !jsonOnly {
+		fmt.Printf("# clipmpi bench: W=%d, b=%d, d=%d, mode=%s, %s, %d steps after %d warm-up; blas=%s threads=%d, mpi=%v\n",
+			comm.Size(), b, d, mode, dtype, steps, warmup, blas.Backend(), blas.Threads(), mpi.Enabled)
+	}
+	var recs []Record
+	for _, a := range list {
+		o := opt
+		o.Algorithm, o.Tile = a, tile
+		var rec Record
+		switch dtype {
+		case "float32":
+			rec, err = measure[float32](comm, o, b, d, steps, warmup, memLimit)
+		case "float64":
+			rec, err = measure[float64](comm, o, b, d, steps, warmup, memLimit)
+		default:
+			return fmt.Errorf("unknown dtype %q", dtype)
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", a, err)
+		}
+		rec.Mode, rec.Dtype, rec.Loss = mode, dtype, lossKind
+		recs = append(recs, rec)
+		if rank0 {
+			line, _ := json.Marshal(rec)
+			fmt.Println(string(line))
+		}
+	}
+	if rank0 && !jsonOnly {
+		table(recs)
+	}
+	return nil
+}
+
+func table(recs []Record) {
+	fmt.Printf("\n%-6s %9s %9s %9s %8s %10s %9s %9s %8s %10s %7s\n",
+		"algo", "median ms", "min ms", "floor ms", "ratio", "GFLOP/s", "x naive", "peak MiB", "ws MiB", "comm MB", "allocs")
+	var naive float64
+	for _, r := range recs {
+		if r.Algo == "naive" && r.Skipped == "" {
+			naive = r.StepMsMedian
+		}
+	}
+	for _, r := range recs {
+		if r.Skipped != "" {
+			fmt.Printf("%-6s skipped: %s\n", r.Algo, r.Skipped)
+			continue
+		}
+		speed := "-"
+		if naive > 0 {
+			speed = fmt.Sprintf("%.2f", naive/r.StepMsMedian)
+		}
+		fmt.Printf("%-6s %9.1f %9.1f %9.1f %8.2f %10.1f %9s %9.0f %8.0f %10.1f %7.1f\n",
+			r.Algo, r.StepMsMedian, r.StepMsMin, r.FloorMs, r.RatioToFloor, r.Gflops, speed, r.PeakRSSMiB, r.WorkspaceMiB, r.CommBytesPerStep/1e6, r.AllocsPerStep)
+	}
+}
+
+func measure[T blas.Float](comm mpi.Comm, opt loss.ClipOptions, b, d, steps, warmup int, memLimit float64) (Record, error) {
+	var zero T
+	esize := int(sizeof(zero))
+	w := comm.Size()
+	plan := opt.Plan(w, b, d, esize)
+	rec := Record{Algo: opt.Algorithm.String(), World: w, B: b, D: d, Tile: opt.Tile, Steps: steps,
+		BlasBackend: blas.Backend(), BlasThreads: blas.Threads(),
+		GflopPerStep: plan.Flops() / 1e9, WorkspaceMiB: float64(plan.WorkspaceBytes) / (1 << 20)}
+	if ws := rec.WorkspaceMiB + float64(4*b*d*esize)/(1<<20); ws > memLimit {
+		rec.Skipped = fmt.Sprintf("needs about %.0f MiB per rank, limit %.0f MiB (-mem-limit-mib)", ws, memLimit)
+		return rec, nil
+	}
+	runtime.GC()
+	debug.FreeOSMemory()
+	resetPeakRSS()
+
+	img, txt := features[T](comm.Rank(), b, d)
+	dImg, dTxt := make([]T, b*d), make([]T, b*d)
+	cc := &countingComm{Comm: comm, elem: esize}
+	l := loss.NewClipLoss[T](cc, d, opt)
+	lg := loss.Logit{Scale: 1 / 0.07}
+	for range warmup {
+		if _, err := l.ForwardBackward(dImg, dTxt, img, txt, lg); err != nil {
+			return rec, err
+		}
+	}
+	cc.bytes = 0
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	mallocs := ms.Mallocs
+	times := make([]float64, steps)
+	for s := range steps {
+		if err := comm.Barrier(); err != nil {
+			return rec, err
+		}
+		t0 := time.Now()
+		res, err := l.ForwardBackward(dImg, dTxt, img, txt, lg)
+		if err != nil {
+			return rec, err
+		}
+		times[s] = float64(time.Since(t0).Nanoseconds()) / 1e6
+		rec.Loss0 = res.Loss
+	}
+	runtime.ReadMemStats(&ms)
+	rec.AllocsPerStep = float64(ms.Mallocs-mallocs) / float64(steps)
+	rec.CommBytesPerStep = float64(cc.bytes) / float64(steps)
+	rec.PeakRSSMiB = peakRSSMiB()
+	// Every rank reports the slowest rank's step: a step ends when all do.
+	if err := comm.AllreduceF64(mpi.Max, times, times); err != nil {
+		return rec, err
+	}
+	sort.Float64s(times)
+	rec.StepMsMedian, rec.StepMsMin, rec.StepMsMax = times[len(times)/2], times[0], times[len(times)-1]
+	rec.Gflops = rec.GflopPerStep / (rec.StepMsMedian / 1e3)
+
+	gemmMs, err := gemmFloor[T](comm, plan)
+	if err != nil {
+		return rec, err
+	}
+	gbs, err := bandwidth[T](comm, b*d)
+	if err != nil {
+		return rec, err
+	}
+	rec.GemmFloorMs = gemmMs
+	rec.SgemmGflops = rec.GflopPerStep / (gemmMs / 1e3)
+	rec.CollectiveGBs = gbs
+	rec.CommFloorMs = rec.CommBytesPerStep / (gbs * 1e9) * 1e3
+	rec.FloorMs = rec.GemmFloorMs + rec.CommFloorMs
+	rec.RatioToFloor = rec.StepMsMedian / rec.FloorMs
+	return rec, nil
+}
+
+// gemmFloor times each GEMM shape of the plan on this machine, all ranks at
+// once (as in a step, so the ranks share memory bandwidth), and returns the
+// step's GEMM time: the median of 3 runs of each shape times its count.
+func gemmFloor[T blas.Float](comm mpi.Comm, plan loss.Plan) (float64, error) {
+	var total float64
+	for _, g := range plan.Gemms {
+		a := make([]T, g.M*g.K)
+		bb := make([]T, g.K*g.N)
+		c := make([]T, g.M*g.N)
+		for i := range a {
+			a[i] = T(float64(i%17) / 17)
+		}
+		for i := range bb {
+			bb[i] = T(float64(i%13) / 13)
+		}
+		ta, tb := blas.NoTrans, blas.NoTrans
+		lda, ldb := g.K, g.N
+		if g.TransA {
+			ta, lda = blas.Trans, g.M
+		}
+		if g.TransB {
+			tb, ldb = blas.Trans, g.K
+		}
+		var ts []float64
+		for range 3 {
+			if err := comm.Barrier(); err != nil {
+				return 0, err
+			}
+			t0 := time.Now()
+			blas.Gemm(ta, tb, g.M, g.N, g.K, 1, a, lda, bb, ldb, 0, c, g.N)
+			ts = append(ts, float64(time.Since(t0).Nanoseconds())/1e6)
+		}
+		if err := comm.AllreduceF64(mpi.Max, ts, ts); err != nil {
+			return 0, err
+		}
+		sort.Float64s(ts)
+		total += ts[1] * float64(g.Count)
+	}
+	return total, nil
+}
+
+// bandwidth measures the collective bandwidth in GB/s: bytes a rank
+// receives in an all-gather of n elements per rank, per second (best of 5).
+func bandwidth[T blas.Float](comm mpi.Comm, n int) (float64, error) {
+	w := comm.Size()
+	if w == 1 {
+		return math.Inf(1), nil
+	}
+	src, dst := make([]T, n), make([]T, n*w)
+	cc := &countingComm{Comm: comm, elem: int(sizeof(src[0]))}
+	best := math.Inf(1)
+	for range 5 {
+		if err := comm.Barrier(); err != nil {
+			return 0, err
+		}
+		t0 := time.Now()
+		if err := allgather(cc, dst, src); err != nil {
+			return 0, err
+		}
+		best = min(best, time.Since(t0).Seconds())
+	}
+	v := []float64{best}
+	if err := comm.AllreduceF64(mpi.Max, v, v); err != nil {
+		return 0, err
+	}
+	return float64(cc.bytes) / 5 / v[0] / 1e9, nil
+}
+
+// features returns rank r's b×d unit-norm features, correlated pairs.
+func features[T blas.Float](r, b, d int) (img, txt []T) {
+	rnd := rand.New(rand.NewPCG(uint64(r)+1, 99))
+	img, txt = make([]T, b*d), make([]T, b*d)
+	for i := 0; i < b; i++ {
+		var si, st float64
+		for k := 0; k < d; k++ {
+			z := rnd.NormFloat64()
+			x, y := z+rnd.NormFloat64(), z+rnd.NormFloat64()
+			img[i*d+k], txt[i*d+k] = T(x), T(y)
+			si += x * x
+			st += y * y
+		}
+		for k := 0; k < d; k++ {
+			img[i*d+k] /= T(math.Sqrt(si))
+			txt[i*d+k] /= T(math.Sqrt(st))
+		}
+	}
+	return img, txt
+}
