@@ -2,10 +2,8 @@ package loss
 
 import (
 	"fmt"
-	"math"
 	"os"
 	"sync"
-	"unsafe"
 
 	"github.com/clipmpi/clipmpi/blas"
 	"github.com/clipmpi/clipmpi/mpi"
@@ -41,8 +39,7 @@ type ClipLoss[T blas.Float] struct {
 	dim  int
 	opt  ClipOptions
 
-	agree []float64 // agreement vector, see check
-	st    clipStep
+	agree agreement
 	impl  clipImpl[T]
 }
 
@@ -80,7 +77,7 @@ func NewClipLoss[T blas.Float](comm mpi.Comm, dim int, opt ClipOptions) *ClipLos
 	if opt.Tile < 0 {
 		panic(errTile)
 	}
-	l := &ClipLoss[T]{comm: comm, dim: dim, opt: opt, agree: make([]float64, agreeFixed+comm.Size())}
+	l := &ClipLoss[T]{comm: comm, dim: dim, opt: opt, agree: newAgreement(comm, dim)}
 	switch opt.Algorithm {
 	case Naive:
 		l.impl = &naiveClip[T]{comm: comm}
@@ -110,9 +107,12 @@ func (l *ClipLoss[T]) Options() ClipOptions { return l.opt }
 // dim, the element type, the options or the logit parameters, if b = 0, or
 // if any rank's input is not finite.
 func (l *ClipLoss[T]) Forward(img, txt []T, lg Logit) (float64, error) {
-	st, err := l.check(nil, nil, img, txt, lg)
+	st, err := check(&l.agree, img, txt, lg, l.opt.code(), false)
 	if err != nil {
 		return 0, err
+	}
+	if st.w > 1 {
+		st.local, st.gwg = l.opt.LocalLoss, l.opt.GatherWithGrad
 	}
 	r, err := l.impl.run(nil, nil, img, txt, lg, st)
 	return r.Loss, err
@@ -128,106 +128,19 @@ func (l *ClipLoss[T]) ForwardBackward(dImg, dTxt, img, txt []T, lg Logit) (Resul
 	if len(dImg) != len(img) || len(dTxt) != len(txt) {
 		panic(errGradLen)
 	}
-	st, err := l.check(dImg, dTxt, img, txt, lg)
+	st, err := check(&l.agree, img, txt, lg, l.opt.code(), true)
 	if err != nil {
 		return Result{}, err
+	}
+	if st.w > 1 {
+		st.local, st.gwg = l.opt.LocalLoss, l.opt.GatherWithGrad
 	}
 	return l.impl.run(dImg, dTxt, img, txt, lg, st)
 }
 
-// Layout of the agreement vector: pairs (x, -x) reduced with MAX give the
-// maximum and the minimum over ranks of x in one all-reduce; then one
-// non-finite flag per rank.
-const (
-	agreeB = 2 * iota
-	agreeD
-	agreeSize
-	agreeOpts
-	agreeScale
-	agreeBias
-	agreeFixed
-)
-
-// check validates the call locally (panics) and then agrees with the other
-// ranks on shapes, options and finiteness with one all-reduce, so that every
-// rank returns the same error or none.
-func (l *ClipLoss[T]) check(dImg, dTxt, img, txt []T, lg Logit) (*clipStep, error) {
-	if len(img) != len(txt) {
-		panic(errLenMatch)
-	}
-	if len(img)%l.dim != 0 {
-		panic(errLenDim)
-	}
-	var zero T
-	w, rank := l.comm.Size(), l.comm.Rank()
-	b := len(img) / l.dim
-
-	bad := 0.0
-	if !finite(img) {
-		bad += 1
-	}
-	if !finite(txt) {
-		bad += 2
-	}
-	scale, bias := lg.Scale, 0.0
-	if lg.HasBias {
-		bias = lg.Bias
-	}
-	if math.IsNaN(scale) || math.IsInf(scale, 0) || math.IsNaN(bias) || math.IsInf(bias, 0) {
-		bad += 4
-		scale, bias = 0, 0
-	}
-	opts := float64(l.opt.Algorithm)*8 + b2f(l.opt.LocalLoss)*4 + b2f(l.opt.GatherWithGrad)*2 + b2f(lg.HasBias)
-	v := l.agree
-	for i := range v {
-		v[i] = 0
-	}
-	pair := func(at int, x float64) { v[at], v[at+1] = x, -x }
-	pair(agreeB, float64(b))
-	pair(agreeD, float64(l.dim))
-	pair(agreeSize, float64(unsafe.Sizeof(zero)))
-	pair(agreeOpts, opts+float64(l.opt.Tile)*64)
-	pair(agreeScale, scale)
-	pair(agreeBias, bias)
-	v[agreeFixed+rank] = bad
-	if err := l.comm.AllreduceF64(mpi.Max, v, v); err != nil {
-		return nil, fmt.Errorf("loss: agreeing on shapes: %w", err)
-	}
-	differ := func(at int) bool { return v[at] != -v[at+1] }
-	switch {
-	case differ(agreeB):
-		return nil, fmt.Errorf("%w on the batch size: rows per rank range from %d to %d", ErrShapeMismatch, int(-v[agreeB+1]), int(v[agreeB]))
-	case differ(agreeD):
-		return nil, fmt.Errorf("%w on the feature dimension: it ranges from %d to %d", ErrShapeMismatch, int(-v[agreeD+1]), int(v[agreeD]))
-	case differ(agreeSize):
-		return nil, fmt.Errorf("%w on the element type: float32 on some ranks, float64 on others", ErrShapeMismatch)
-	case differ(agreeOpts):
-		return nil, fmt.Errorf("%w on the loss options (local_loss, gather_with_grad, algorithm, tile or logit bias)", ErrShapeMismatch)
-	case v[agreeB] == 0:
-		return nil, fmt.Errorf("%w: 0 rows per rank", ErrEmptyBatch)
-	}
-	for r := 0; r < w; r++ {
-		if f := int(v[agreeFixed+r]); f != 0 {
-			what := ""
-			for bit, name := range []string{"image features", "text features", "logit scale or bias"} {
-				if f&(1<<bit) != 0 {
-					if what != "" {
-						what += ", "
-					}
-					what += name
-				}
-			}
-			return nil, fmt.Errorf("%w: NaN or Inf in the %s on rank %d", ErrNonFinite, what, r)
-		}
-	}
-	if differ(agreeScale) || differ(agreeBias) {
-		return nil, fmt.Errorf("%w on the logit scale or bias (replicas must be identical)", ErrShapeMismatch)
-	}
-	l.st = clipStep{rank: rank, w: w, b: b, n: w * b, d: l.dim, backward: dImg != nil}
-	if w > 1 {
-		l.st.local, l.st.gwg = l.opt.LocalLoss, l.opt.GatherWithGrad
-	}
-	return &l.st, nil
+// code identifies the options in the agreement vector.
+func (o ClipOptions) code() float64 {
+	return float64(o.Algorithm)*4 + b2f(o.LocalLoss)*2 + b2f(o.GatherWithGrad) + float64(o.Tile)*64
 }
 
 func b2f(b bool) float64 {

@@ -1,0 +1,116 @@
+package loss
+
+import (
+	"fmt"
+	"math"
+	"unsafe"
+
+	"github.com/clipmpi/clipmpi/blas"
+	"github.com/clipmpi/clipmpi/mpi"
+)
+
+// agreement is the per-call check every loss runs before computing: local
+// misuse panics, and everything a caller can act on is decided with one
+// all-reduce, so that every rank returns the same error or none.
+type agreement struct {
+	comm mpi.Comm
+	dim  int
+	v    []float64 // see the layout below
+	st   clipStep
+}
+
+func newAgreement(comm mpi.Comm, dim int) agreement {
+	return agreement{comm: comm, dim: dim, v: make([]float64, agreeFixed+comm.Size())}
+}
+
+// Layout of the agreement vector: pairs (x, -x) reduced with MAX give the
+// maximum and the minimum over ranks of x in one all-reduce; then one
+// non-finite flag per rank.
+const (
+	agreeB = 2 * iota
+	agreeD
+	agreeSize
+	agreeOpts
+	agreeScale
+	agreeBias
+	agreeFixed
+)
+
+// check validates a call: it panics if len(img) != len(txt) or the length is
+// not a multiple of the dimension; then it agrees with the other ranks on
+// the batch size, dimension, element type, options (opts, a number that
+// identifies them), logit scale and bias, and on finiteness.
+func check[T blas.Float](a *agreement, img, txt []T, lg Logit, opts float64, backward bool) (*clipStep, error) {
+	if len(img) != len(txt) {
+		panic(errLenMatch)
+	}
+	if len(img)%a.dim != 0 {
+		panic(errLenDim)
+	}
+	var zero T
+	w, rank := a.comm.Size(), a.comm.Rank()
+	b := len(img) / a.dim
+
+	bad := 0.0
+	if !finite(img) {
+		bad += 1
+	}
+	if !finite(txt) {
+		bad += 2
+	}
+	scale, bias := lg.Scale, 0.0
+	if lg.HasBias {
+		bias = lg.Bias
+	}
+	if math.IsNaN(scale) || math.IsInf(scale, 0) || math.IsNaN(bias) || math.IsInf(bias, 0) {
+		bad += 4
+		scale, bias = 0, 0
+	}
+	v := a.v
+	for i := range v {
+		v[i] = 0
+	}
+	pair := func(at int, x float64) { v[at], v[at+1] = x, -x }
+	pair(agreeB, float64(b))
+	pair(agreeD, float64(a.dim))
+	pair(agreeSize, float64(unsafe.Sizeof(zero)))
+	pair(agreeOpts, opts*2+b2f(lg.HasBias))
+	pair(agreeScale, scale)
+	pair(agreeBias, bias)
+	v[agreeFixed+rank] = bad
+	if err := a.comm.AllreduceF64(mpi.Max, v, v); err != nil {
+		return nil, fmt.Errorf("loss: agreeing on shapes: %w", err)
+	}
+	differ := func(at int) bool { return v[at] != -v[at+1] }
+	switch {
+	case differ(agreeB):
+		return nil, fmt.Errorf("%w on the batch size: rows per rank range from %d to %d", ErrShapeMismatch, int(-v[agreeB+1]), int(v[agreeB]))
+	case differ(agreeD):
+		return nil, fmt.Errorf("%w on the feature dimension: it ranges from %d to %d", ErrShapeMismatch, int(-v[agreeD+1]), int(v[agreeD]))
+	case differ(agreeSize):
+		return nil, fmt.Errorf("%w on the element type: float32 on some ranks, float64 on others", ErrShapeMismatch)
+	case differ(agreeOpts):
+		return nil, fmt.Errorf("%w on the loss options (local_loss, gather_with_grad, algorithm, tile or logit bias)", ErrShapeMismatch)
+	case v[agreeB] == 0:
+		return nil, fmt.Errorf("%w: 0 rows per rank", ErrEmptyBatch)
+	}
+	for r := 0; r < w; r++ {
+		if f := int(v[agreeFixed+r]); f != 0 {
+			what := ""
+			for bit, name := range []string{"image features", "text features", "logit scale or bias"} {
+				if f&(1<<bit) != 0 {
+					if what != "" {
+						what += ", "
+					}
+					what += name
+				}
+			}
+			return nil, fmt.Errorf("%w: NaN or Inf in the %s on rank %d", ErrNonFinite, what, r)
+		}
+	}
+	if differ(agreeScale) || differ(agreeBias) {
+		return nil, fmt.Errorf("%w on the logit scale or bias (replicas must be identical)", ErrShapeMismatch)
+	}
+	a.st = clipStep{rank: rank, w: w, b: b, n: w * b, d: a.dim, backward: backward}
+	return &a.st, nil
+}
