@@ -78,8 +78,21 @@ func convert[T blas.Float](s []float64) []T {
 	return t
 }
 
-// solve runs ForwardBackward on every rank of an in-process group.
+// stepper is what ClipLoss and SigLipLoss have in common.
+type stepper[T blas.Float] interface {
+	ForwardBackward(dImg, dTxt, img, txt []T, lg Logit) (Result, error)
+	Forward(img, txt []T, lg Logit) (float64, error)
+}
+
+// solve runs ClipLoss.ForwardBackward on every rank of an in-process group.
 func solve[T blas.Float](t testing.TB, p *problem, opt ClipOptions) *outputs {
+	t.Helper()
+	return solveWith(t, p, func(c mpi.Comm) stepper[T] { return NewClipLoss[T](c, p.d, opt) })
+}
+
+// solveWith runs ForwardBackward of the loss newLoss makes on every rank of
+// an in-process group.
+func solveWith[T blas.Float](t testing.TB, p *problem, newLoss func(c mpi.Comm) stepper[T]) *outputs {
 	t.Helper()
 	n, bd := p.w*p.b, p.b*p.d
 	out := &outputs{loss: make([]float64, p.w), gs: make([]float64, p.w), gb: make([]float64, p.w),
@@ -89,8 +102,7 @@ func solve[T blas.Float](t testing.TB, p *problem, opt ClipOptions) *outputs {
 		r := c.Rank()
 		img, txt := convert[T](p.img[r*bd:(r+1)*bd]), convert[T](p.txt[r*bd:(r+1)*bd])
 		di, dt := make([]T, bd), make([]T, bd)
-		l := NewClipLoss[T](c, p.d, opt)
-		res, err := l.ForwardBackward(di, dt, img, txt, p.lg)
+		res, err := newLoss(c).ForwardBackward(di, dt, img, txt, p.lg)
 		errs[r] = err
 		out.loss[r], out.gs[r], out.gb[r] = res.Loss, res.GradScale, res.GradBias
 		for i := range di {
@@ -105,16 +117,21 @@ func solve[T blas.Float](t testing.TB, p *problem, opt ClipOptions) *outputs {
 	return out
 }
 
-// forwardLosses returns every rank's Forward loss.
+// forwardLosses returns every rank's ClipLoss.Forward loss.
 func forwardLosses(t testing.TB, p *problem, opt ClipOptions) []float64 {
+	t.Helper()
+	return forwardWith(t, p, func(c mpi.Comm) stepper[float64] { return NewClipLoss[float64](c, p.d, opt) })
+}
+
+// forwardWith returns every rank's Forward loss of the loss newLoss makes.
+func forwardWith(t testing.TB, p *problem, newLoss func(c mpi.Comm) stepper[float64]) []float64 {
 	t.Helper()
 	bd := p.b * p.d
 	losses := make([]float64, p.w)
 	errs := make([]error, p.w)
 	onRanks(p.w, func(c mpi.Comm) {
 		r := c.Rank()
-		l := NewClipLoss[float64](c, p.d, opt)
-		losses[r], errs[r] = l.Forward(p.img[r*bd:(r+1)*bd], p.txt[r*bd:(r+1)*bd], p.lg)
+		losses[r], errs[r] = newLoss(c).Forward(p.img[r*bd:(r+1)*bd], p.txt[r*bd:(r+1)*bd], p.lg)
 	})
 	for r, err := range errs {
 		if err != nil {
@@ -371,8 +388,13 @@ func TestErrorsOnEveryRank(t *testing.T) {
 		}},
 	}
 	for _, tc := range cases {
-		for _, algo := range Algorithms() {
-			t.Run(tc.name+"/algo="+algo.String(), func(t *testing.T) {
+		// Every ClipLoss algorithm, then SigLipLoss (-1), which shares the check.
+		for _, algo := range append(Algorithms(), -1) {
+			name := "algo=" + algo.String()
+			if algo < 0 {
+				name = "siglip"
+			}
+			t.Run(tc.name+"/"+name, func(t *testing.T) {
 				const w = 3
 				errs := make([]error, w)
 				onRanks(w, func(c mpi.Comm) {
@@ -382,9 +404,18 @@ func TestErrorsOnEveryRank(t *testing.T) {
 						img[i] = float64(i%7) / 7
 					}
 					lg := Logit{Scale: 10}
-					opt := ClipOptions{Algorithm: algo}
+					opt := ClipOptions{Algorithm: max(algo, 0)}
 					tc.setup(c.Rank(), &b, &d, img, &lg, &opt)
-					l := NewClipLoss[float64](c, d, opt)
+					var l stepper[float64]
+					if algo < 0 {
+						so := SigLipOptions{}
+						if opt.LocalLoss {
+							so.Impl = Gather // "options differ"
+						}
+						l = NewSigLipLoss[float64](c, d, so)
+					} else {
+						l = NewClipLoss[float64](c, d, opt)
+					}
 					_, errs[c.Rank()] = l.ForwardBackward(make([]float64, b*d), make([]float64, b*d), img[:b*d], img[1:b*d+1], lg)
 				})
 				for r, err := range errs {

@@ -218,3 +218,56 @@ func checkTile(n, ld, rows, cols int) {
 		panic("loss: internal error: tile out of bounds")
 	}
 }
+
+// sigTile turns the rows×cols tile x of SigLIP logits z = scale·x + bias
+// (leading dimension ld) into its loss and, when backward is set, into
+// gradients written to d (which may alias x). The sums run over the tile in
+// row-major order in one accumulator each, the order of a flat reduction,
+// so that cancellation between saturated terms (±c) comes out as OpenCLIP's
+// does:
+//
+//	loss += Σ softplus(-y·z),   dz = -c·y·σ(-y·z)
+//
+// with y = +1 at column e0+i of row i and -1 elsewhere. It returns the loss
+// sum and Σ dz∘x and Σ dz (taken before x is overwritten). softplus and σ
+// are evaluated in the forms that neither overflow nor lose the tail for
+// |z| in the thousands.
+func sigTile[T blas.Float](k *kernelScratch, d, x []T, ld, rows, cols, e0 int, scale, bias, c float64, backward bool) (loss, sumX, sumB float64) {
+	_ = k
+	for i := 0; i < rows; i++ {
+		xr := x[i*ld : i*ld+cols]
+		dr := d[i*ld : i*ld+cols]
+		e := e0 + i
+		for j, v := range xr {
+			xv := float64(v)
+			z := scale*xv + bias
+			y := -1.0
+			if j == e {
+				y = 1
+			}
+			u := -y * z // loss term softplus(u), gradient -c·y·σ(u)
+			loss += softplus(u)
+			if backward {
+				g := -c * y * sigmoid(u)
+				sumX += g * xv
+				sumB += g
+				dr[j] = T(g)
+			}
+		}
+	}
+	return loss, sumX, sumB
+}
+
+// softplus(u) = log(1 + e^u) = max(u, 0) + log1p(e^-|u|).
+func softplus(u float64) float64 {
+	return math.Max(u, 0) + math.Log1p(math.Exp(-math.Abs(u)))
+}
+
+// sigmoid(u) = 1 / (1 + e^-u), through e^-|u| so that nothing overflows.
+func sigmoid(u float64) float64 {
+	if u >= 0 {
+		return 1 / (1 + math.Exp(-u))
+	}
+	e := math.Exp(u)
+	return e / (1 + e)
+}

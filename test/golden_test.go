@@ -18,35 +18,43 @@ var printWorlds = flag.Bool("golden.worlds", false, "print the world sizes of th
 // and 3 straddle rank blocks (b = 4, 7), 0 is the default.
 var tiles = []int{0, 1, 3}
 
-// algoRuns lists the (algorithm, tile) pairs each clip case runs with.
-func algoRuns() []struct {
-	algo loss.Algorithm
-	tile int
-} {
-	var runs []struct {
-		algo loss.Algorithm
-		tile int
+// caseRun is one way to compute a case: an algorithm (clip) or a
+// distribution method (siglip), with its tile.
+type caseRun struct {
+	name   string
+	run    func(comm mpi.Comm) ([]string, error)
+	single func() ([]string, error)
+}
+
+// caseRuns lists the runs of a case: every ClipLoss algorithm (the tiled and
+// ring ones also with tiles that straddle rank blocks), or the case's own
+// SigLIP method and then every other one, which must give the same numbers.
+func caseRuns(c *Case) []caseRun {
+	var runs []caseRun
+	if c.LossKind == "siglip" {
+		runs = append(runs, caseRun{"impl=case", func(comm mpi.Comm) ([]string, error) { return RunSigLip(comm, c, 0, false) },
+			func() ([]string, error) { return RunSigLipSingle(c) }})
+		for _, m := range loss.SigLipImpls() {
+			runs = append(runs, caseRun{"impl=" + m.String(), func(comm mpi.Comm) ([]string, error) { return RunSigLip(comm, c, m, true) },
+				func() ([]string, error) { return nil, nil }})
+		}
+		return runs
 	}
 	for _, a := range loss.Algorithms() {
 		ts := []int{0}
 		if a == loss.Tiled || a == loss.Ring {
 			ts = tiles
 		}
-		for _, t := range ts {
-			runs = append(runs, struct {
-				algo loss.Algorithm
-				tile int
-			}{a, t})
+		for _, tile := range ts {
+			name := "algo=" + a.String()
+			if tile != 0 {
+				name = fmt.Sprintf("algo=%s/tile=%d", a, tile)
+			}
+			runs = append(runs, caseRun{name, func(comm mpi.Comm) ([]string, error) { return RunClip(comm, c, a, tile) },
+				func() ([]string, error) { return RunClipSingle(c, a, tile) }})
 		}
 	}
 	return runs
-}
-
-func runName(a loss.Algorithm, tile int) string {
-	if tile == 0 {
-		return "algo=" + a.String()
-	}
-	return fmt.Sprintf("algo=%s/tile=%d", a, tile)
 }
 
 func loadCases(t *testing.T) []*Case {
@@ -63,9 +71,7 @@ func loadCases(t *testing.T) []*Case {
 func skipUnimplemented(t *testing.T, c *Case) {
 	t.Helper()
 	switch c.LossKind {
-	case "clip":
-	case "siglip":
-		t.Skipf("%s: SigLIP loss is not implemented yet (issue 4)", c.TestName())
+	case "clip", "siglip":
 	default:
 		t.Skipf("%s: unknown loss_kind %q", c.TestName(), c.LossKind)
 	}
@@ -88,8 +94,8 @@ func TestGoldenInProcess(t *testing.T) {
 	for _, c := range loadCases(t) {
 		t.Run(c.TestName(), func(t *testing.T) {
 			skipUnimplemented(t, c)
-			for _, run := range algoRuns() {
-				t.Run(runName(run.algo, run.tile), func(t *testing.T) {
+			for _, run := range caseRuns(c) {
+				t.Run(run.name, func(t *testing.T) {
 					comms := mpi.NewGroup(c.WorldSize)
 					bad := make([][]string, c.WorldSize)
 					errs := make([]error, c.WorldSize)
@@ -98,7 +104,7 @@ func TestGoldenInProcess(t *testing.T) {
 						wg.Add(1)
 						go func() {
 							defer wg.Done()
-							bad[r], errs[r] = RunClip(comm, c, run.algo, run.tile)
+							bad[r], errs[r] = run.run(comm)
 						}()
 					}
 					wg.Wait()
@@ -110,7 +116,7 @@ func TestGoldenInProcess(t *testing.T) {
 							t.Errorf("rank %d: %s", r, s)
 						}
 					}
-					bs, err := RunClipSingle(c, run.algo, run.tile)
+					bs, err := run.single()
 					if err != nil {
 						t.Errorf("single_process: %v", err)
 					}
@@ -138,9 +144,9 @@ func TestGoldenMPI(t *testing.T) {
 		ran++
 		t.Run(c.TestName(), func(t *testing.T) {
 			skipUnimplemented(t, c)
-			for _, run := range algoRuns() {
-				t.Run(runName(run.algo, run.tile), func(t *testing.T) {
-					bad, err := RunClip(world, c, run.algo, run.tile)
+			for _, run := range caseRuns(c) {
+				t.Run(run.name, func(t *testing.T) {
+					bad, err := run.run(world)
 					if err != nil {
 						t.Fatalf("rank %d: %v", world.Rank(), err)
 					}

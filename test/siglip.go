@@ -1,0 +1,75 @@
+package test
+
+import (
+	"fmt"
+
+	"github.com/clipmpi/clipmpi/loss"
+	"github.com/clipmpi/clipmpi/mpi"
+)
+
+// SigLipOptions returns the loss options of a siglip case: its dist_impl,
+// or impl when override is set, and its chunk size as the tile.
+func (c *Case) SigLipOptions(impl loss.SigLipImpl, override bool) (loss.SigLipOptions, error) {
+	opt := loss.SigLipOptions{Impl: impl}
+	if !override && c.SigLipDistImpl != nil {
+		m, err := loss.ParseSigLipImpl(*c.SigLipDistImpl)
+		if err != nil {
+			return opt, err
+		}
+		opt.Impl = m
+	}
+	if c.SigLipChunkSize != nil {
+		opt.Tile = *c.SigLipChunkSize
+	}
+	return opt, nil
+}
+
+// RunSigLip computes rank comm.Rank() of the siglip case c in float64 with
+// the case's dist_impl (or impl when override is set; every method gives
+// the same numbers) and returns how its outputs differ from the golden ones.
+func RunSigLip(comm mpi.Comm, c *Case, impl loss.SigLipImpl, override bool) ([]string, error) {
+	if comm.Size() != c.WorldSize {
+		return nil, fmt.Errorf("case needs %d ranks, communicator has %d", c.WorldSize, comm.Size())
+	}
+	opt, err := c.SigLipOptions(impl, override)
+	if err != nil {
+		return nil, err
+	}
+	rk := c.Ranks[comm.Rank()]
+	img, txt := Flatten(rk.Image), Flatten(rk.Text)
+	dImg, dTxt := make([]float64, len(img)), make([]float64, len(txt))
+	l := loss.NewSigLipLoss[float64](comm, c.Dim, opt)
+	res, err := l.ForwardBackward(dImg, dTxt, img, txt, c.Logit())
+	if err != nil {
+		return nil, err
+	}
+	fwd, err := l.Forward(img, txt, c.Logit())
+	if err != nil {
+		return nil, err
+	}
+	return compareOutputs(res, fwd, dImg, dTxt, rk.Outputs, false), nil
+}
+
+// RunSigLipSingle computes the case's single_process outputs on one rank.
+func RunSigLipSingle(c *Case) ([]string, error) {
+	var img, txt []float64
+	for _, rk := range c.Ranks {
+		img = append(img, Flatten(rk.Image)...)
+		txt = append(txt, Flatten(rk.Text)...)
+	}
+	opt, err := c.SigLipOptions(0, false)
+	if err != nil {
+		return nil, err
+	}
+	dImg, dTxt := make([]float64, len(img)), make([]float64, len(txt))
+	l := loss.NewSigLipLoss[float64](mpi.Self(), c.Dim, opt)
+	res, err := l.ForwardBackward(dImg, dTxt, img, txt, c.Logit())
+	if err != nil {
+		return nil, err
+	}
+	fwd, err := l.Forward(img, txt, c.Logit())
+	if err != nil {
+		return nil, err
+	}
+	return compareOutputs(res, fwd, dImg, dTxt, c.Single, false), nil
+}
