@@ -81,6 +81,12 @@ type Comm interface {
 	// until Wait returns; the caller may compute on other memory meanwhile.
 	// The sender's len(src) must equal the receiver's len(dst).
 	// (MPI: sendbuf=src.)
+	//
+	// Transfers between two ranks match in the order they were started,
+	// whatever the order of the Waits. At most MaxRequests requests may
+	// be outstanding on one Comm; starting another panics. It also panics
+	// if from or to is out of range or dst overlaps src. On error the
+	// returned Request is not nil and its Wait returns the same error.
 	IsendrecvF32(dst []float32, from int, src []float32, to int) (Request, error)
 	// IsendrecvF64 is IsendrecvF32 for float64.
 	IsendrecvF64(dst []float64, from int, src []float64, to int) (Request, error)
@@ -93,6 +99,10 @@ type Comm interface {
 }
 
 // Request is a pending non-blocking operation.
+//
+// Implementations recycle a Comm's MaxRequests request objects so that
+// Isendrecv allocates nothing: once Wait has returned, the Request may be
+// reused by the Comm's next Isendrecv, so do not keep it past that call.
 type Request interface {
 	// Wait blocks until the operation has completed and its buffers may be
 	// reused. Calling Wait more than once returns the first result.

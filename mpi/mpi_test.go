@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -52,6 +53,28 @@ func TestSelf(t *testing.T) {
 		}()
 		c.IsendrecvF32(make([]float32, 2), 0, make([]float32, 3), 0)
 	}()
+}
+
+// TestSelfAbort runs this test binary again as a helper process that
+// calls Self().Abort, and checks its exit status.
+func TestSelfAbort(t *testing.T) {
+	if code := os.Getenv("CLIPMPI_SELF_ABORT"); code != "" {
+		n, _ := strconv.Atoi(code)
+		mpi.Self().Abort(n)
+		t.Fatal("Abort returned")
+	}
+	if underMpirun() {
+		t.Skip("not under mpirun")
+	}
+	for _, tc := range []struct{ code, want int }{{0, 1}, {3, 3}, {256, 1}} {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestSelfAbort$")
+		cmd.Env = append(os.Environ(), fmt.Sprintf("CLIPMPI_SELF_ABORT=%d", tc.code))
+		out, err := cmd.CombinedOutput()
+		var exit *exec.ExitError
+		if !errors.As(err, &exit) || exit.ExitCode() != tc.want {
+			t.Errorf("Abort(%d): %v, want exit status %d; output:\n%s", tc.code, err, tc.want, out)
+		}
+	}
 }
 
 func TestGroup(t *testing.T) {
@@ -369,8 +392,19 @@ func TestWorld(t *testing.T) {
 	if c.Size() != size || c.Rank() != rank {
 		t.Errorf("World rank %d size %d; mpirun says %d of %d", c.Rank(), c.Size(), rank, size)
 	}
-	t.Logf("rank %d of %d", c.Rank(), c.Size())
+	t.Logf("rank %d of %d, MPI_THREAD_MULTIPLE %v", c.Rank(), c.Size(), mpi.ThreadMultiple(c))
 	mpitest.Conformance(t, c)
+	// Again with each way of driving point-to-point transfers.
+	for _, mode := range mpi.P2PModes {
+		if mode != "isend" && !mpi.ThreadMultiple(c) {
+			continue
+		}
+		t.Run("p2p="+mode, func(t *testing.T) {
+			defer mpi.SetP2PMode(c, mpi.SetP2PMode(c, mode))
+			mpitest.Conformance(t, c)
+			lengthMismatch(t, c, -1)
+		})
+	}
 	// A longer message than the receive buffer is MPI_ERR_TRUNCATE, but
 	// Open MPI does not always report it (not on a send to self) and may
 	// not recover; only the shorter one, which MPI accepts silently, is

@@ -128,8 +128,11 @@ const Enabled = true
 // Later calls return the same Comm (or the same error). If MPI was already
 // initialised by someone else, World uses it and Finalize leaves it alone.
 //
-// With MPI_THREAD_MULTIPLE a background goroutine completes pending
-// Requests while the caller computes (see IsendrecvF32). If MPI provides
+// With MPI_THREAD_MULTIPLE, IsendrecvF32 posts MPI_Irecv and MPI_Isend and
+// a background goroutine waits in MPI_Waitall, which moves large messages
+// while the caller computes (see p2pDefault for the measurement). Open MPI
+// polls while it waits, so a pending Request keeps one thread busy; with
+// all cores computing, the transfer cannot hide anyway. If MPI provides
 // only MPI_THREAD_SERIALIZED, World accepts it and every MPI call is made
 // under one mutex; Requests then progress only inside MPI calls (Wait and
 // the collectives), and nothing else in the process may call MPI
@@ -141,6 +144,8 @@ const Enabled = true
 // MPI_Abort). Point-to-point traffic runs on a duplicate of
 // MPI_COMM_WORLD, so it never matches other messages on MPI_COMM_WORLD.
 //
+// AllreduceF32 gives every rank the same bits with Open MPI's algorithms
+// (the conformance suite checks it); the MPI standard only recommends it.
 // Buffers longer than 2^31-1 elements (an MPI count) make the call panic.
 // Abort calls MPI_Abort, which ends every rank with exit status code (1
 // if code is 0 mod 256).
