@@ -114,3 +114,39 @@ func (o ClipOptions) Plan(w, b, d, elemSize int) Plan {
 	}
 	return p
 }
+
+// Plan returns the per-rank work of one SigLipLoss ForwardBackward step with
+// w ranks of b rows of dimension d, for elements of elemSize bytes. Every
+// method does the same 3 GEMMs of 2·b·N·d; they differ in memory. It panics
+// if w, b or d is less than 1.
+func (o SigLipOptions) Plan(w, b, d, elemSize int) Plan {
+	if w < 1 || b < 1 || d < 1 {
+		panic("loss: Plan needs w, b, d ≥ 1")
+	}
+	t := o.Tile
+	if t == 0 {
+		t = defaultSigTile
+	}
+	t = min(t, b)
+	var p Plan
+	for _, tw := range []struct{ w, count int }{{t, b / t}, {b % t, 1}} {
+		if tw.w == 0 || tw.count == 0 {
+			continue
+		}
+		p.Gemms = append(p.Gemms,
+			GemmShape{TransB: true, M: b, N: tw.w, K: d, Count: w * tw.count},
+			GemmShape{M: b, N: d, K: tw.w, Count: w * tw.count},
+			GemmShape{TransA: true, M: tw.w, N: d, K: b, Count: w * tw.count})
+	}
+	e, bd, n := int64(elemSize), int64(b)*int64(d), int64(w)*int64(b)
+	tileBytes := e * int64(b) * int64(t)
+	switch o.Impl {
+	case Gather:
+		p.WorkspaceBytes = 2*e*n*int64(d) + tileBytes
+	case Reduce:
+		p.WorkspaceBytes = 2*e*bd + tileBytes
+	default: // the ring methods: two packed [A | T] blocks per direction
+		p.WorkspaceBytes = 8*e*bd + e*bd + tileBytes
+	}
+	return p
+}

@@ -70,7 +70,7 @@ func main() {
 	warmup := flag.Int("warmup", 2, "untimed steps first")
 	tile := flag.Int("tile", 0, "tile width of tiled and ring (0: default)")
 	memLimit := flag.Float64("mem-limit-mib", 0, "skip configurations whose workspace estimate exceeds this per rank (0: 80% of MemAvailable / ranks)")
-	lossKind := flag.String("loss", "clip", "loss: clip")
+	lossKind := flag.String("loss", "clip", "loss: clip or siglip (then -algo names SigLIP methods: bidir, shift, reduce, gather, or all)")
 	jsonOnly := flag.Bool("json", false, "print only the JSON lines")
 	flag.Parse()
 
@@ -90,25 +90,67 @@ func main() {
 	os.Exit(code)
 }
 
+// config is one configuration to measure: a loss maker and its plan.
+type config struct {
+	name string
+	plan func(w, b, d, elem int) loss.Plan
+	tile int
+	make func(comm mpi.Comm, d int) any // *loss.ClipLoss[T] or *loss.SigLipLoss[T]
+}
+
 func run(comm mpi.Comm, lossKind string, b, d int, mode, algos, dtype string, steps, warmup, tile int, memLimit float64, jsonOnly bool) error {
-	if lossKind != "clip" {
-		return fmt.Errorf("unknown loss %q", lossKind)
-	}
-	opt, err := loss.ParseMode(mode)
-	if err != nil {
-		return err
-	}
-	var list []loss.Algorithm
-	if algos == "all" {
-		list = loss.Algorithms()
-	} else {
-		for _, name := range strings.Split(algos, ",") {
-			a, err := loss.ParseAlgorithm(name)
-			if err != nil {
-				return err
-			}
-			list = append(list, a)
+	var configs []config
+	switch lossKind {
+	case "clip":
+		opt, err := loss.ParseMode(mode)
+		if err != nil {
+			return err
 		}
+		list := loss.Algorithms()
+		if algos != "all" {
+			list = nil
+			for _, name := range strings.Split(algos, ",") {
+				a, err := loss.ParseAlgorithm(name)
+				if err != nil {
+					return err
+				}
+				list = append(list, a)
+			}
+		}
+		for _, a := range list {
+			o := opt
+			o.Algorithm, o.Tile = a, tile
+			configs = append(configs, config{a.String(), o.Plan, tile, func(c mpi.Comm, d int) any {
+				if dtype == "float64" {
+					return loss.NewClipLoss[float64](c, d, o)
+				}
+				return loss.NewClipLoss[float32](c, d, o)
+			}})
+		}
+	case "siglip":
+		mode = "siglip"
+		list := loss.SigLipImpls()
+		if algos != "all" {
+			list = nil
+			for _, name := range strings.Split(algos, ",") {
+				m, err := loss.ParseSigLipImpl(name)
+				if err != nil {
+					return err
+				}
+				list = append(list, m)
+			}
+		}
+		for _, m := range list {
+			o := loss.SigLipOptions{Impl: m, Tile: tile}
+			configs = append(configs, config{m.String(), o.Plan, tile, func(c mpi.Comm, d int) any {
+				if dtype == "float64" {
+					return loss.NewSigLipLoss[float64](c, d, o)
+				}
+				return loss.NewSigLipLoss[float32](c, d, o)
+			}})
+		}
+	default:
+		return fmt.Errorf("unknown loss %q (want clip or siglip)", lossKind)
 	}
 	if memLimit == 0 {
 		memLimit = 0.8 * memAvailableMiB() / float64(localRanks(comm))
@@ -116,24 +158,23 @@ func run(comm mpi.Comm, lossKind string, b, d int, mode, algos, dtype string, st
 	loss.Warn = func(string) {}
 	rank0 := comm.Rank() == 0
 	if rank0 && !jsonOnly {
-		fmt.Printf("# clipmpi bench: W=%d, b=%d, d=%d, mode=%s, %s, %d steps after %d warm-up; blas=%s threads=%d, mpi=%v\n",
-			comm.Size(), b, d, mode, dtype, steps, warmup, blas.Backend(), blas.Threads(), mpi.Enabled)
+		fmt.Printf("# clipmpi bench: loss=%s W=%d, b=%d, d=%d, mode=%s, %s, %d steps after %d warm-up; blas=%s threads=%d, mpi=%v\n",
+			lossKind, comm.Size(), b, d, mode, dtype, steps, warmup, blas.Backend(), blas.Threads(), mpi.Enabled)
 	}
 	var recs []Record
-	for _, a := range list {
-		o := opt
-		o.Algorithm, o.Tile = a, tile
+	for _, cfg := range configs {
 		var rec Record
+		var err error
 		switch dtype {
 		case "float32":
-			rec, err = measure[float32](comm, o, b, d, steps, warmup, memLimit)
+			rec, err = measure[float32](comm, cfg, b, d, steps, warmup, memLimit)
 		case "float64":
-			rec, err = measure[float64](comm, o, b, d, steps, warmup, memLimit)
+			rec, err = measure[float64](comm, cfg, b, d, steps, warmup, memLimit)
 		default:
 			return fmt.Errorf("unknown dtype %q", dtype)
 		}
 		if err != nil {
-			return fmt.Errorf("%s: %w", a, err)
+			return fmt.Errorf("%s: %w", cfg.name, err)
 		}
 		rec.Mode, rec.Dtype, rec.Loss = mode, dtype, lossKind
 		recs = append(recs, rec)
@@ -148,8 +189,13 @@ func run(comm mpi.Comm, lossKind string, b, d int, mode, algos, dtype string, st
 	return nil
 }
 
+// stepper is what both losses offer.
+type stepper[T blas.Float] interface {
+	ForwardBackward(dImg, dTxt, img, txt []T, lg loss.Logit) (loss.Result, error)
+}
+
 func table(recs []Record) {
-	fmt.Printf("\n%-6s %9s %9s %9s %8s %10s %9s %9s %8s %10s %7s\n",
+	fmt.Printf("\n%-7s %9s %9s %9s %8s %10s %9s %9s %8s %10s %7s\n",
 		"algo", "median ms", "min ms", "floor ms", "ratio", "GFLOP/s", "x naive", "peak MiB", "ws MiB", "comm MB", "allocs")
 	var naive float64
 	for _, r := range recs {
@@ -159,24 +205,24 @@ func table(recs []Record) {
 	}
 	for _, r := range recs {
 		if r.Skipped != "" {
-			fmt.Printf("%-6s skipped: %s\n", r.Algo, r.Skipped)
+			fmt.Printf("%-7s skipped: %s\n", r.Algo, r.Skipped)
 			continue
 		}
 		speed := "-"
 		if naive > 0 {
 			speed = fmt.Sprintf("%.2f", naive/r.StepMsMedian)
 		}
-		fmt.Printf("%-6s %9.1f %9.1f %9.1f %8.2f %10.1f %9s %9.0f %8.0f %10.1f %7.1f\n",
+		fmt.Printf("%-7s %9.1f %9.1f %9.1f %8.2f %10.1f %9s %9.0f %8.0f %10.1f %7.1f\n",
 			r.Algo, r.StepMsMedian, r.StepMsMin, r.FloorMs, r.RatioToFloor, r.Gflops, speed, r.PeakRSSMiB, r.WorkspaceMiB, r.CommBytesPerStep/1e6, r.AllocsPerStep)
 	}
 }
 
-func measure[T blas.Float](comm mpi.Comm, opt loss.ClipOptions, b, d, steps, warmup int, memLimit float64) (Record, error) {
+func measure[T blas.Float](comm mpi.Comm, cfg config, b, d, steps, warmup int, memLimit float64) (Record, error) {
 	var zero T
 	esize := int(sizeof(zero))
 	w := comm.Size()
-	plan := opt.Plan(w, b, d, esize)
-	rec := Record{Algo: opt.Algorithm.String(), World: w, B: b, D: d, Tile: opt.Tile, Steps: steps,
+	plan := cfg.plan(w, b, d, esize)
+	rec := Record{Algo: cfg.name, World: w, B: b, D: d, Tile: cfg.tile, Steps: steps,
 		BlasBackend: blas.Backend(), BlasThreads: blas.Threads(),
 		GflopPerStep: plan.Flops() / 1e9, WorkspaceMiB: float64(plan.WorkspaceBytes) / (1 << 20)}
 	if ws := rec.WorkspaceMiB + float64(4*b*d*esize)/(1<<20); ws > memLimit {
@@ -190,8 +236,11 @@ func measure[T blas.Float](comm mpi.Comm, opt loss.ClipOptions, b, d, steps, war
 	img, txt := features[T](comm.Rank(), b, d)
 	dImg, dTxt := make([]T, b*d), make([]T, b*d)
 	cc := &countingComm{Comm: comm, elem: esize}
-	l := loss.NewClipLoss[T](cc, d, opt)
+	l := cfg.make(cc, d).(stepper[T])
 	lg := loss.Logit{Scale: 1 / 0.07}
+	if cfg.name == "bidir" || cfg.name == "shift" || cfg.name == "reduce" || cfg.name == "gather" {
+		lg = loss.Logit{Scale: 10, Bias: -10, HasBias: true} // SigLIP's initialisation
+	}
 	for range warmup {
 		if _, err := l.ForwardBackward(dImg, dTxt, img, txt, lg); err != nil {
 			return rec, err
