@@ -233,7 +233,16 @@ func checkTile(n, ld, rows, cols int) {
 // are evaluated in the forms that neither overflow nor lose the tail for
 // |z| in the thousands.
 func sigTile[T blas.Float](k *kernelScratch, d, x []T, ld, rows, cols, e0 int, scale, bias, c float64, backward bool) (loss, sumX, sumB float64) {
-	_ = k
+	if nativeKernels && is32[T]() {
+		checkTile(len(x), ld, rows, cols)
+		checkTile(len(d), ld, rows, cols)
+		return k.sig32(f32(d), f32(x), ld, rows, cols, e0, scale, bias, c, backward)
+	}
+	return sigTileGo(d, x, ld, rows, cols, e0, scale, bias, c, backward)
+}
+
+// sigTileGo is sigTile in Go, for either element type.
+func sigTileGo[T blas.Float](d, x []T, ld, rows, cols, e0 int, scale, bias, c float64, backward bool) (loss, sumX, sumB float64) {
 	for i := 0; i < rows; i++ {
 		xr := x[i*ld : i*ld+cols]
 		dr := d[i*ld : i*ld+cols]

@@ -165,6 +165,68 @@ static void grad_base(float *di, float *dt, const float *x, long ld,
 	grad_body(di, dt, x, ld, rows, cols, e0, scale, bias, cI, cT, rowM, rowL, colM, colL, colX, colB, sums);
 }
 
+// flog1p is log(1 + t) for t in [0, 1]: 2·atanh(u) with u = t/(2+t) in
+// [0, 1/3], summed to u^15 (truncation below 5e-9 relative).
+static inline __attribute__((always_inline)) float flog1p(float t) {
+	float u = t / (2.0f + t);
+	float u2 = u * u;
+	float p = 1.0f / 15;
+	p = p * u2 + 1.0f / 13;
+	p = p * u2 + 1.0f / 11;
+	p = p * u2 + 1.0f / 9;
+	p = p * u2 + 1.0f / 7;
+	p = p * u2 + 1.0f / 5;
+	p = p * u2 + 1.0f / 3;
+	p = p * u2 + 1.0f;
+	return 2.0f * u * p;
+}
+
+static inline __attribute__((always_inline)) void sig_body(float *d, const float *x, long ld, long rows,
+		long cols, long e0, double scale, double bias, float c, int backward, double *sums) {
+	double loss = 0, sx = 0, sb = 0;
+	for (long i = 0; i < rows; i++) {
+		const float *xr = x + i * ld;
+		float *dr = d + i * ld;
+		long e = e0 + i;
+		double rl = 0, rx = 0, rb = 0;
+		for (long j = 0; j < cols; j++) {
+			float xv = xr[j];
+			float y = j == e ? 1.0f : -1.0f;
+			float u = (float)(-(double)y * (scale * xv + bias));
+			float au = u < 0 ? -u : u;
+			float ex = fexp(-au);
+			rl += (double)((u > 0 ? u : 0.0f) + flog1p(ex));
+			if (backward) {
+				float sg = (u >= 0 ? 1.0f : ex) / (1.0f + ex);
+				float g = -c * y * sg;
+				rx += (double)g * xv;
+				rb += (double)g;
+				dr[j] = g;
+			}
+		}
+		loss += rl;
+		sx += rx;
+		sb += rb;
+	}
+	sums[0] = loss;
+	sums[1] = sx;
+	sums[2] = sb;
+}
+
+__attribute__((target("avx2,fma"))) static void sig_avx2(float *d, const float *x, long ld, long rows,
+		long cols, long e0, double scale, double bias, float c, int backward, double *sums) {
+	sig_body(d, x, ld, rows, cols, e0, scale, bias, c, backward, sums);
+}
+static void sig_base(float *d, const float *x, long ld, long rows,
+		long cols, long e0, double scale, double bias, float c, int backward, double *sums) {
+	sig_body(d, x, ld, rows, cols, e0, scale, bias, c, backward, sums);
+}
+
+static void clip_sig32(int avx2, float *d, const float *x, long ld, long rows,
+		long cols, long e0, double scale, double bias, float c, int backward, double *sums) {
+	(avx2 ? sig_avx2 : sig_base)(d, x, ld, rows, cols, e0, scale, bias, c, backward, sums);
+}
+
 static int have_avx2(void) {
 	__builtin_cpu_init();
 	return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
@@ -194,7 +256,7 @@ var avx2 = C.have_avx2()
 // kernelScratch is per-loss scratch the native kernels need.
 type kernelScratch struct {
 	tmax []float64 // rows
-	out  [2]float64
+	out  [3]float64
 }
 
 func ptr32(s []float32) *C.float {
@@ -230,4 +292,16 @@ func (k *kernelScratch) grad32(di, dt, x []float32, ld, rows, cols, j0, diag0 in
 		ptr64(rowM), ptr64(rowL), ptr64(colM), ptr64(colL), ptr64(colX), ptr64(colB),
 		(*C.double)(unsafe.Pointer(&k.out[0])))
 	return k.out[0], k.out[1]
+}
+
+// sig32 is sigTile for float32 in C. The positive pair of row i is column
+// e0+i (which may lie outside the tile).
+func (k *kernelScratch) sig32(d, x []float32, ld, rows, cols, e0 int, scale, bias, c float64, backward bool) (loss, sumX, sumB float64) {
+	bw := C.int(0)
+	if backward {
+		bw = 1
+	}
+	C.clip_sig32(avx2, ptr32(d), ptr32(x), C.long(ld), C.long(rows), C.long(cols), C.long(max(min(e0, 1<<40), -1<<40)),
+		C.double(scale), C.double(bias), C.float(c), bw, (*C.double)(unsafe.Pointer(&k.out[0])))
+	return k.out[0], k.out[1], k.out[2]
 }

@@ -16,3 +16,7 @@ func (k *kernelScratch) grad32(di, dt, x []float32, ld, rows, cols, j0, diag0 in
 	rowM, rowL, colM, colL, colX, colB []float64) (sumX, sumB float64) {
 	panic("loss: native kernels not compiled in")
 }
+
+func (k *kernelScratch) sig32(d, x []float32, ld, rows, cols, e0 int, scale, bias, c float64, backward bool) (loss, sumX, sumB float64) {
+	panic("loss: native kernels not compiled in")
+}

@@ -94,3 +94,40 @@ func widen(s []float32) []float64 {
 	}
 	return d
 }
+
+// TestNativeSigLipKernelMatchesGo compares the C float32 SigLIP kernel with
+// the Go one, for flat and saturated logits (|z| in the thousands).
+func TestNativeSigLipKernelMatchesGo(t *testing.T) {
+	if !nativeKernels {
+		t.Skip("native kernels not compiled in (no cgo, or the purego tag): only the Go kernel exists")
+	}
+	rnd := rand.New(rand.NewPCG(8, 8))
+	for _, sh := range []struct{ rows, cols, ld, e0 int }{{1, 1, 1, 0}, {3, 7, 9, 0}, {9, 17, 17, -5}, {16, 33, 40, 100}} {
+		for _, sc := range []struct{ scale, bias, amp float64 }{{10, -10, 1}, {100, -5, 30}} {
+			t.Run(fmt.Sprintf("rows=%d/cols=%d/scale=%g/amp=%g", sh.rows, sh.cols, sc.scale, sc.amp), func(t *testing.T) {
+				x := make([]float32, (sh.rows-1)*sh.ld+sh.cols)
+				for i := range x {
+					x[i] = float32(sc.amp * (rnd.Float64()*2 - 1))
+				}
+				for _, backward := range []bool{false, true} {
+					dw, dg := append([]float32(nil), x...), append([]float32(nil), x...)
+					lw, xw, bw := sigTileGo(dw, x, sh.ld, sh.rows, sh.cols, sh.e0, sc.scale, sc.bias, 0.25, backward)
+					var k kernelScratch
+					lg, xg, bg := k.sig32(dg, dg, sh.ld, sh.rows, sh.cols, sh.e0, sc.scale, sc.bias, 0.25, backward)
+					// Float32 exp and log1p (relative error < 3e-7) and the
+					// float32 rounding of the logit: 1e-6 relative.
+					for _, s := range []string{
+						diff("loss", []float64{lg}, []float64{lw}, 1e-6, 0),
+						diff("Σ dz∘x", []float64{xg}, []float64{xw}, 1e-5, 1e-9),
+						diff("Σ dz", []float64{bg}, []float64{bw}, 1e-5, 1e-9),
+						diff("dz", widen(dg), widen(dw), 1e-6, 0),
+					} {
+						if s != "" {
+							t.Errorf("backward=%v: %s", backward, s)
+						}
+					}
+				}
+			})
+		}
+	}
+}
