@@ -58,6 +58,13 @@ type Record struct {
 	BlasThreads      int     `json:"blas_threads"`
 	Loss0            float64 `json:"loss_value"`
 	Skipped          string  `json:"skipped,omitempty"`
+	// With -max-batch: the memory model (workspace from loss.Plan plus the
+	// features and gradients plus the base RSS) checked against the peak RSS
+	// measured at b, and the largest global batch it admits in the budget.
+	ModelMiB       float64 `json:"model_mib,omitempty"`
+	BudgetMiB      float64 `json:"budget_mib_per_rank,omitempty"`
+	MaxBPerRank    int     `json:"max_b_per_rank,omitempty"`
+	MaxGlobalBatch int     `json:"max_global_batch,omitempty"`
 }
 
 func main() {
@@ -72,6 +79,7 @@ func main() {
 	memLimit := flag.Float64("mem-limit-mib", 0, "skip configurations whose workspace estimate exceeds this per rank (0: 80% of MemAvailable / ranks)")
 	lossKind := flag.String("loss", "clip", "loss: clip or siglip (then -algo names SigLIP methods: bidir, shift, reduce, gather, or all)")
 	jsonOnly := flag.Bool("json", false, "print only the JSON lines")
+	maxBatch := flag.Float64("max-batch", 0, "memory budget in GiB for all ranks on this node (e.g. 24): report the largest global batch per algorithm that fits, from the memory model checked against the peak RSS measured at -b")
 	flag.Parse()
 
 	comm, err := mpi.World()
@@ -80,6 +88,7 @@ func main() {
 		os.Exit(1)
 	}
 	code := 0
+	budget = *maxBatch
 	if err := run(comm, *lossKind, *b, *d, *mode, *algos, *dtype, *steps, *warmup, *tile, *memLimit, *jsonOnly); err != nil {
 		if comm.Rank() == 0 {
 			fmt.Fprintln(os.Stderr, "bench:", err)
@@ -89,6 +98,9 @@ func main() {
 	mpi.Finalize()
 	os.Exit(code)
 }
+
+// budget is -max-batch, in GiB per node.
+var budget float64
 
 // config is one configuration to measure: a loss maker and its plan.
 type config struct {
@@ -208,6 +220,11 @@ func table(recs []Record) {
 			fmt.Printf("%-7s skipped: %s\n", r.Algo, r.Skipped)
 			continue
 		}
+		if budget > 0 {
+			fmt.Printf("%-7s memory model %.0f MiB + base vs measured peak %.0f MiB at b=%d; largest global batch in %.0f GiB: %d (b=%d per rank)\n",
+				r.Algo, r.ModelMiB, r.PeakRSSMiB, r.B, budget, r.MaxGlobalBatch, r.MaxBPerRank)
+			continue
+		}
 		speed := "-"
 		if naive > 0 {
 			speed = fmt.Sprintf("%.2f", naive/r.StepMsMedian)
@@ -289,7 +306,36 @@ func measure[T blas.Float](comm mpi.Comm, cfg config, b, d, steps, warmup int, m
 	rec.CommFloorMs = rec.CommBytesPerStep / (gbs * 1e9) * 1e3
 	rec.FloorMs = rec.GemmFloorMs + rec.CommFloorMs
 	rec.RatioToFloor = rec.StepMsMedian / rec.FloorMs
+	if budget > 0 {
+		maxBatch(&rec, cfg, w, b, d, esize, localRanks(comm))
+	}
 	return rec, nil
+}
+
+// maxBatch fills the -max-batch fields. The model of a rank's memory is the
+// loss's workspace (loss.Plan) plus its features and gradients (4·b·d
+// elements) plus the base the process had before (the measured peak minus
+// the model at the measured b). The largest b is found by bisection.
+func maxBatch(rec *Record, cfg config, w, b, d, esize, local int) {
+	model := func(b int) float64 {
+		return float64(cfg.plan(w, b, d, esize).WorkspaceBytes+int64(4*b*d*esize)) / (1 << 20)
+	}
+	rec.ModelMiB = model(b)
+	base := max(rec.PeakRSSMiB-rec.ModelMiB, 0)
+	rec.BudgetMiB = budget * 1024 / float64(local)
+	lo, hi := 0, 1
+	for model(hi)+base <= rec.BudgetMiB && hi < 1<<40 {
+		lo, hi = hi, 2*hi
+	}
+	for hi-lo > 1 {
+		mid := (lo + hi) / 2
+		if model(mid)+base <= rec.BudgetMiB {
+			lo = mid
+		} else {
+			hi = mid
+		}
+	}
+	rec.MaxBPerRank, rec.MaxGlobalBatch = lo, lo*w
 }
 
 // gemmFloor times each GEMM shape of the plan on this machine, all ranks at
