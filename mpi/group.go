@@ -391,7 +391,7 @@ func (c *groupComm) post(r *groupRequest, from int, m message, to int) (Request,
 		r.reset()
 		return abortedRequest{}, ErrAborted
 	}
-	r.from, r.to = from, to
+	r.from = from
 	r.recv = g.channel(from, c.rank, c.recvSeq[from])
 	r.send = g.channel(c.rank, to, c.sendSeq[to])
 	c.recvSeq[from]++
@@ -412,7 +412,7 @@ type groupRequest struct {
 	c          *groupComm
 	busy       bool
 	err        error
-	from, to   int
+	from       int // for error messages
 	recv, send int // channel indices
 	dst32      []float32
 	dst64      []float64
