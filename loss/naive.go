@@ -29,7 +29,6 @@ type naiveClip[T blas.Float] struct {
 	own        []T // b×d reduce-scatter destination
 	m1, l1     []float64
 	m2, l2     []float64
-	small      []float64
 }
 
 func (a *naiveClip[T]) run(dImg, dTxt, img, txt []T, lg Logit, st *clipStep) (Result, error) {

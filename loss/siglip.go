@@ -94,7 +94,6 @@ type SigLipLoss[T blas.Float] struct {
 	tall  []T    // gather: N×d; reduce: b×d
 	part  []T    // gather: N×d partials; reduce: b×d
 	home  []T    // bidir: the left stream's accumulator coming home
-	small []float64
 
 	// per call
 	sum      sigSums
