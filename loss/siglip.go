@@ -89,11 +89,11 @@ type SigLipLoss[T blas.Float] struct {
 	agree agreement
 	k     kernelScratch
 
-	bufs  [4][]T // packed [A | T] blocks: two per ring direction
-	x     []T    // b×tile logits, then gradients
-	tall  []T    // gather: N×d; reduce: b×d
-	part  []T    // gather: N×d partials; reduce: b×d
-	home  []T    // bidir: the left stream's accumulator coming home
+	bufs [4][]T // packed [A | T] blocks: two per ring direction
+	x    []T    // b×tile logits, then gradients
+	tall []T    // gather: N×d; reduce: b×d
+	part []T    // gather: N×d partials; reduce: b×d
+	home []T    // bidir: the left stream's accumulator coming home
 
 	// per call
 	sum      sigSums
