@@ -51,8 +51,9 @@ $(BIN)/golden.test: deps FORCE
 test-mpi: $(BIN)/mpi.test
 	@for np in $(MPI_NPS); do \
 	  echo "== mpirun -np $$np mpi.test"; \
-	  $(MPIRUN) $$np $(BIN)/mpi.test -test.run 'TestWorld' -test.v | grep -E '^(---|===|ok|PASS|FAIL|panic)|rank' ; \
-	  [ $${PIPESTATUS[0]} = 0 ] || exit 1; \
+	  $(MPIRUN) $$np $(BIN)/mpi.test -test.run 'TestWorld' -test.v > $(BIN)/mpi-np$$np.log 2>&1; rc=$$?; \
+	  grep -E '^(--- |    --- |ok|PASS|FAIL|panic)|SKIP|^\s+[a-z_]+_test.go:[0-9]+: ' $(BIN)/mpi-np$$np.log | sed 's/ ([0-9.]*s)//' | sort | uniq -c; \
+	  [ $$rc = 0 ] || { tail -40 $(BIN)/mpi-np$$np.log; exit 1; }; \
 	done
 
 # The OpenCLIP golden cases in $(CLIPMPI_GOLDEN): in-process ranks under go
