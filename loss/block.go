@@ -28,16 +28,87 @@ type blockClip[T blas.Float] struct {
 	tile  int
 	k     kernelScratch
 
-	tall       []T // N×d gathered text features
-	x          []T // b×N (Fused) or b×tile (Tiled) logits before scaling
-	dt         []T // second gradient block, local without gather_with_grad
-	partial    []T // N×d text-gradient partials, reduce-scattered
-	rowM, rowS []float64
+	tall    []T // N×d gathered text features
+	x       []T // b×N (Fused) or b×tile (Tiled) logits before scaling
+	dt      []T // second gradient block, local without gather_with_grad
+	partial []T // N×d text-gradient partials, reduce-scattered
+	softmaxStats
+}
+
+// softmaxStats are the row and column statistics of one rank's logit rows,
+// shared by the Fused, Tiled and Ring algorithms.
+type softmaxStats struct {
+	rowM, rowS []float64 // b: row max, then log-sum
 	colM, colS []float64 // N: column max, then log-sum
 	colX, colB []float64 // N: column direction's scale and bias gradient shares
 	diag       []float64 // b: logit of each row's positive pair
-	small      []float64
-	smallOut   []float64
+	small, out []float64
+}
+
+// reset sizes the statistics for b rows and n columns and empties the row
+// statistics (column ones are overwritten tile by tile).
+func (s *softmaxStats) reset(b, n int) {
+	s.rowM, s.rowS = grow(s.rowM, b), grow(s.rowS, b)
+	s.colM, s.colS = grow(s.colM, n), grow(s.colS, n)
+	s.diag = grow(s.diag, b)
+	fill(s.rowM, math.Inf(-1))
+	fill(s.rowS, 0)
+}
+
+// complete finishes the statistics once every tile has been seen: columns
+// across ranks, rows to log-sums. It returns this rank's own positive pairs'
+// loss terms, both directions: Σ_i -logp_row(i, i') - logp_col(i, i').
+func (s *softmaxStats) complete(comm mpi.Comm, diag0 int) (float64, error) {
+	if err := completeColumns(comm, s.colM, s.colS, &s.small); err != nil {
+		return 0, err
+	}
+	var lossSum float64
+	for i := range s.rowS {
+		s.rowS[i] = math.Log(s.rowS[i])
+		c := diag0 + i
+		lossSum -= (s.diag[i] - s.rowM[i]) - s.rowS[i]
+		lossSum -= (s.diag[i] - s.colM[c]) - s.colS[c]
+	}
+	return lossSum, nil
+}
+
+// forward returns a forward-only call's loss: local modes need no
+// communication, global ones one scalar all-reduce.
+func (s *softmaxStats) forward(comm mpi.Comm, st *clipStep, lossSum float64) (Result, error) {
+	if st.local {
+		return Result{Loss: lossSum / float64(2*st.b)}, nil
+	}
+	s.small = grow(s.small, 1)
+	s.small[0] = lossSum
+	if err := comm.AllreduceF64(mpi.Sum, s.small, s.small); err != nil {
+		return Result{}, fmt.Errorf("loss: reducing the loss: %w", err)
+	}
+	return Result{Loss: s.small[0] / float64(2*st.n)}, nil
+}
+
+// backward prepares the gradient accumulators and returns the per-entry
+// coefficient c of dS (1/(2N) global, 1/(2b) local), the factor f the
+// feature gradients are scaled by (the scale, times W in global mode with
+// gather_with_grad), and whether the image and text directions need
+// separate gradient blocks (local without gather_with_grad).
+func (s *softmaxStats) backward(st *clipStep, scale float64) (c, f float64, split bool) {
+	s.colX, s.colB = grow(s.colX, st.n), grow(s.colB, st.n)
+	fill(s.colX, 0)
+	fill(s.colB, 0)
+	c = 1 / float64(2*st.n)
+	if st.local {
+		c = 1 / float64(2*st.b)
+	}
+	f = scale
+	if st.gwg && !st.local {
+		f *= float64(st.w)
+	}
+	return c, f, st.local && !st.gwg
+}
+
+// finish completes the loss and the scale and bias gradients (finishClip).
+func (s *softmaxStats) finish(comm mpi.Comm, st *clipStep, lossSum, rowX, rowB float64) (Result, error) {
+	return finishClip(comm, st, lossSum, rowX, rowB, s.colX, s.colB, &s.small, &s.out)
 }
 
 func (a *blockClip[T]) run(dImg, dTxt, img, txt []T, lg Logit, st *clipStep) (Result, error) {
@@ -59,11 +130,7 @@ func (a *blockClip[T]) run(dImg, dTxt, img, txt []T, lg Logit, st *clipStep) (Re
 		return Result{}, fmt.Errorf("loss: gathering text features: %w", err)
 	}
 	a.x = grow(a.x, b*tile)
-	a.rowM, a.rowS = grow(a.rowM, b), grow(a.rowS, b)
-	a.colM, a.colS = grow(a.colM, n), grow(a.colS, n)
-	a.diag = grow(a.diag, b)
-	fill(a.rowM, math.Inf(-1))
-	fill(a.rowS, 0)
+	a.reset(b, n)
 	diag0 := st.rank * b
 
 	// Forward: row and column statistics tile by tile.
@@ -76,47 +143,19 @@ func (a *blockClip[T]) run(dImg, dTxt, img, txt []T, lg Logit, st *clipStep) (Re
 			a.diag[i] = scale*float64(x[i*ld+diag0+i-j0]) + bias
 		}
 	}
-	if err := a.completeColumns(); err != nil {
+	lossSum, err := a.complete(a.comm, diag0)
+	if err != nil {
 		return Result{}, err
 	}
-	for i := range a.rowS {
-		a.rowS[i] = math.Log(a.rowS[i])
-	}
-	// Loss terms of this rank's own positive pairs, both directions.
-	var lossSum float64
-	for i := 0; i < b; i++ {
-		c := diag0 + i
-		lossSum -= (a.diag[i] - a.rowM[i]) - a.rowS[i]
-		lossSum -= (a.diag[i] - a.colM[c]) - a.colS[c]
-	}
 	if !st.backward {
-		if st.local {
-			return Result{Loss: lossSum / float64(2*b)}, nil
-		}
-		a.small = grow(a.small, 1)
-		a.small[0] = lossSum
-		if err := a.comm.AllreduceF64(mpi.Sum, a.small, a.small); err != nil {
-			return Result{}, fmt.Errorf("loss: reducing the loss: %w", err)
-		}
-		return Result{Loss: a.small[0] / float64(2*n)}, nil
+		return a.forward(a.comm, st, lossSum)
 	}
 
 	// Backward.
-	c := 1 / float64(2*n)
-	if st.local {
-		c = 1 / float64(2*b)
-	}
-	split := st.local && !st.gwg
+	c, f, split := a.backward(st, scale)
 	if split {
 		a.dt = grow(a.dt, b*tile)
 	}
-	f := scale
-	if st.gwg && !st.local {
-		f *= float64(st.w)
-	}
-	a.colX, a.colB = grow(a.colX, n), grow(a.colB, n)
-	fill(a.colX, 0)
-	fill(a.colB, 0)
 	a.partial = grow(a.partial, n*d)
 	var rowX, rowB float64
 	for j0 := 0; j0 < n; j0 += tile {
@@ -147,7 +186,7 @@ func (a *blockClip[T]) run(dImg, dTxt, img, txt []T, lg Logit, st *clipStep) (Re
 	if err := reduceScatter(a.comm, dTxt, a.partial); err != nil {
 		return Result{}, fmt.Errorf("loss: sending text gradients home: %w", err)
 	}
-	return finishClip(a.comm, st, lossSum, rowX, rowB, a.colX, a.colB, &a.small, &a.smallOut)
+	return a.finish(a.comm, st, lossSum, rowX, rowB)
 }
 
 // tileBuf returns the part of buf (b×N or b×tile) and the leading dimension
@@ -164,10 +203,6 @@ func (a *blockClip[T]) tileBuf(buf []T, j0, w, tile, n int) ([]T, int) {
 // completeColumns turns each rank's column maxima and sums (over its rows)
 // into global log-sum-exp statistics: colM = max over all rows, colS = log of
 // the sum over all rows of exp(s - colM).
-func (a *blockClip[T]) completeColumns() error {
-	return completeColumns(a.comm, a.colM, a.colS, &a.small)
-}
-
 func completeColumns(comm mpi.Comm, colM, colS []float64, scratch *[]float64) error {
 	n := len(colM)
 	*scratch = grow(*scratch, n)

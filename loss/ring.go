@@ -2,7 +2,6 @@ package loss
 
 import (
 	"fmt"
-	"math"
 
 	"github.com/clipmpi/clipmpi/blas"
 	"github.com/clipmpi/clipmpi/mpi"
@@ -34,13 +33,9 @@ type ringClip[T blas.Float] struct {
 
 	// bufs hold two packed blocks [A (b×d) | T (b×d)]: the one being
 	// computed on and the one being received.
-	bufs       [2][]T
-	x, dt      []T // b×tile logits / gradients
-	rowM, rowS []float64
-	colM, colS []float64
-	colX, colB []float64
-	diag       []float64
-	small, out []float64
+	bufs  [2][]T
+	x, dt []T // b×tile logits / gradients
+	softmaxStats
 }
 
 func (a *ringClip[T]) run(dImg, dTxt, img, txt []T, lg Logit, st *clipStep) (Result, error) {
@@ -59,11 +54,7 @@ func (a *ringClip[T]) run(dImg, dTxt, img, txt []T, lg Logit, st *clipStep) (Res
 		a.bufs[i] = grow(a.bufs[i], 2*bd)
 	}
 	a.x = grow(a.x, b*tile)
-	a.rowM, a.rowS = grow(a.rowM, b), grow(a.rowS, b)
-	a.colM, a.colS = grow(a.colM, n), grow(a.colS, n)
-	a.diag = grow(a.diag, b)
-	fill(a.rowM, math.Inf(-1))
-	fill(a.rowS, 0)
+	a.reset(b, n)
 	right, left := (r+1)%w, (r+w-1)%w
 	diag0 := r * b
 
@@ -96,48 +87,21 @@ func (a *ringClip[T]) run(dImg, dTxt, img, txt []T, lg Logit, st *clipStep) (Res
 			cur, next = next, cur
 		}
 	}
-	if err := completeColumns(a.comm, a.colM, a.colS, &a.small); err != nil {
+	lossSum, err := a.complete(a.comm, diag0)
+	if err != nil {
 		return Result{}, err
 	}
-	for i := range a.rowS {
-		a.rowS[i] = math.Log(a.rowS[i])
-	}
-	var lossSum float64
-	for i := 0; i < b; i++ {
-		c := diag0 + i
-		lossSum -= (a.diag[i] - a.rowM[i]) - a.rowS[i]
-		lossSum -= (a.diag[i] - a.colM[c]) - a.colS[c]
-	}
 	if !st.backward {
-		if st.local {
-			return Result{Loss: lossSum / float64(2*b)}, nil
-		}
-		a.small = grow(a.small, 1)
-		a.small[0] = lossSum
-		if err := a.comm.AllreduceF64(mpi.Sum, a.small, a.small); err != nil {
-			return Result{}, fmt.Errorf("loss: reducing the loss: %w", err)
-		}
-		return Result{Loss: a.small[0] / float64(2*n)}, nil
+		return a.forward(a.comm, st, lossSum)
 	}
 
 	// Backward: the block starts again from its owner, with an empty
 	// accumulator, and travels W steps, the last one carrying only the
 	// finished accumulator home.
-	c := 1 / float64(2*n)
-	if st.local {
-		c = 1 / float64(2*b)
-	}
-	split := st.local && !st.gwg
+	c, f, split := a.backward(st, scale)
 	if split {
 		a.dt = grow(a.dt, b*tile)
 	}
-	f := scale
-	if st.gwg && !st.local {
-		f *= float64(w)
-	}
-	a.colX, a.colB = grow(a.colX, n), grow(a.colB, n)
-	fill(a.colX, 0)
-	fill(a.colB, 0)
 	var rowX, rowB float64
 	cur, next = a.bufs[0], a.bufs[1]
 	copy(cur[bd:], txt)
@@ -197,5 +161,5 @@ func (a *ringClip[T]) run(dImg, dTxt, img, txt []T, lg Logit, st *clipStep) (Res
 			cur, next = next, cur
 		}
 	}
-	return finishClip(a.comm, st, lossSum, rowX, rowB, a.colX, a.colB, &a.small, &a.out)
+	return a.finish(a.comm, st, lossSum, rowX, rowB)
 }

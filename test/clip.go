@@ -31,22 +31,47 @@ func (c *Case) Logit() loss.Logit {
 // golden ones (nil when they agree within the README's tolerances). It is
 // collective over comm, whose size must be the case's world size.
 func RunClip(comm mpi.Comm, c *Case, algo loss.Algorithm, tile int) ([]string, error) {
+	return runRank(comm, c, loss.NewClipLoss[float64](comm, c.Dim, c.ClipOptions(algo, tile)), true)
+}
+
+// lossFunc is what ClipLoss and SigLipLoss have in common, in float64.
+type lossFunc interface {
+	ForwardBackward(dImg, dTxt, img, txt []float64, lg loss.Logit) (loss.Result, error)
+	Forward(img, txt []float64, lg loss.Logit) (float64, error)
+}
+
+// runRank runs rank comm.Rank() of case c with l, forward and backward and
+// forward only, and compares with the golden outputs.
+func runRank(comm mpi.Comm, c *Case, l lossFunc, clipBias bool) ([]string, error) {
 	if comm.Size() != c.WorldSize {
 		return nil, fmt.Errorf("case needs %d ranks, communicator has %d", c.WorldSize, comm.Size())
 	}
 	rk := c.Ranks[comm.Rank()]
-	img, txt := Flatten(rk.Image), Flatten(rk.Text)
+	return runOn(l, Flatten(rk.Image), Flatten(rk.Text), c.Logit(), rk.Outputs, clipBias)
+}
+
+// runSingle runs the case's single_process computation with l (over one
+// rank) on all ranks' rows concatenated.
+func runSingle(c *Case, l lossFunc, clipBias bool) ([]string, error) {
+	var img, txt []float64
+	for _, rk := range c.Ranks {
+		img = append(img, Flatten(rk.Image)...)
+		txt = append(txt, Flatten(rk.Text)...)
+	}
+	return runOn(l, img, txt, c.Logit(), c.Single, clipBias)
+}
+
+func runOn(l lossFunc, img, txt []float64, lg loss.Logit, want Outputs, clipBias bool) ([]string, error) {
 	dImg, dTxt := make([]float64, len(img)), make([]float64, len(txt))
-	l := loss.NewClipLoss[float64](comm, c.Dim, c.ClipOptions(algo, tile))
-	res, err := l.ForwardBackward(dImg, dTxt, img, txt, c.Logit())
+	res, err := l.ForwardBackward(dImg, dTxt, img, txt, lg)
 	if err != nil {
 		return nil, err
 	}
-	fwd, err := l.Forward(img, txt, c.Logit())
+	fwd, err := l.Forward(img, txt, lg)
 	if err != nil {
 		return nil, err
 	}
-	return compareOutputs(res, fwd, dImg, dTxt, rk.Outputs, true), nil
+	return compareOutputs(res, fwd, dImg, dTxt, want, clipBias), nil
 }
 
 // compareOutputs lists the differences between a result and golden outputs.
@@ -76,20 +101,5 @@ func compareOutputs(res loss.Result, fwdLoss float64, dImg, dTxt []float64, want
 // RunClipSingle computes the case's single_process outputs: all ranks' rows
 // concatenated on one rank (W = 1).
 func RunClipSingle(c *Case, algo loss.Algorithm, tile int) ([]string, error) {
-	var img, txt []float64
-	for _, rk := range c.Ranks {
-		img = append(img, Flatten(rk.Image)...)
-		txt = append(txt, Flatten(rk.Text)...)
-	}
-	dImg, dTxt := make([]float64, len(img)), make([]float64, len(txt))
-	l := loss.NewClipLoss[float64](mpi.Self(), c.Dim, c.ClipOptions(algo, tile))
-	res, err := l.ForwardBackward(dImg, dTxt, img, txt, c.Logit())
-	if err != nil {
-		return nil, err
-	}
-	fwd, err := l.Forward(img, txt, c.Logit())
-	if err != nil {
-		return nil, err
-	}
-	return compareOutputs(res, fwd, dImg, dTxt, c.Single, true), nil
+	return runSingle(c, loss.NewClipLoss[float64](mpi.Self(), c.Dim, c.ClipOptions(algo, tile)), true)
 }

@@ -1,8 +1,6 @@
 package test
 
 import (
-	"fmt"
-
 	"github.com/clipmpi/clipmpi/loss"
 	"github.com/clipmpi/clipmpi/mpi"
 )
@@ -28,48 +26,18 @@ func (c *Case) SigLipOptions(impl loss.SigLipImpl, override bool) (loss.SigLipOp
 // the case's dist_impl (or impl when override is set; every method gives
 // the same numbers) and returns how its outputs differ from the golden ones.
 func RunSigLip(comm mpi.Comm, c *Case, impl loss.SigLipImpl, override bool) ([]string, error) {
-	if comm.Size() != c.WorldSize {
-		return nil, fmt.Errorf("case needs %d ranks, communicator has %d", c.WorldSize, comm.Size())
-	}
 	opt, err := c.SigLipOptions(impl, override)
 	if err != nil {
 		return nil, err
 	}
-	rk := c.Ranks[comm.Rank()]
-	img, txt := Flatten(rk.Image), Flatten(rk.Text)
-	dImg, dTxt := make([]float64, len(img)), make([]float64, len(txt))
-	l := loss.NewSigLipLoss[float64](comm, c.Dim, opt)
-	res, err := l.ForwardBackward(dImg, dTxt, img, txt, c.Logit())
-	if err != nil {
-		return nil, err
-	}
-	fwd, err := l.Forward(img, txt, c.Logit())
-	if err != nil {
-		return nil, err
-	}
-	return compareOutputs(res, fwd, dImg, dTxt, rk.Outputs, false), nil
+	return runRank(comm, c, loss.NewSigLipLoss[float64](comm, c.Dim, opt), false)
 }
 
 // RunSigLipSingle computes the case's single_process outputs on one rank.
 func RunSigLipSingle(c *Case) ([]string, error) {
-	var img, txt []float64
-	for _, rk := range c.Ranks {
-		img = append(img, Flatten(rk.Image)...)
-		txt = append(txt, Flatten(rk.Text)...)
-	}
 	opt, err := c.SigLipOptions(0, false)
 	if err != nil {
 		return nil, err
 	}
-	dImg, dTxt := make([]float64, len(img)), make([]float64, len(txt))
-	l := loss.NewSigLipLoss[float64](mpi.Self(), c.Dim, opt)
-	res, err := l.ForwardBackward(dImg, dTxt, img, txt, c.Logit())
-	if err != nil {
-		return nil, err
-	}
-	fwd, err := l.Forward(img, txt, c.Logit())
-	if err != nil {
-		return nil, err
-	}
-	return compareOutputs(res, fwd, dImg, dTxt, c.Single, false), nil
+	return runSingle(c, loss.NewSigLipLoss[float64](mpi.Self(), c.Dim, opt), false)
 }
