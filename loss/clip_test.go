@@ -466,43 +466,50 @@ func TestNoAllocations(t *testing.T) {
 	if blas.Backend() == "gonum" {
 		t.Log("pure-Go GEMM: sizes kept below gonum's parallel threshold")
 	}
-	const w, b, d, runs = 2, 6, 8, 20
-	p := newProblem(9, w, b, d, 10)
+	p := newProblem(9, 2, 6, 8, 10)
 	for _, m := range modes {
 		for _, algo := range Algorithms() {
 			opt := m
 			opt.Algorithm, opt.Tile = algo, 5
 			t.Run(fmt.Sprintf("mode=%s/algo=%s", m.Mode(), algo), func(t *testing.T) {
-				comms := mpi.NewGroup(w)
-				var allocs float64
-				var wg sync.WaitGroup
-				for r, c := range comms {
-					wg.Add(1)
-					go func() {
-						defer wg.Done()
-						img, txt := p.img[r*b*d:(r+1)*b*d], p.txt[r*b*d:(r+1)*b*d]
-						di, dt := make([]float64, b*d), make([]float64, b*d)
-						l := NewClipLoss[float64](c, d, opt)
-						step := func() {
-							if _, err := l.ForwardBackward(di, dt, img, txt, p.lg); err != nil {
-								panic(err)
-							}
-						}
-						step() // first call sizes the workspaces
-						if r == 0 {
-							allocs = testing.AllocsPerRun(runs, step)
-						} else {
-							for range runs + 1 {
-								step()
-							}
-						}
-					}()
-				}
-				wg.Wait()
-				if allocs != 0 {
-					t.Errorf("%v allocations per step, want 0", allocs)
+				if n := stepAllocs(p, func(c mpi.Comm) stepper[float64] { return NewClipLoss[float64](c, p.d, opt) }); n != 0 {
+					t.Errorf("%v allocations per step, want 0", n)
 				}
 			})
 		}
 	}
+}
+
+// stepAllocs returns the allocations per ForwardBackward step, after the
+// first, of the loss newLoss makes, on every rank of an in-process group
+// (testing.AllocsPerRun counts the whole process: all ranks' allocations).
+func stepAllocs(p *problem, newLoss func(c mpi.Comm) stepper[float64]) float64 {
+	const runs = 20
+	b, d := p.b, p.d
+	var allocs float64
+	var wg sync.WaitGroup
+	for r, c := range mpi.NewGroup(p.w) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			img, txt := p.img[r*b*d:(r+1)*b*d], p.txt[r*b*d:(r+1)*b*d]
+			di, dt := make([]float64, b*d), make([]float64, b*d)
+			l := newLoss(c)
+			step := func() {
+				if _, err := l.ForwardBackward(di, dt, img, txt, p.lg); err != nil {
+					panic(err)
+				}
+			}
+			step() // the first call sizes the workspaces
+			if r == 0 {
+				allocs = testing.AllocsPerRun(runs, step)
+			} else {
+				for range runs + 1 {
+					step()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return allocs
 }

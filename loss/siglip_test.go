@@ -3,7 +3,6 @@ package loss
 import (
 	"fmt"
 	"math"
-	"sync"
 	"testing"
 
 	"github.com/clipmpi/clipmpi/blas"
@@ -188,39 +187,12 @@ func TestSigLipFloat32MatchesFloat64(t *testing.T) {
 
 // TestSigLipNoAllocations checks that steady-state steps allocate nothing.
 func TestSigLipNoAllocations(t *testing.T) {
-	const w, b, d, runs = 3, 4, 8, 20
-	p := newProblem(9, w, b, d, 10)
+	p := newProblem(9, 3, 4, 8, 10)
 	p.lg.Bias, p.lg.HasBias = -10, true
 	for _, m := range SigLipImpls() {
 		t.Run("impl="+m.String(), func(t *testing.T) {
-			comms := mpi.NewGroup(w)
-			var allocs float64
-			var wg sync.WaitGroup
-			for r, c := range comms {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					img, txt := p.img[r*b*d:(r+1)*b*d], p.txt[r*b*d:(r+1)*b*d]
-					di, dt := make([]float64, b*d), make([]float64, b*d)
-					l := NewSigLipLoss[float64](c, d, SigLipOptions{Impl: m, Tile: 3})
-					step := func() {
-						if _, err := l.ForwardBackward(di, dt, img, txt, p.lg); err != nil {
-							panic(err)
-						}
-					}
-					step()
-					if r == 0 {
-						allocs = testing.AllocsPerRun(runs, step)
-					} else {
-						for range runs + 1 {
-							step()
-						}
-					}
-				}()
-			}
-			wg.Wait()
-			if allocs != 0 {
-				t.Errorf("%v allocations per step, want 0", allocs)
+			if n := stepAllocs(p, sigLoss[float64](p, SigLipOptions{Impl: m, Tile: 3})); n != 0 {
+				t.Errorf("%v allocations per step, want 0", n)
 			}
 		})
 	}
