@@ -1,0 +1,135 @@
+package clip
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/clipmpi/clipmpi/loss"
+	"github.com/clipmpi/clipmpi/mpi"
+)
+
+func newTestTrainer(t *testing.T, comm mpi.Comm, cfg Config, data *Pairs) *Trainer[float32] {
+	t.Helper()
+	tr, err := NewTrainer[float32](comm, cfg, loss.NewClipLoss[float32](comm, cfg.Model.EmbedDim, loss.ClipOptions{LocalLoss: true, GatherWithGrad: true}), data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tr
+}
+
+// TestCheckpointRoundTrip: a trainer loaded from a checkpoint holds the
+// same state and takes the same next steps as the one that wrote it, and
+// the write leaves no temporary file behind.
+func TestCheckpointRoundTrip(t *testing.T) {
+	cfg := testConfig(MLP, true)
+	cfg.BatchSize = 4 // 3 steps per epoch of 12 rows: the checkpoint falls mid-epoch
+	data := testPairs(cfg.Model, 12)
+	a := newTestTrainer(t, mpi.Self(), cfg, data)
+	for range 4 {
+		if _, err := a.Step(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "x.ckpt")
+	if err := a.Save(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Save(path); err != nil { // replacing an existing file
+		t.Fatal(err)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+		t.Errorf("directory holds %d entries after Save, want the checkpoint only", len(ents))
+	}
+	b := newTestTrainer(t, mpi.Self(), cfg, data)
+	if err := b.Load(path); err != nil {
+		t.Fatal(err)
+	}
+	if b.Steps() != 4 || b.opt.t != 4 || !slices.Equal(a.model.params, b.model.params) ||
+		!slices.Equal(a.opt.m, b.opt.m) || !slices.Equal(a.opt.v, b.opt.v) {
+		t.Fatal("loaded state differs from the saved one")
+	}
+	for range a.TotalSteps() - 4 {
+		sa, err1 := a.Step()
+		sb, err2 := b.Step()
+		if err1 != nil || err2 != nil || sa != sb {
+			t.Fatalf("after loading: %+v (%v), uninterrupted %+v (%v)", sb, err2, sa, err1)
+		}
+	}
+	if _, err := b.Step(); !errors.Is(err, ErrDone) {
+		t.Errorf("step after the last: %v, want ErrDone", err)
+	}
+}
+
+// TestCheckpointErrors: corrupt, truncated, foreign and mismatched
+// checkpoints are ErrCheckpoint errors on every rank that say which.
+func TestCheckpointErrors(t *testing.T) {
+	cfg := testConfig(Linear, false)
+	data := testPairs(cfg.Model, 12)
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.ckpt")
+	tr := newTestTrainer(t, mpi.Self(), cfg, data)
+	tr.Step()
+	if err := tr.Save(good); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(good)
+	variant := func(name string, f func([]byte) []byte) string {
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, f(slices.Clone(b)), 0o644)
+		return p
+	}
+	other := cfg
+	other.Model.EmbedDim = 5
+	for _, c := range []struct {
+		name string
+		path string
+		cfg  Config
+		w    int
+		want string
+	}{
+		{"flipped byte", variant("flip", func(b []byte) []byte { b[len(b)-40] ^= 1; return b }), cfg, 1, "corrupt: CRC-32C"},
+		{"truncated", variant("trunc", func(b []byte) []byte { return b[:len(b)-9] }), cfg, 1, "truncated"},
+		{"not a checkpoint", variant("junk", func([]byte) []byte { return []byte("PK\x03\x04 a zip file") }), cfg, 1, "not a clipmpi checkpoint"},
+		{"missing", filepath.Join(dir, "none.ckpt"), cfg, 1, "no such file"},
+		{"other model", good, other, 1, `model.embed_dim: 4 vs 5`},
+		{"other world", good, cfg, 2, "world: 1 vs 2"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			errs := onRanks(c.w, func(comm mpi.Comm) error {
+				tr, err := NewTrainer[float32](comm, c.cfg, loss.NewClipLoss[float32](comm, c.cfg.Model.EmbedDim, loss.ClipOptions{}), testPairs(c.cfg.Model, 12))
+				if err != nil {
+					return err
+				}
+				return tr.Load(c.path)
+			})
+			for r, err := range errs {
+				if !errors.Is(err, ErrCheckpoint) || !strings.Contains(err.Error(), c.want) {
+					t.Errorf("rank %d: %v, want ErrCheckpoint saying %q", r, err, c.want)
+				}
+			}
+		})
+	}
+}
+
+// TestSaveErrorOnEveryRank: when rank 0 cannot write, every rank learns it.
+func TestSaveErrorOnEveryRank(t *testing.T) {
+	cfg := testConfig(Linear, false)
+	path := filepath.Join(t.TempDir(), "no", "such", "dir", "x.ckpt")
+	errs := onRanks(2, func(comm mpi.Comm) error {
+		tr, err := NewTrainer[float32](comm, cfg, loss.NewClipLoss[float32](comm, 4, loss.ClipOptions{}), testPairs(cfg.Model, 12))
+		if err != nil {
+			return err
+		}
+		return tr.Save(path)
+	})
+	for r, err := range errs {
+		if err == nil || !strings.Contains(err.Error(), "rank 0: clip: writing checkpoint") {
+			t.Errorf("rank %d: %v, want rank 0's write error", r, err)
+		}
+	}
+}

@@ -1,0 +1,170 @@
+package clip
+
+import (
+	"errors"
+	"fmt"
+	"unsafe"
+
+	"github.com/clipmpi/clipmpi/blas"
+	"github.com/clipmpi/clipmpi/loss"
+	"github.com/clipmpi/clipmpi/mpi"
+)
+
+// RankError is an error that one rank met, as every rank of a collective
+// call reports it: Rank is the lowest rank that failed and Err its error
+// (on the other ranks, an error with the same message that unwraps to the
+// same sentinel: ErrData, ErrCheckpoint, ...).
+type RankError struct {
+	Rank int
+	Err  error
+}
+
+func (e *RankError) Error() string { return fmt.Sprintf("rank %d: %v", e.Rank, e.Err) }
+
+// Unwrap returns Err.
+func (e *RankError) Unwrap() error { return e.Err }
+
+// remoteError is another rank's error: its message, and the sentinel it
+// wrapped so that errors.Is works on every rank.
+type remoteError struct {
+	msg  string
+	kind error
+}
+
+func (e *remoteError) Error() string { return e.msg }
+func (e *remoteError) Unwrap() error { return e.kind }
+
+// sentinels are the errors whose identity Agree carries across ranks, by
+// index + 1 (0: none of them).
+var sentinels = []error{
+	ErrData, ErrCheckpoint, ErrConfig, ErrDone,
+	loss.ErrShapeMismatch, loss.ErrEmptyBatch, loss.ErrNonFinite,
+}
+
+// maxMessage bounds the bytes of an error message that Agree carries to the
+// other ranks; a longer message reaches them cut, ending in "...".
+const maxMessage = 1024
+
+// Agree is collective: every rank passes its own outcome, and every rank
+// returns nil if all passed nil, and otherwise the error of the lowest rank
+// that failed, as a *RankError (with one rank, err itself). It costs two
+// all-reduces when some rank failed, one otherwise. If the communication
+// itself fails, that error is returned and the ranks may be out of step:
+// the caller should abort.
+func Agree(comm mpi.Comm, err error) error {
+	if comm.Size() == 1 {
+		return err
+	}
+	w, r := comm.Size(), comm.Rank()
+	// flag[0] = W - rank on a failing rank, so the maximum names the lowest.
+	flag := []float64{0}
+	if err != nil {
+		flag[0] = float64(w - r)
+	}
+	if cerr := comm.AllreduceF64(mpi.Max, flag, flag); cerr != nil {
+		return fmt.Errorf("clip: agreeing on an error: %w", cerr)
+	}
+	if flag[0] == 0 {
+		return nil
+	}
+	first := w - int(flag[0])
+	// The first failing rank sends its sentinel index and message; the
+	// others add zeros.
+	msg := make([]float64, 2+maxMessage)
+	if r == first {
+		for i, s := range sentinels {
+			if errors.Is(err, s) {
+				msg[0] = float64(i + 1)
+				break
+			}
+		}
+		text := err.Error()
+		if len(text) > maxMessage {
+			text = text[:maxMessage-3] + "..."
+		}
+		msg[1] = float64(len(text))
+		for i := range len(text) {
+			msg[2+i] = float64(text[i])
+		}
+	}
+	if cerr := comm.AllreduceF64(mpi.Sum, msg, msg); cerr != nil {
+		return fmt.Errorf("clip: agreeing on an error: %w", cerr)
+	}
+	if r == first {
+		return &RankError{Rank: first, Err: err}
+	}
+	text := make([]byte, int(msg[1]))
+	for i := range text {
+		text[i] = byte(msg[2+i])
+	}
+	re := &remoteError{msg: string(text)}
+	if k := int(msg[0]); k > 0 {
+		re.kind = sentinels[k-1]
+	}
+	return &RankError{Rank: first, Err: re}
+}
+
+// agreeInts is collective: it returns an ErrConfig error naming the first
+// value on which the ranks disagree (names[i] for vals[i]), nil if all
+// ranks passed the same values. Values must be exact in float64.
+func agreeInts(comm mpi.Comm, what string, names []string, vals []int) error {
+	if comm.Size() == 1 {
+		return nil
+	}
+	n := len(vals)
+	buf := make([]float64, 2*n)
+	for i, v := range vals {
+		buf[i], buf[n+i] = float64(v), -float64(v)
+	}
+	if err := comm.AllreduceF64(mpi.Max, buf, buf); err != nil {
+		return fmt.Errorf("clip: comparing %s across ranks: %w", what, err)
+	}
+	for i := range n {
+		if hi, lo := buf[i], -buf[n+i]; hi != lo {
+			return fmt.Errorf("%w: %s: %s ranges from %g to %g over the ranks", ErrConfig, what, names[i], lo, hi)
+		}
+	}
+	return nil
+}
+
+// broadcast is collective: every rank's buf becomes rank 0's, exactly
+// (the other ranks contribute zeros to a sum, and x + 0 = x).
+func broadcast[T blas.Float](comm mpi.Comm, buf []T) error {
+	if comm.Size() == 1 {
+		return nil
+	}
+	if comm.Rank() != 0 {
+		clear(buf)
+	}
+	return allreduce(comm, mpi.Sum, buf, buf)
+}
+
+// Element-type dispatch of the collectives, without allocating: a []T whose
+// T is 4 bytes wide is a []float32, one 8 bytes wide a []float64.
+
+func is32[T blas.Float]() bool {
+	var z T
+	return unsafe.Sizeof(z) == 4
+}
+
+func f32[T blas.Float](s []T) []float32 {
+	return unsafe.Slice((*float32)(unsafe.Pointer(unsafe.SliceData(s))), len(s))
+}
+
+func f64[T blas.Float](s []T) []float64 {
+	return unsafe.Slice((*float64)(unsafe.Pointer(unsafe.SliceData(s))), len(s))
+}
+
+func allreduce[T blas.Float](c mpi.Comm, op mpi.Op, dst, src []T) error {
+	if is32[T]() {
+		return c.AllreduceF32(op, f32(dst), f32(src))
+	}
+	return c.AllreduceF64(op, f64(dst), f64(src))
+}
+
+func allgather[T blas.Float](c mpi.Comm, dst, src []T) error {
+	if is32[T]() {
+		return c.AllgatherF32(f32(dst), f32(src))
+	}
+	return c.AllgatherF64(f64(dst), f64(src))
+}

@@ -1,0 +1,351 @@
+package clip
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+
+	"github.com/clipmpi/clipmpi/blas"
+	"github.com/clipmpi/clipmpi/loss"
+	"github.com/clipmpi/clipmpi/mpi"
+)
+
+// Loss is a contrastive loss over the ranks of a communicator, as
+// loss.ClipLoss and loss.SigLipLoss implement it: this rank's rows of image
+// and text features in (b×dim each), this rank's loss and the gradients of
+// its features and of the logit scale and bias out. Both methods are
+// collective and return the same error on every rank.
+type Loss[T blas.Float] interface {
+	ForwardBackward(dImg, dTxt, img, txt []T, lg loss.Logit) (loss.Result, error)
+	Forward(img, txt []T, lg loss.Logit) (float64, error)
+}
+
+var _ Loss[float32] = (*loss.ClipLoss[float32])(nil)
+
+// Config is a training run, as every rank must be given it.
+type Config struct {
+	Model ModelConfig
+	Optim OptimConfig
+	// BatchSize is the rows per rank of a micro-batch and AccumFreq the
+	// micro-batches of a step (OpenCLIP's --batch-size and --accum-freq):
+	// a step takes BatchSize·AccumFreq rows on each rank, and the global
+	// batch is W·BatchSize·AccumFreq rows.
+	BatchSize, AccumFreq int
+	// Epochs is the passes over the training rows.
+	Epochs int
+	// Seed draws the initial weights and the shuffle of every epoch.
+	Seed uint64
+}
+
+// StepStats describes one step.
+type StepStats struct {
+	// Step counts the steps taken, this one included; Epoch is the epoch
+	// the step belonged to (0-based).
+	Step, Epoch int
+	// Loss is the loss of the step's batch, the mean of the ranks' losses
+	// (the global loss L in every OpenCLIP mode).
+	Loss float64
+	// LR is the learning rate the step used; Scale the exponentiated logit
+	// scale after it (and its clamp).
+	LR, Scale float64
+}
+
+// Trainer trains a Model data-parallel over the ranks of a communicator.
+//
+// Rank r holds its block of the training rows (LoadShard). Each epoch it
+// shuffles its block with a generator seeded by (Seed, epoch, r) and takes
+// BatchSize·AccumFreq rows per step, dropping the remainder; the steps per
+// epoch are those of the smallest block, the same on every rank. A step is
+// Gradients, then AdamW at the cosine schedule's learning rate, then the
+// clamp of the logit scale.
+//
+// A Trainer is not safe for concurrent use; its methods that take a step,
+// evaluate or checkpoint are collective.
+type Trainer[T blas.Float] struct {
+	comm     mpi.Comm
+	cfg      Config
+	model    *Model[T]
+	loss     Loss[T]
+	opt      *AdamW[T]
+	train    *Pairs
+	perEpoch int
+	total    int
+	step     int
+
+	permEpoch int
+	perm      []int
+	img, txt  []T // a step's input rows
+	zi, zt    []T // its features
+	dzi, dzt  []T // their gradients
+	zs        []T // one micro-batch's recomputed features
+	red       []T // gradients and loss, all-reduced
+}
+
+// NewTrainer is collective: it returns a trainer of a new model
+// (NewModel(cfg.Model, cfg.Seed)) whose weights are rank 0's on every rank,
+// over the rank's training rows train, with the loss l.
+//
+// It returns an error (ErrConfig) if the ranks pass different
+// configurations or row counts, and one wrapping ErrData if the training
+// rows do not match the model's input widths or give no full step. It
+// panics if comm, l or train is nil, BatchSize, AccumFreq or Epochs is not
+// positive, or the model configuration is invalid (see NewModel).
+func NewTrainer[T blas.Float](comm mpi.Comm, cfg Config, l Loss[T], train *Pairs) (*Trainer[T], error) {
+	if comm == nil {
+		panic(errNilComm)
+	}
+	if l == nil {
+		panic(errNilLoss)
+	}
+	if train == nil {
+		panic(errNilData)
+	}
+	if cfg.BatchSize < 1 || cfg.AccumFreq < 1 {
+		panic(errBatch)
+	}
+	if cfg.Epochs < 1 {
+		panic(errEpochs)
+	}
+	m := NewModel[T](cfg.Model, cfg.Seed)
+	mc := cfg.Model
+	bias := 0
+	if mc.LogitBias {
+		bias = 1
+	}
+	err := agreeInts(comm, "trainer", []string{
+		"image dim", "text dim", "embed dim", "head", "hidden", "logit bias",
+		"batch size", "accum freq", "epochs", "warmup", "training rows", "parameters",
+	}, []int{
+		mc.ImageDim, mc.TextDim, mc.EmbedDim, int(mc.Head), mc.Hidden, bias,
+		cfg.BatchSize, cfg.AccumFreq, cfg.Epochs, cfg.Optim.Warmup, train.Total, len(m.params),
+	})
+	if err == nil && (train.ImageDim != mc.ImageDim || train.TextDim != mc.TextDim) {
+		err = fmt.Errorf("%w: the training rows have image and text widths %d and %d, the model %d and %d",
+			ErrData, train.ImageDim, train.TextDim, mc.ImageDim, mc.TextDim)
+	}
+	w := comm.Size()
+	rows := cfg.BatchSize * cfg.AccumFreq
+	perEpoch := (train.Total / w) / rows // the smallest block's steps
+	if err == nil && perEpoch == 0 {
+		err = fmt.Errorf("%w: %d training rows over %d ranks give a rank %d rows, fewer than one step's %d (batch size %d × accum freq %d)",
+			ErrData, train.Total, w, train.Total/w, rows, cfg.BatchSize, cfg.AccumFreq)
+	}
+	if err = Agree(comm, err); err != nil {
+		return nil, err
+	}
+	if err := broadcast(comm, m.params); err != nil {
+		return nil, fmt.Errorf("clip: sharing the initial weights: %w", err)
+	}
+	e := mc.EmbedDim
+	t := &Trainer[T]{
+		comm: comm, cfg: cfg, model: m, loss: l, train: train,
+		opt:      NewAdamW[T](cfg.Optim, len(m.params)),
+		perEpoch: perEpoch, total: perEpoch * cfg.Epochs,
+		permEpoch: -1,
+		img:       make([]T, rows*mc.ImageDim),
+		txt:       make([]T, rows*mc.TextDim),
+		zi:        make([]T, rows*e), zt: make([]T, rows*e),
+		dzi: make([]T, rows*e), dzt: make([]T, rows*e),
+		zs:  make([]T, cfg.BatchSize*e),
+		red: make([]T, len(m.params)+1),
+	}
+	return t, nil
+}
+
+// Model returns the model being trained.
+func (t *Trainer[T]) Model() *Model[T] { return t.model }
+
+// Config returns the run's configuration.
+func (t *Trainer[T]) Config() Config { return t.cfg }
+
+// StepsPerEpoch returns the steps of one epoch.
+func (t *Trainer[T]) StepsPerEpoch() int { return t.perEpoch }
+
+// TotalSteps returns the steps of the whole run, Epochs·StepsPerEpoch.
+func (t *Trainer[T]) TotalSteps() int { return t.total }
+
+// Steps returns the steps taken so far.
+func (t *Trainer[T]) Steps() int { return t.step }
+
+// GlobalBatch returns the rows of one step over all ranks.
+func (t *Trainer[T]) GlobalBatch() int {
+	return t.comm.Size() * t.cfg.BatchSize * t.cfg.AccumFreq
+}
+
+// Step takes the next step of the schedule on the next rows of this rank's
+// shuffled block. It returns ErrDone once TotalSteps steps are taken, and
+// Gradients' errors.
+func (t *Trainer[T]) Step() (StepStats, error) {
+	if t.step >= t.total {
+		return StepStats{}, ErrDone
+	}
+	epoch, k := t.step/t.perEpoch, t.step%t.perEpoch
+	if t.permEpoch != epoch {
+		t.shuffle(epoch)
+	}
+	rows := t.cfg.BatchSize * t.cfg.AccumFreq
+	p, di, dt := t.train, t.train.ImageDim, t.train.TextDim
+	for i, src := range t.perm[k*rows : (k+1)*rows] {
+		for j, v := range p.Image[src*di : (src+1)*di] {
+			t.img[i*di+j] = T(v)
+		}
+		for j, v := range p.Text[src*dt : (src+1)*dt] {
+			t.txt[i*dt+j] = T(v)
+		}
+	}
+	return t.StepBatch(t.img, t.txt)
+}
+
+// shuffle draws the order of this rank's rows for an epoch. The generator
+// depends only on (Seed, epoch, rank): this is the shuffle's whole RNG
+// state, and a checkpoint's step restores it.
+func (t *Trainer[T]) shuffle(epoch int) {
+	n := t.train.Rows
+	if cap(t.perm) < n {
+		t.perm = make([]int, n)
+	}
+	t.perm = t.perm[:n]
+	for i := range t.perm {
+		t.perm[i] = i
+	}
+	rng := rand.New(rand.NewPCG(t.cfg.Seed^0x9e3779b97f4a7c15, uint64(epoch)<<32|uint64(t.comm.Rank())))
+	rng.Shuffle(n, func(i, j int) { t.perm[i], t.perm[j] = t.perm[j], t.perm[i] })
+	t.permEpoch = epoch
+}
+
+// StepBatch takes the next step of the schedule on the given rows: img
+// (n×ImageDim) and txt (n×TextDim), n a multiple of AccumFreq, the same n
+// on every rank. Step calls it; tests call it with rows of their own.
+func (t *Trainer[T]) StepBatch(img, txt []T) (StepStats, error) {
+	if t.step >= t.total {
+		return StepStats{}, ErrDone
+	}
+	lr := CosineLR(t.cfg.Optim.LR, t.cfg.Optim.Warmup, t.total, t.step)
+	l, err := t.Gradients(img, txt)
+	if err != nil {
+		return StepStats{}, err
+	}
+	t.opt.Step(t.model.params, t.model.grads, t.model.layout, lr)
+	t.model.clampScale()
+	st := StepStats{Step: t.step + 1, Epoch: t.step / t.perEpoch, Loss: l, LR: lr, Scale: t.model.Logit().Scale}
+	t.step++
+	return st, nil
+}
+
+// Gradients is collective: it sets the model's Grads to the gradient of the
+// loss over the global batch made of every rank's rows img (n×ImageDim) and
+// txt (n×TextDim), averaged over ranks as DDP does, and returns the loss
+// averaged over ranks. n must be a multiple of AccumFreq.
+//
+// With AccumFreq = k > 1 it is GradCache: the features of the k
+// micro-batches are computed without keeping activations, the loss and its
+// gradient with respect to all n rows' features are taken once, and each
+// micro-batch's heads are re-run and back-propagated with its rows of that
+// gradient. The result equals the k = 1 computation up to rounding.
+//
+// In OpenCLIP's gather_with_grad modes the averaged gradient is the exact
+// gradient of the global loss; in the other modes it is what OpenCLIP's DDP
+// gets (see the loss package). It returns the loss's errors (non-finite
+// features or logit scale, ranks that disagree on n), the same on every
+// rank. It panics if the lengths do not fit the model or n is not a
+// multiple of AccumFreq.
+func (t *Trainer[T]) Gradients(img, txt []T) (float64, error) {
+	m := t.model
+	di, dt, e := m.cfg.ImageDim, m.cfg.TextDim, m.cfg.EmbedDim
+	if len(img)%di != 0 || len(txt)%dt != 0 || len(img)/di != len(txt)/dt {
+		panic(errBatchLen)
+	}
+	n, k := len(img)/di, t.cfg.AccumFreq
+	if n%k != 0 {
+		panic(errBatchLen)
+	}
+	mb := n / k
+	t.zi, t.zt = grow(t.zi, n*e), grow(t.zt, n*e)
+	t.dzi, t.dzt = grow(t.dzi, n*e), grow(t.dzt, n*e)
+	t.zs = grow(t.zs, mb*e)
+	clear(m.grads)
+	micro := func(j int) (xi, xt, zi, zt, dzi, dzt []T) {
+		return img[j*mb*di : (j+1)*mb*di], txt[j*mb*dt : (j+1)*mb*dt],
+			t.zi[j*mb*e : (j+1)*mb*e], t.zt[j*mb*e : (j+1)*mb*e],
+			t.dzi[j*mb*e : (j+1)*mb*e], t.dzt[j*mb*e : (j+1)*mb*e]
+	}
+	// Features of every micro-batch; with k = 1 the activations stay for
+	// backward.
+	for j := range k {
+		xi, xt, zi, zt, _, _ := micro(j)
+		m.EncodeImage(zi, xi)
+		m.EncodeText(zt, xt)
+	}
+	lg := m.Logit()
+	res, err := t.loss.ForwardBackward(t.dzi, t.dzt, t.zi, t.zt, lg)
+	if err != nil {
+		return 0, err
+	}
+	for j := range k {
+		xi, xt, zi, zt, dzi, dzt := micro(j)
+		if k > 1 {
+			// Re-run the heads to rebuild this micro-batch's activations.
+			m.EncodeImage(t.zs, xi)
+			zi = t.zs
+		}
+		m.BackwardImage(dzi, zi, xi)
+		if k > 1 {
+			m.EncodeText(t.zs, xt)
+			zt = t.zs
+		}
+		m.BackwardText(dzt, zt, xt)
+	}
+	// d loss / d log scale = d loss / d scale · scale.
+	m.grads[m.scale] = T(res.GradScale * lg.Scale)
+	if m.bias >= 0 {
+		m.grads[m.bias] = T(res.GradBias)
+	}
+	// DDP: average the gradients (and the loss) over ranks.
+	p := len(m.grads)
+	copy(t.red, m.grads)
+	t.red[p] = T(res.Loss)
+	if w := t.comm.Size(); w > 1 {
+		if err := allreduce(t.comm, mpi.Sum, t.red, t.red); err != nil {
+			return 0, fmt.Errorf("clip: averaging gradients: %w", err)
+		}
+		inv := 1 / float64(w)
+		for i, v := range t.red {
+			t.red[i] = T(float64(v) * inv)
+		}
+		copy(m.grads, t.red[:p])
+	}
+	return float64(t.red[p]), nil
+}
+
+// Loss is collective: it returns the loss, averaged over ranks, of the
+// global batch made of every rank's rows img and txt, without gradients.
+func (t *Trainer[T]) Loss(img, txt []T) (float64, error) {
+	m := t.model
+	di, dt, e := m.cfg.ImageDim, m.cfg.TextDim, m.cfg.EmbedDim
+	if len(img)%di != 0 || len(txt)%dt != 0 || len(img)/di != len(txt)/dt {
+		panic(errBatchLen)
+	}
+	n := len(img) / di
+	zi, zt := make([]T, n*e), make([]T, n*e)
+	m.EncodeImage(zi, img)
+	m.EncodeText(zt, txt)
+	l, err := t.loss.Forward(zi, zt, m.Logit())
+	if err != nil {
+		return 0, err
+	}
+	v := []float64{l}
+	if err := t.comm.AllreduceF64(mpi.Sum, v, v); err != nil {
+		return 0, err
+	}
+	return v[0] / float64(t.comm.Size()), nil
+}
+
+// isFinite reports whether every value is finite.
+func isFinite[T blas.Float](v []T) bool {
+	for _, x := range v {
+		if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
+			return false
+		}
+	}
+	return true
+}
