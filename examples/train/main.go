@@ -1,0 +1,450 @@
+// Command train trains CLIP-style projection heads on paired embeddings
+// across MPI ranks: the main job of clipmpi.
+//
+//	mpirun -np 2 ./train                               # built-in synthetic set
+//	mpirun -np 4 ./train --train-data DIR --val-data DIR --batch-size 1024 --epochs 10
+//	./train gen-data --out data                        # the synthetic set as .npy files
+//
+// Flags are named like OpenCLIP's (--local-loss, --gather-with-grad,
+// --siglip, --batch-size per rank, --accum-freq, --lr, --wd, --epochs,
+// --warmup, --seed, --resume, --logs). Rank 0 prints the backends, then a
+// line every --log-every steps (or a progress bar on a terminal) and the
+// held-out recall after every --val-frequency epochs; it writes
+// LOGS/metrics.csv, LOGS/curves.png, checkpoints under LOGS/checkpoints and,
+// with --summary, a JSON summary. On any error every rank prints it and
+// exits non-zero.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/clipmpi/clipmpi/blas"
+	"github.com/clipmpi/clipmpi/clip"
+	"github.com/clipmpi/clipmpi/loss"
+	"github.com/clipmpi/clipmpi/mpi"
+)
+
+// options are the command-line flags.
+type options struct {
+	trainData, valData string
+	valSize            int
+	synth              clip.SyntheticConfig
+	synthRows          int
+
+	head           string
+	embedDim       int
+	hidden         int
+	initLogitScale float64
+	initLogitBias  float64
+
+	localLoss, gatherWithGrad, siglip bool
+	algo                              string
+	distImpl                          string
+	tile                              int
+
+	batchSize, accumFreq int
+	lr, wd               float64
+	beta1, beta2, eps    float64
+	warmup, epochs       int
+	seed                 uint64
+	dtype                string
+
+	resume        string
+	logs          string
+	summary       string
+	saveFrequency int
+	valFrequency  int
+	logEvery      int
+	progress      string
+}
+
+func parseFlags(args []string) (*options, error) {
+	o := &options{synth: clip.DefaultSynthetic}
+	fs := flag.NewFlagSet("train", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: train [flags]        (under mpirun for several ranks)\n       train gen-data [flags]  (write the synthetic set as .npy files; train gen-data -h)\n\nflags:\n")
+		fs.PrintDefaults()
+	}
+	fs.StringVar(&o.trainData, "train-data", "", "training pairs: a directory of .npy shards or IMAGE.npy,TEXT.npy (float32 or float16, [n, d]); empty: the built-in synthetic set")
+	fs.StringVar(&o.valData, "val-data", "", "held-out pairs, as --train-data; empty: the last --val-size rows of the training data (or synthetic rows after them)")
+	fs.IntVar(&o.valSize, "val-size", 1000, "held-out rows when --val-data is not given")
+	fs.IntVar(&o.synthRows, "synth-rows", 32768, "training rows of the synthetic set")
+	fs.IntVar(&o.synth.Latent, "synth-latent", o.synth.Latent, "latent factors shared by a synthetic pair")
+	fs.IntVar(&o.synth.ImageDim, "synth-image-dim", o.synth.ImageDim, "width of synthetic image embeddings")
+	fs.IntVar(&o.synth.TextDim, "synth-text-dim", o.synth.TextDim, "width of synthetic text embeddings")
+	fs.Float64Var(&o.synth.Noise, "synth-noise", o.synth.Noise, "noise of synthetic embeddings (the signal has unit variance per coordinate)")
+	fs.Uint64Var(&o.synth.Seed, "synth-seed", o.synth.Seed, "seed of the synthetic set")
+
+	fs.StringVar(&o.head, "head", "linear", "projection head: linear or mlp (two layers, GELU)")
+	fs.IntVar(&o.embedDim, "embed-dim", 64, "width of the shared embedding space")
+	fs.IntVar(&o.hidden, "hidden", 256, "hidden width of the mlp head")
+	fs.Float64Var(&o.initLogitScale, "init-logit-scale", math.NaN(), "initial log logit scale (default ln(1/0.07), with --siglip ln 10)")
+	fs.Float64Var(&o.initLogitBias, "init-logit-bias", math.NaN(), "initial logit bias; setting it adds a learnable bias (default with --siglip: -10)")
+
+	fs.BoolVar(&o.localLoss, "local-loss", true, "OpenCLIP local_loss: each rank's loss over its own rows against all columns (--local-loss=false for the global loss)")
+	fs.BoolVar(&o.gatherWithGrad, "gather-with-grad", true, "OpenCLIP gather_with_grad: gradients flow back through the all-gather")
+	fs.BoolVar(&o.siglip, "siglip", false, "use the SigLIP sigmoid loss instead of CLIP's softmax loss")
+	fs.StringVar(&o.algo, "algo", "fused", "ClipLoss algorithm: naive, fused, tiled or ring")
+	fs.StringVar(&o.distImpl, "loss-dist-impl", "bidir", "SigLipLoss distribution (OpenCLIP's dist_impl): bidir, shift, reduce or gather")
+	fs.IntVar(&o.tile, "tile", 0, "column tile of the tiled and ring algorithms and of SigLIP (0: default)")
+
+	fs.IntVar(&o.batchSize, "batch-size", 1024, "rows per rank per micro-batch")
+	fs.IntVar(&o.accumFreq, "accum-freq", 1, "micro-batches per step (GradCache-style accumulation: a step takes batch-size × accum-freq rows per rank)")
+	fs.Float64Var(&o.lr, "lr", 2e-3, "peak learning rate")
+	fs.Float64Var(&o.wd, "wd", 0.1, "AdamW weight decay (not on biases and the logit scale)")
+	fs.Float64Var(&o.beta1, "beta1", 0.9, "AdamW beta1")
+	fs.Float64Var(&o.beta2, "beta2", 0.98, "AdamW beta2")
+	fs.Float64Var(&o.eps, "eps", 1e-6, "AdamW epsilon")
+	fs.IntVar(&o.warmup, "warmup", 20, "linear warmup steps of the cosine schedule")
+	fs.IntVar(&o.epochs, "epochs", 12, "passes over the training rows")
+	fs.Uint64Var(&o.seed, "seed", 0, "seed of the initial weights and the shuffles")
+	fs.StringVar(&o.dtype, "dtype", "float32", "element type: float32 (fast) or float64")
+
+	fs.StringVar(&o.resume, "resume", "", "checkpoint to resume from, or 'latest' for LOGS/checkpoints/latest.ckpt")
+	fs.StringVar(&o.logs, "logs", "logs", "directory for metrics.csv, curves.png and checkpoints/ (empty: none)")
+	fs.StringVar(&o.summary, "summary", "", "write a JSON summary of the run to this file")
+	fs.IntVar(&o.saveFrequency, "save-frequency", 1, "write a checkpoint every this many epochs (0: only at the end)")
+	fs.IntVar(&o.valFrequency, "val-frequency", 1, "evaluate held-out recall every this many epochs")
+	fs.IntVar(&o.logEvery, "log-every", 0, "print a line every this many steps (0: about 20 lines per run)")
+	fs.StringVar(&o.progress, "progress", "auto", "progress display: lines, bar, or auto (a bar when stderr is a terminal)")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q (flags start with -)", fs.Arg(0))
+	}
+	return o, nil
+}
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "gen-data" {
+		if err := genData(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "train gen-data:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	o, err := parseFlags(os.Args[1:])
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		// Every rank parses the same flags and fails the same way.
+		fmt.Fprintln(os.Stderr, "train:", err)
+		os.Exit(2)
+	}
+	comm, err := mpi.World()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "train:", err)
+		os.Exit(1)
+	}
+	code := 0
+	if o.dtype == "float64" {
+		err = run[float64](comm, o)
+	} else if o.dtype == "float32" {
+		err = run[float32](comm, o)
+	} else {
+		err = fmt.Errorf("--dtype %q: want float32 or float64", o.dtype)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "train (rank %d/%d): %v\n", comm.Rank(), comm.Size(), err)
+		code = 1
+	}
+	// Every rank agrees on the exit status, so that mpirun sees a failure
+	// whichever rank met it.
+	v := []float64{float64(code)}
+	if err := comm.AllreduceF64(mpi.Max, v, v); err != nil {
+		fmt.Fprintln(os.Stderr, "train: agreeing on the exit status:", err)
+		comm.Abort(1)
+	}
+	if err := mpi.Finalize(); err != nil {
+		fmt.Fprintln(os.Stderr, "train:", err)
+	}
+	os.Exit(int(v[0]))
+}
+
+// newLoss returns the loss the flags ask for: any type with ClipLoss's
+// two methods plugs in here.
+func newLoss[T blas.Float](comm mpi.Comm, dim int, o *options) (clip.Loss[T], string, error) {
+	if o.siglip {
+		impl, err := loss.ParseSigLipImpl(o.distImpl)
+		if err != nil {
+			return nil, "", err
+		}
+		desc := fmt.Sprintf("SigLipLoss, dist_impl %s", impl)
+		return loss.NewSigLipLoss[T](comm, dim, loss.SigLipOptions{Impl: impl, Tile: o.tile}), desc, nil
+	}
+	algo, err := loss.ParseAlgorithm(o.algo)
+	if err != nil {
+		return nil, "", err
+	}
+	opt := loss.ClipOptions{LocalLoss: o.localLoss, GatherWithGrad: o.gatherWithGrad, Algorithm: algo, Tile: o.tile}
+	desc := fmt.Sprintf("ClipLoss %s (local_loss=%v, gather_with_grad=%v), algorithm %s", opt.Mode(), o.localLoss, o.gatherWithGrad, algo)
+	return loss.NewClipLoss[T](comm, dim, opt), desc, nil
+}
+
+// data opens the training and held-out sets and loads this rank's rows.
+func data(comm mpi.Comm, o *options) (train, val *clip.Pairs, desc string, err error) {
+	var tsrc, vsrc clip.Source
+	tlo, thi, vlo, vhi := 0, 0, 0, 0
+	if o.trainData == "" {
+		if o.synthRows < 1 || o.valSize < 1 {
+			return nil, nil, "", fmt.Errorf("--synth-rows and --val-size must be positive")
+		}
+		tsrc = clip.NewSynthetic(o.synth, 0, o.synthRows)
+		vsrc = clip.NewSynthetic(o.synth, o.synthRows, o.valSize)
+		thi, vhi = o.synthRows, o.valSize
+		if o.valData != "" {
+			return nil, nil, "", fmt.Errorf("--val-data needs --train-data")
+		}
+	} else {
+		src, err := clip.OpenNpy(o.trainData)
+		if err = clip.Agree(comm, err); err != nil {
+			return nil, nil, "", err
+		}
+		tsrc, thi = src, src.Rows()
+		if o.valData != "" {
+			v, err := clip.OpenNpy(o.valData)
+			if err = clip.Agree(comm, err); err != nil {
+				return nil, nil, "", err
+			}
+			vsrc, vhi = v, v.Rows()
+		} else {
+			if o.valSize < 1 || o.valSize >= src.Rows() {
+				return nil, nil, "", fmt.Errorf("%w: --val-size %d must be in [1, %d) to hold out rows of %s", clip.ErrData, o.valSize, src.Rows(), o.trainData)
+			}
+			vsrc = src
+			thi = src.Rows() - o.valSize
+			vlo, vhi = thi, src.Rows()
+		}
+	}
+	if train, err = clip.LoadShard(comm, tsrc, tlo, thi); err != nil {
+		return nil, nil, "", err
+	}
+	if val, err = clip.LoadShard(comm, vsrc, vlo, vhi); err != nil {
+		return nil, nil, "", err
+	}
+	desc = fmt.Sprintf("train %s rows %d..%d (%d rows, %d on rank 0); held out %s rows %d..%d (%d rows)",
+		tsrc, tlo, thi-1, train.Total, train.Rows, vsrc, vlo, vhi-1, val.Total)
+	return train, val, desc, nil
+}
+
+func run[T blas.Float](comm mpi.Comm, o *options) error {
+	start := time.Now()
+	w, rank := comm.Size(), comm.Rank()
+	say := func(format string, a ...any) {
+		if rank == 0 {
+			fmt.Printf(format, a...)
+		}
+	}
+	say("clipmpi train: %d ranks, %s\n", w, o.dtype)
+	say("backends: blas=%s (threads per rank %d), mpi=%v, GOMAXPROCS=%d\n", blas.Backend(), blas.Threads(), mpi.Enabled, runtime.GOMAXPROCS(0))
+
+	train, val, dataDesc, err := data(comm, o)
+	if err != nil {
+		return err
+	}
+	say("data: %s\n", dataDesc)
+
+	head, err := clip.ParseHead(o.head)
+	if err != nil {
+		return err
+	}
+	mc := clip.ModelConfig{
+		ImageDim: train.ImageDim, TextDim: train.TextDim, EmbedDim: o.embedDim,
+		Head: head, Hidden: o.hidden, InitLogitScale: clip.ClipInitLogitScale,
+	}
+	if o.siglip {
+		mc.InitLogitScale = clip.SigLipInitLogitScale
+		mc.LogitBias, mc.InitLogitBias = true, clip.SigLipInitLogitBias
+	}
+	if !math.IsNaN(o.initLogitScale) {
+		mc.InitLogitScale = o.initLogitScale
+	}
+	if !math.IsNaN(o.initLogitBias) {
+		mc.LogitBias, mc.InitLogitBias = true, o.initLogitBias
+	}
+	if o.embedDim < 1 || (head == clip.MLP && o.hidden < 1) || o.batchSize < 1 || o.accumFreq < 1 || o.epochs < 1 || o.valFrequency < 1 || o.saveFrequency < 0 || o.warmup < 0 {
+		return errors.New("--embed-dim, --hidden, --batch-size, --accum-freq, --epochs and --val-frequency must be positive, --save-frequency and --warmup not negative")
+	}
+	lossFn, lossDesc, err := newLoss[T](comm, o.embedDim, o)
+	if err != nil {
+		return err
+	}
+	cfg := clip.Config{
+		Model:     mc,
+		Optim:     clip.OptimConfig{LR: o.lr, WD: o.wd, Beta1: o.beta1, Beta2: o.beta2, Eps: o.eps, Warmup: o.warmup},
+		BatchSize: o.batchSize, AccumFreq: o.accumFreq, Epochs: o.epochs, Seed: o.seed,
+	}
+	tr, err := clip.NewTrainer(comm, cfg, lossFn, train)
+	if err != nil {
+		return err
+	}
+	m := tr.Model()
+	shape := fmt.Sprintf("%d→%d", mc.ImageDim, mc.EmbedDim)
+	tshape := fmt.Sprintf("%d→%d", mc.TextDim, mc.EmbedDim)
+	if head == clip.MLP {
+		shape = fmt.Sprintf("%d→%d→%d", mc.ImageDim, mc.Hidden, mc.EmbedDim)
+		tshape = fmt.Sprintf("%d→%d→%d", mc.TextDim, mc.Hidden, mc.EmbedDim)
+	}
+	bias := "no logit bias"
+	if mc.LogitBias {
+		bias = fmt.Sprintf("logit bias %g", mc.InitLogitBias)
+	}
+	say("model: %s heads, image %s, text %s, %d parameters; logit scale %.2f (log %.4f), %s\n",
+		head, shape, tshape, len(m.Params()), math.Exp(mc.InitLogitScale), mc.InitLogitScale, bias)
+	say("loss: %s\n", lossDesc)
+	say("optim: AdamW lr %g wd %g betas (%g, %g) eps %g; cosine schedule, %d warmup steps\n", o.lr, o.wd, o.beta1, o.beta2, o.eps, o.warmup)
+	say("steps: %d ranks × %d rows × accum %d = global batch %d; %d epochs × %d steps = %d steps\n",
+		w, o.batchSize, o.accumFreq, tr.GlobalBatch(), o.epochs, tr.StepsPerEpoch(), tr.TotalSteps())
+
+	var ckptDir string
+	if o.logs != "" {
+		ckptDir = filepath.Join(o.logs, "checkpoints")
+		var err error
+		if rank == 0 {
+			err = os.MkdirAll(ckptDir, 0o755)
+		}
+		if err = clip.Agree(comm, err); err != nil {
+			return err
+		}
+	}
+	mt := &metrics{}
+	if o.resume != "" {
+		path := o.resume
+		if path == "latest" {
+			if o.logs == "" {
+				return errors.New("--resume latest needs --logs")
+			}
+			path = filepath.Join(ckptDir, "latest.ckpt")
+		}
+		if err := tr.Load(path); err != nil {
+			return err
+		}
+		say("resumed from %s at step %d of %d\n", path, tr.Steps(), tr.TotalSteps())
+		if o.logs != "" && rank == 0 {
+			mt.load(filepath.Join(o.logs, "metrics.csv"), tr.Steps())
+		}
+	}
+
+	before, err := tr.Evaluate(val)
+	if err != nil {
+		return err
+	}
+	say("eval  step %5d  %v  (chance R@1 %.4f)\n", tr.Steps(), before, 1/float64(val.Total))
+	mt.addEval(tr.Steps(), tr.Steps()/tr.StepsPerEpoch(), before)
+
+	logEvery := o.logEvery
+	if logEvery < 1 {
+		logEvery = max(1, tr.TotalSteps()/20)
+	}
+	disp := newDisplay(rank == 0, o.progress, tr.TotalSteps(), tr.Steps())
+	var (
+		last       clip.StepStats
+		trainTime  time.Duration
+		trainSteps int
+		winStart   = time.Now()
+		winSteps   int
+	)
+	after := before
+	firstStep := tr.Steps()
+	for tr.Steps() < tr.TotalSteps() {
+		t0 := time.Now()
+		st, err := tr.Step()
+		if err != nil {
+			return err
+		}
+		dt := time.Since(t0)
+		trainTime += dt
+		trainSteps++
+		winSteps++
+		last = st
+		sps := float64(tr.GlobalBatch()*trainSteps) / trainTime.Seconds()
+		mt.addStep(st, sps)
+		if st.Step%logEvery == 0 || st.Step == tr.TotalSteps() {
+			win := float64(tr.GlobalBatch()*winSteps) / time.Since(winStart).Seconds()
+			eta := time.Duration(float64(tr.TotalSteps()-st.Step) * float64(trainTime) / float64(trainSteps))
+			disp.line(fmt.Sprintf("step %5d/%d  epoch %2d  loss %.4f  lr %.2e  scale %6.2f  %8.0f samples/s  ETA %s",
+				st.Step, tr.TotalSteps(), st.Epoch+1, st.Loss, st.LR, st.Scale, win, fmtDuration(eta)))
+			winStart, winSteps = time.Now(), 0
+		}
+		disp.step(st)
+		epochEnd := st.Step%tr.StepsPerEpoch() == 0
+		epoch := st.Step / tr.StepsPerEpoch()
+		if epochEnd && (epoch%o.valFrequency == 0 || st.Step == tr.TotalSteps()) {
+			if after, err = tr.Evaluate(val); err != nil {
+				return err
+			}
+			mt.addEval(st.Step, epoch, after)
+			disp.line(fmt.Sprintf("eval  step %5d  %v", st.Step, after))
+		}
+		if ckptDir != "" && epochEnd && ((o.saveFrequency > 0 && epoch%o.saveFrequency == 0) || st.Step == tr.TotalSteps()) {
+			for _, name := range []string{fmt.Sprintf("epoch_%d.ckpt", epoch), "latest.ckpt"} {
+				if err := tr.Save(filepath.Join(ckptDir, name)); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	disp.done()
+	if firstStep == tr.TotalSteps() {
+		say("nothing to do: the checkpoint is at the last step\n")
+	}
+
+	// Outputs, written by rank 0; every rank learns whether that worked.
+	wall := time.Since(start).Seconds()
+	sum := summary{
+		FinalLoss: last.Loss, Steps: tr.TotalSteps(), StepsRun: trainSteps, GlobalBatch: tr.GlobalBatch(), World: w,
+		WallS: wall, TrainS: trainTime.Seconds(), Epochs: o.epochs,
+		RecallI2T1: after.ImageToText[0], RecallT2I1: after.TextToImage[0],
+		RecallI2T1Before: before.ImageToText[0], RecallT2I1Before: before.TextToImage[0],
+		RecallI2T: after.ImageToText, RecallT2I: after.TextToImage,
+		ValRows: val.Total, TrainRows: train.Total, ChanceAt1: 1 / float64(val.Total),
+		Head: head.String(), Mode: loss.ClipOptions{LocalLoss: o.localLoss, GatherWithGrad: o.gatherWithGrad}.Mode(),
+		Algorithm: o.algo, DType: o.dtype, BLAS: blas.Backend(), BLASThreads: blas.Threads(), MPI: mpi.Enabled,
+		LogitScale: m.Logit().Scale,
+	}
+	if trainTime > 0 {
+		sum.SamplesPerS = float64(tr.GlobalBatch()*trainSteps) / trainTime.Seconds()
+	}
+	var outErr error
+	if rank == 0 {
+		outErr = writeOutputs(o, mt, &sum)
+	}
+	if err := clip.Agree(comm, outErr); err != nil {
+		return err
+	}
+	say("\n%-22s %10s %10s\n", "held-out recall", "before", "after")
+	for i, k := range clip.RecallK {
+		say("%-22s %10.4f %10.4f\n", fmt.Sprintf("image→text R@%d", k), before.ImageToText[i], after.ImageToText[i])
+	}
+	for i, k := range clip.RecallK {
+		say("%-22s %10.4f %10.4f\n", fmt.Sprintf("text→image R@%d", k), before.TextToImage[i], after.TextToImage[i])
+	}
+	say("final loss %.4f, logit scale %.2f; %d steps of %d pairs in %.1f s of training (%.0f samples/s), %.1f s in all\n",
+		sum.FinalLoss, sum.LogitScale, trainSteps, sum.GlobalBatch, sum.TrainS, sum.SamplesPerS, sum.WallS)
+	var wrote []string
+	if o.logs != "" {
+		wrote = append(wrote, filepath.Join(o.logs, "metrics.csv"), filepath.Join(o.logs, "curves.png"), filepath.Join(ckptDir, "latest.ckpt"))
+	}
+	if o.summary != "" {
+		wrote = append(wrote, o.summary)
+	}
+	if len(wrote) > 0 {
+		say("wrote %s\n", strings.Join(wrote, ", "))
+	}
+	return nil
+}
+
+func fmtDuration(d time.Duration) string {
+	s := int(d.Round(time.Second).Seconds())
+	return fmt.Sprintf("%d:%02d", s/60, s%60)
+}
