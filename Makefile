@@ -23,10 +23,13 @@ build: deps
 	$(GO) build $(GOTAGS) -o $(BIN)/check ./examples/check
 	$(GO) build $(GOTAGS) -o $(BIN)/bench ./examples/bench
 
-# The main job on its built-in data: every OpenCLIP mode on 2 ranks, checked
-# against one process.
-run: build
-	$(MPIRUN) $(NP) $(BIN)/check
+# The main job: train projection heads on NP ranks on the built-in synthetic
+# set (local_loss + gather_with_grad, fused); summary, metrics and plot in run/.
+run: build $(BIN)/train
+	$(MPIRUN) $(NP) $(BIN)/train --logs run --summary run/summary.json
+
+$(BIN)/train: deps FORCE
+	$(GO) build $(GOTAGS) -o $@ ./examples/train
 
 # Everything a contributor keeps green.
 test: deps fmt-check vet lint unit race test-mpi test-golden
@@ -72,6 +75,37 @@ test-golden: $(BIN)/golden.test
 	  echo "   algorithm runs passed: $$(grep -c -E '^        --- PASS' $(BIN)/golden-np$$w.log)"; \
 	  if [ $$rc != 0 ]; then tail -60 $(BIN)/golden-np$$w.log; exit 1; fi; \
 	done
+
+.PHONY: test-train
+
+$(BIN)/train.test: deps FORCE
+	$(GO) test -c $(GOTAGS) -o $@ ./test
+
+# Training under mpirun -np NP: the TestTrainMPI tests (equivalence with one
+# process, accumulation, resume, data and checkpoint errors); then the program
+# on float16 .npy shards from gen-data, resumed from its epoch-2 checkpoint,
+# must end exactly where the uninterrupted run ended; and a NaN row must make
+# every rank print the error and exit non-zero.
+test-train: $(BIN)/train.test $(BIN)/train
+	@echo "== mpirun -np $(NP) train.test: TestTrainMPI"
+	@$(MPIRUN) $(NP) $(BIN)/train.test -test.run 'TestTrainMPI' -test.v > $(BIN)/train-np$(NP).log 2>&1; rc=$$?; \
+	grep -E '^(--- |    --- |ok|PASS|FAIL|panic)' $(BIN)/train-np$(NP).log | sed 's/ ([0-9.]*s)//'; \
+	[ $$rc = 0 ] || { tail -40 $(BIN)/train-np$(NP).log; exit 1; }
+	@echo "== mpirun -np $(NP) train on gen-data's float16 shards, 4 epochs; again resumed from epoch 2"
+	@d=$(BIN)/train-e2e; rm -rf $$d; set -e; \
+	$(BIN)/train gen-data --out $$d/data --rows 8192 --val-size 500 --shards 3 --dtype float16 > $$d.log; \
+	args="--train-data $$d/data/train --val-data $$d/data/val --batch-size 512 --epochs 4 --progress lines"; \
+	$(MPIRUN) $(NP) $(BIN)/train $$args --logs $$d/a --summary $$d/a.json >> $$d.log 2>&1 || { tail -30 $$d.log; exit 1; }; \
+	$(MPIRUN) $(NP) $(BIN)/train $$args --logs $$d/b --summary $$d/b.json --resume $$d/a/checkpoints/epoch_2.ckpt >> $$d.log 2>&1 || { tail -30 $$d.log; exit 1; }; \
+	keys='"(final_loss|recall_i2t_at1|recall_t2i_at1)"'; grep -E "$$keys" $$d/a.json | tr -d ' \n'; echo; \
+	diff <(grep -E "$$keys" $$d/a.json) <(grep -E "$$keys" $$d/b.json) || { echo "resumed run ended elsewhere"; exit 1; }; \
+	echo "   resumed run: same final loss and recall"
+	@echo "== mpirun -np $(NP) train on shards with a NaN row: every rank must fail"
+	@d=$(BIN)/train-e2e; $(BIN)/train gen-data --out $$d/nan --rows 2048 --val-size 100 --shards 2 --nan-row 2000 > /dev/null; \
+	if $(MPIRUN) $(NP) $(BIN)/train --train-data $$d/nan/train --val-data $$d/nan/val --batch-size 256 --logs "" > $$d/nan.log 2>&1; then \
+	  echo "training on a NaN row succeeded"; exit 1; fi; \
+	n=$$(grep -c 'holds NaN' $$d/nan.log); grep -m1 'holds NaN' $$d/nan.log; \
+	[ "$$n" = $(NP) ] || { echo "$$n of $(NP) ranks reported the NaN row"; cat $$d/nan.log; exit 1; }
 
 vet: deps
 	$(GO) vet ./...
