@@ -1,0 +1,240 @@
+#!/usr/bin/env bash
+# slurm.sh: make test-slurm. A real single-machine Slurm cluster (munge and
+# Slurm from Debian, daemons started by hand, no systemd) runs the shipped
+# sbatch script slurm/train.sbatch:
+#   - the training job with 2 tasks through sbatch --wait (srun --mpi=pmix),
+#     its JSON summary checked;
+#   - the same with CLIPMPI_LAUNCHER=mpirun (mpirun inside the allocation);
+#   - the slurm package's view of both launches, agreeing with MPI;
+#   - a plain command in a batch script of 2 tasks: the cross-check fails;
+#   - a rank killed mid-run under each launcher: the job fails within 10 s.
+# Everything it starts is stopped at the end, also on failure.
+#
+#   scripts/cluster/slurm.sh [BIN]      (BIN: built bin/ directory, default ./bin)
+# Environment: CLIPMPI_KEEP=1 keeps the work directory.
+set -uo pipefail
+CL_NAME=test-slurm
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
+BIN=$(cd "${1:-$REPO/bin}" && pwd)
+# shellcheck source=lib.sh
+. "$REPO/scripts/cluster/lib.sh"
+
+[ "$(id -u)" = 0 ] || skip_all "not root: installing and starting munged, slurmctld and slurmd needs root"
+for b in train faultprog clustertool; do
+	[ -x "$BIN/$b" ] || { fail "missing $BIN/$b (make test-slurm builds it)"; exit 1; }
+done
+W=$(mktemp -d /tmp/clipmpi-slurm.XXXXXX)
+on_exit 'if [ "$CL_FAIL" = 0 ] && [ "${CLIPMPI_KEEP:-0}" != 1 ]; then rm -rf "$W"; else echo "work directory kept: $W"; fi'
+log "work directory $W"
+
+# ---- packages and munge
+apt_install munge slurmctld slurmd slurm-client openmpi-bin
+for c in munged slurmctld slurmd sbatch srun mpirun; do
+	command -v "$c" >/dev/null || skip_all "$c not found after installing Slurm"
+done
+if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
+	[ -s /etc/munge/munge.key ] || {
+		mungekey --create --keyfile=/etc/munge/munge.key && chown munge:munge /etc/munge/munge.key && chmod 400 /etc/munge/munge.key
+	}
+	install -d -o munge -g munge -m 0755 /run/munge
+	install -d -o munge -g munge -m 0700 /var/lib/munge /var/log/munge
+	runuser -u munge -- /usr/sbin/munged || { fail "munged did not start"; exit 1; }
+	on_exit 'log "stopping munged"; munged --stop >/dev/null 2>&1 || kill "$(cat /run/munge/munged.pid 2>/dev/null)" 2>/dev/null'
+	wait_until 5 sh -c 'munge -n | unmunge >/dev/null 2>&1' || { fail "munge does not answer"; exit 1; }
+	log "munged started"
+else
+	log "munged already running: using it, leaving it running"
+fi
+
+# ---- slurm.conf: own state, ports and tmp, so that nothing clashes with
+# another cluster on this machine.
+free_port() {
+	local p
+	while :; do
+		p=$((20000 + RANDOM % 20000))
+		(exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || (exec 3<>"/dev/tcp/127.0.0.1/$((p + 1))") 2>/dev/null || { echo "$p"; return; }
+	done
+}
+PORT=$(free_port)
+mkdir -p "$W/state" "$W/spool" "$W/log" "$W/tmp" "$W/out"
+cat >"$W/slurm.conf" <<EOF
+ClusterName=clipmpi
+SlurmctldHost=localhost
+SlurmctldPort=$PORT
+SlurmdPort=$((PORT + 1))
+AuthType=auth/munge
+CryptoType=crypto/munge
+SlurmUser=root
+SlurmdUser=root
+StateSaveLocation=$W/state
+SlurmdSpoolDir=$W/spool
+TmpFS=$W/tmp
+SlurmctldPidFile=$W/slurmctld.pid
+SlurmdPidFile=$W/slurmd.pid
+SlurmctldLogFile=$W/log/slurmctld.log
+SlurmdLogFile=$W/log/slurmd.log
+MailProg=/bin/true
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/none
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+MpiDefault=pmix
+ReturnToService=2
+SlurmdTimeout=30
+KillWait=5
+MinJobAge=600
+NodeName=localhost CPUs=$(nproc) RealMemory=1000 State=UNKNOWN
+PartitionName=debug Nodes=ALL Default=YES MaxTime=60 State=UP
+EOF
+export SLURM_CONF=$W/slurm.conf
+
+# ---- daemons
+stop_slurm() {
+	local c d
+	c=$(cat "$W/slurmctld.pid" 2>/dev/null)
+	d=$(cat "$W/slurmd.pid" 2>/dev/null)
+	scancel --user=root >/dev/null 2>&1
+	wait_until 10 sh -c '[ -z "$(squeue -h 2>/dev/null)" ]'
+	scontrol shutdown >/dev/null 2>&1
+	wait_until 10 sh -c "! kill -0 ${c:-0} 2>/dev/null && ! kill -0 ${d:-0} 2>/dev/null" ||
+		{ log "slurm daemons did not stop: killing them"; kill -9 $c $d 2>/dev/null; }
+	log "slurmctld and slurmd stopped"
+}
+on_exit stop_slurm
+slurmctld -f "$SLURM_CONF" || { fail "slurmctld did not start"; show "$W/log/slurmctld.log"; exit 1; }
+slurmd -f "$SLURM_CONF" -N localhost || { fail "slurmd did not start"; show "$W/log/slurmd.log"; exit 1; }
+if ! wait_until 30 sh -c '[ "$(sinfo -h -o %T 2>/dev/null)" = idle ]'; then
+	fail "the node did not become idle"
+	sinfo
+	show "$W/log/slurmctld.log" 20
+	show "$W/log/slurmd.log" 20
+	exit 1
+fi
+log "slurmctld and slurmd up (ports $PORT, $((PORT + 1))), node idle: $(sinfo -h -o '%P %D %T %N %c')"
+
+# job_info JID: set JOB_STATE and JOB_EXIT from scontrol.
+job_info() {
+	local info
+	info=$(scontrol show job "$1" 2>/dev/null)
+	JOB_STATE=$(sed -n 's/.*JobState=\([A-Z_]*\).*/\1/p' <<<"$info")
+	JOB_EXIT=$(sed -n 's/.* ExitCode=\([0-9:]*\).*/\1/p' <<<"$info")
+}
+job_gone() { [ -z "$(squeue -h -j "$1" 2>/dev/null)" ]; }
+
+# submit NAME [sbatch args...]: sbatch --parsable, output in $W/out/NAME.out; sets JID.
+submit() {
+	local name=$1
+	shift
+	JID=$(cd "$REPO" && sbatch --parsable --job-name="$name" --output="$W/out/$name.out" "$@") || return 1
+}
+
+# ---- 1. the training job, as a user runs it: sbatch --wait slurm/train.sbatch
+SUM=$W/summary-srun.json
+TRAIN=(--batch-size 64 --epochs 2 --synth-rows 2048 --val-size 256 --progress lines)
+t0=$(now)
+(cd "$REPO" && timeout -k 5 120 sbatch --wait --job-name=train-srun --output="$W/out/train-srun.out" \
+	slurm/train.sbatch "${TRAIN[@]}" --logs "$W/logs-srun" --summary "$SUM") >"$W/sbatch.log" 2>&1
+rc=$?
+s=$("$BIN/clustertool" summary -file "$SUM" -world 2 2>&1)
+src=$?
+if [ $rc = 0 ] && [ $src = 0 ] && grep -q "launcher srun" "$W/out/train-srun.out"; then
+	pass "sbatch --wait slurm/train.sbatch (srun --mpi=pmix, 2 tasks): $s ($(elapsed "$t0") s)"
+else
+	fail "sbatch --wait slurm/train.sbatch (srun): rc=$rc; $s"
+	show "$W/sbatch.log" 5
+	show "$W/out/train-srun.out"
+fi
+
+# ---- 2. the same with mpirun inside the allocation
+SUM=$W/summary-mpirun.json
+t0=$(now)
+if CLIPMPI_LAUNCHER=mpirun submit train-mpirun slurm/train.sbatch "${TRAIN[@]}" --logs "$W/logs-mpirun" --summary "$SUM" &&
+	wait_until 120 job_gone "$JID"; then
+	job_info "$JID"
+	if [ "$JOB_STATE" = COMPLETED ] && grep -q "launcher mpirun" "$W/out/train-mpirun.out" &&
+		s=$("$BIN/clustertool" summary -file "$SUM" -world 2 2>&1); then
+		pass "slurm/train.sbatch with CLIPMPI_LAUNCHER=mpirun (mpirun inside the allocation): $s ($(elapsed "$t0") s)"
+	else
+		fail "slurm/train.sbatch with mpirun: job $JID $JOB_STATE exit $JOB_EXIT; $s"
+		show "$W/out/train-mpirun.out"
+	fi
+else
+	fail "slurm/train.sbatch with mpirun: not submitted or not finished within 120 s"
+	show "$W/out/train-mpirun.out"
+fi
+
+# ---- 3. what the slurm package reads under each launcher, checked against MPI
+for launcher in srun mpirun; do
+	t0=$(now)
+	name=env-$launcher
+	if CLIPMPI_LAUNCHER=$launcher CLIPMPI_PROGRAM=$BIN/faultprog submit "$name" slurm/train.sbatch -seconds 0.5 &&
+		wait_until 60 job_gone "$JID"; then
+		job_info "$JID"
+		out=$W/out/$name.out
+		if [ $launcher = srun ]; then vars="SLURM_PROCID, SLURM_NTASKS), local rank 1/2 (SLURM_LOCALID)"; else vars="OMPI_COMM_WORLD_RANK, OMPI_COMM_WORLD_SIZE), local rank 1/2 (OMPI_COMM_WORLD_LOCAL_RANK)"; fi
+		if [ "$JOB_STATE" = COMPLETED ] && grep -qF "rank 1/2 ($vars, node localhost of 1, job $JID; 1 BLAS threads)" "$out" &&
+			grep -qF "rank 0/2 (" "$out"; then
+			pass "slurm.Init under $launcher agrees with MPI: $(grep -oF "rank 1/2 ($vars" "$out")"
+		else
+			fail "slurm.Init under $launcher: job $JID $JOB_STATE exit $JOB_EXIT"
+			show "$out" 15
+		fi
+	else
+		fail "slurm.Init under $launcher: job not submitted or not finished within 60 s"
+	fi
+done
+
+# ---- 4. a plain command inside a 2-task batch script: MPI runs it alone,
+# the launch environment says 2 ranks, and slurm.Init says so.
+cat >"$W/plain.sbatch" <<EOF
+#!/bin/bash
+#SBATCH --ntasks=2
+exec $BIN/faultprog -seconds 0.5
+EOF
+t0=$(now)
+if submit plain "$W/plain.sbatch" && wait_until 60 job_gone "$JID"; then
+	job_info "$JID"
+	msg="launch environment says rank 0 of 2 (SLURM_PROCID, SLURM_NTASKS) but MPI says rank 0 of 1: MPI started this process alone"
+	if [ "$JOB_STATE" = FAILED ] && grep -qF "$msg" "$W/out/plain.out"; then
+		pass "a plain command in a 2-task batch script fails the cross-check: job $JOB_STATE exit $JOB_EXIT, \"...$msg\""
+	else
+		fail "plain command in a batch script: job $JID $JOB_STATE exit $JOB_EXIT, expected FAILED and \"$msg\""
+		show "$W/out/plain.out" 15
+	fi
+else
+	fail "plain command in a batch script: job not submitted or not finished"
+fi
+
+# ---- 5. fault (a) under Slurm: a rank killed mid-run ends the job within 10 s.
+for launcher in srun mpirun; do
+	name=kill-$launcher
+	rm -f "$W/fp-$launcher".rank*
+	if ! CLIPMPI_LAUNCHER=$launcher CLIPMPI_PROGRAM=$BIN/faultprog submit "$name" slurm/train.sbatch -seconds 60 -pidfile "$W/fp-$launcher"; then
+		fail "fault (a) under $launcher: sbatch failed"
+		continue
+	fi
+	if ! wait_until 30 grep -qs "step" "$W/out/$name.out" || [ ! -s "$W/fp-$launcher.rank1" ]; then
+		fail "fault (a) under $launcher: the job did not start running within 30 s"
+		show "$W/out/$name.out" 15
+		continue
+	fi
+	t0=$(now)
+	kill -9 "$(cat "$W/fp-$launcher.rank1")"
+	if wait_until 30 job_gone "$JID"; then
+		dt=$(elapsed "$t0")
+		job_info "$JID"
+		if [ "$JOB_STATE" = FAILED ] && le "$dt" 10; then
+			pass "fault (a) under Slurm ($launcher): rank 1 killed -> job $JOB_STATE exit $JOB_EXIT after $dt s (bound 10 s): $(grep -m1 -oE 'task 1: Killed|rank 1 with PID [0-9]+ on node [a-z]+ exited on signal 9' "$W/out/$name.out")"
+		else
+			fail "fault (a) under Slurm ($launcher): job $JOB_STATE exit $JOB_EXIT after $dt s (want FAILED within 10 s)"
+			show "$W/out/$name.out" 15
+		fi
+	else
+		fail "fault (a) under Slurm ($launcher): job still in the queue 30 s after the kill"
+		scancel "$JID"
+	fi
+done

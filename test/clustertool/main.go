@@ -1,0 +1,240 @@
+//go:build linux
+
+// Command clustertool holds the small helpers of the cluster tests
+// (scripts/cluster) that a shell does badly:
+//
+//	clustertool killwrite -dir LOGS/checkpoints -prefix .latest.ckpt.tmp- -after latest.ckpt -tag T
+//	    waits (inotify) until a file named PREFIX* is created in DIR while
+//	    DIR/AFTER exists, that is, until a checkpoint replaces an earlier
+//	    one, and at once SIGKILLs every MPI rank whose environment holds
+//	    CLIPMPI_CLUSTER_RUN=T. It exits 0 if the temporary file was still
+//	    there after the kill (the job died while the checkpoint was being
+//	    written) and DIR/AFTER was not replaced; 1 otherwise; 2 on timeout.
+//
+//	clustertool summary -file SUMMARY.json -world W [-steps N]
+//	    checks a training summary: world size W, N steps (if given), every
+//	    step run, a finite final loss, and held-out recall@1 better than
+//	    before training in both directions; prints one line.
+//
+// It is Linux-only (inotify, /proc) and needs no cgo.
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+	"unsafe"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: clustertool killwrite|summary [flags]")
+		os.Exit(2)
+	}
+	var err error
+	switch os.Args[1] {
+	case "killwrite":
+		err = killWrite(os.Args[2:])
+	case "summary":
+		err = checkSummary(os.Args[2:])
+	default:
+		err = fmt.Errorf("unknown command %q", os.Args[1])
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "clustertool:", err)
+		var ec exitCode
+		if errors.As(err, &ec) {
+			os.Exit(int(ec))
+		}
+		os.Exit(1)
+	}
+}
+
+type exitCode int
+
+func (e exitCode) Error() string { return "exit " + strconv.Itoa(int(e)) }
+
+// killWrite implements clustertool killwrite.
+func killWrite(args []string) error {
+	fs := flag.NewFlagSet("killwrite", flag.ExitOnError)
+	dir := fs.String("dir", "", "directory the checkpoints are written to")
+	prefix := fs.String("prefix", ".latest.ckpt.tmp-", "name prefix of the temporary file a checkpoint is written to")
+	after := fs.String("after", "latest.ckpt", "kill only once this file exists in -dir (a previous checkpoint)")
+	tag := fs.String("tag", "", "value of CLIPMPI_CLUSTER_RUN in the environment of the ranks to kill")
+	timeout := fs.Duration("timeout", 60*time.Second, "give up after this long")
+	fs.Parse(args)
+	if *dir == "" || *tag == "" {
+		return errors.New("killwrite needs -dir and -tag")
+	}
+	deadline := time.Now().Add(*timeout)
+	for {
+		if fi, err := os.Stat(*dir); err == nil && fi.IsDir() {
+			break
+		}
+		if time.Now().After(deadline) {
+			fmt.Fprintf(os.Stderr, "clustertool: %s did not appear within %v\n", *dir, *timeout)
+			return exitCode(2)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	fd, err := syscall.InotifyInit1(syscall.IN_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("inotify_init1: %w", err)
+	}
+	if _, err := syscall.InotifyAddWatch(fd, *dir, syscall.IN_CREATE); err != nil {
+		return fmt.Errorf("inotify_add_watch %s: %w", *dir, err)
+	}
+	names := make(chan string, 64)
+	go func() {
+		var buf [64 * (syscall.SizeofInotifyEvent + syscall.NAME_MAX + 1)]byte
+		for {
+			n, err := syscall.Read(fd, buf[:])
+			if err != nil || n <= 0 {
+				close(names)
+				return
+			}
+			for off := 0; off+syscall.SizeofInotifyEvent <= n; {
+				ev := (*syscall.InotifyEvent)(unsafe.Pointer(&buf[off]))
+				name := buf[off+syscall.SizeofInotifyEvent : off+syscall.SizeofInotifyEvent+int(ev.Len)]
+				names <- string(bytes.TrimRight(name, "\x00"))
+				off += syscall.SizeofInotifyEvent + int(ev.Len)
+			}
+		}
+	}()
+	afterPath := filepath.Join(*dir, *after)
+	timer := time.NewTimer(time.Until(deadline))
+	for {
+		select {
+		case <-timer.C:
+			fmt.Fprintf(os.Stderr, "clustertool: no checkpoint replaced %s within %v\n", afterPath, *timeout)
+			return exitCode(2)
+		case name, ok := <-names:
+			if !ok {
+				return errors.New("reading inotify events failed")
+			}
+			if !strings.HasPrefix(name, *prefix) {
+				continue
+			}
+			before, err := os.Stat(afterPath)
+			if err != nil {
+				continue // the first checkpoint: nothing to keep intact yet
+			}
+			pids := rankPids(*tag)
+			for _, p := range pids {
+				syscall.Kill(p, syscall.SIGKILL)
+			}
+			killed := time.Now()
+			tmp := filepath.Join(*dir, name)
+			size := int64(-1)
+			if fi, err := os.Stat(tmp); err == nil {
+				size = fi.Size()
+			}
+			if len(pids) == 0 {
+				return fmt.Errorf("no process has CLIPMPI_CLUSTER_RUN=%s and OMPI_COMM_WORLD_RANK in its environment", *tag)
+			}
+			time.Sleep(300 * time.Millisecond) // let anything that survived finish its rename
+			_, tmpErr := os.Stat(tmp)
+			now, err := os.Stat(afterPath)
+			replaced := err != nil || !os.SameFile(before, now) || now.ModTime() != before.ModTime()
+			fmt.Printf("clustertool: SIGKILLed ranks %v at unixnano=%d while %s was being written (%d bytes so far); %s\n",
+				pids, killed.UnixNano(), tmp, size, map[bool]string{true: "it was renamed over " + *after, false: "it is still there, " + *after + " untouched"}[tmpErr != nil || replaced])
+			if tmpErr != nil || replaced {
+				return exitCode(1)
+			}
+			return nil
+		}
+	}
+}
+
+// rankPids returns the processes whose environment holds
+// CLIPMPI_CLUSTER_RUN=tag and OMPI_COMM_WORLD_RANK (the ranks, not mpirun
+// or its daemons).
+func rankPids(tag string) []int {
+	want := []byte("\x00CLIPMPI_CLUSTER_RUN=" + tag + "\x00")
+	rank := []byte("\x00OMPI_COMM_WORLD_RANK=")
+	ents, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		env, err := os.ReadFile("/proc/" + e.Name() + "/environ")
+		if err != nil {
+			continue
+		}
+		env = append(append([]byte{0}, env...), 0)
+		if bytes.Contains(env, want) && bytes.Contains(env, rank) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// checkSummary implements clustertool summary.
+func checkSummary(args []string) error {
+	fs := flag.NewFlagSet("summary", flag.ExitOnError)
+	file := fs.String("file", "", "the JSON summary of a training run (train --summary)")
+	world := fs.Int("world", 0, "expected number of ranks")
+	steps := fs.Int("steps", 0, "expected number of steps (0: any)")
+	fs.Parse(args)
+	b, err := os.ReadFile(*file)
+	if err != nil {
+		return err
+	}
+	var s struct {
+		FinalLoss   *float64 `json:"final_loss"`
+		Steps       int      `json:"steps"`
+		StepsRun    int      `json:"steps_run"`
+		World       int      `json:"world"`
+		GlobalBatch int      `json:"global_batch"`
+		I2T         *float64 `json:"recall_i2t_at1"`
+		T2I         *float64 `json:"recall_t2i_at1"`
+		I2TBefore   *float64 `json:"recall_i2t_at1_before"`
+		T2IBefore   *float64 `json:"recall_t2i_at1_before"`
+		MPI         bool     `json:"mpi"`
+		BLAS        string   `json:"blas"`
+		Threads     int      `json:"blas_threads"`
+	}
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("%s: %w", *file, err)
+	}
+	var bad []string
+	if s.FinalLoss == nil || s.I2T == nil || s.T2I == nil || s.I2TBefore == nil || s.T2IBefore == nil {
+		return fmt.Errorf("%s lacks final_loss or recall fields:\n%s", *file, b)
+	}
+	if s.World != *world {
+		bad = append(bad, fmt.Sprintf("world %d, want %d", s.World, *world))
+	}
+	if !s.MPI && *world > 1 {
+		bad = append(bad, "mpi false")
+	}
+	if *steps > 0 && s.Steps != *steps {
+		bad = append(bad, fmt.Sprintf("steps %d, want %d", s.Steps, *steps))
+	}
+	if s.Steps < 1 || s.StepsRun != s.Steps {
+		bad = append(bad, fmt.Sprintf("ran %d of %d steps", s.StepsRun, s.Steps))
+	}
+	if math.IsNaN(*s.FinalLoss) || math.IsInf(*s.FinalLoss, 0) {
+		bad = append(bad, fmt.Sprintf("final loss %v", *s.FinalLoss))
+	}
+	if !(*s.I2T > *s.I2TBefore && *s.T2I > *s.T2IBefore) {
+		bad = append(bad, fmt.Sprintf("recall@1 did not improve: i2t %.4f -> %.4f, t2i %.4f -> %.4f", *s.I2TBefore, *s.I2T, *s.T2IBefore, *s.T2I))
+	}
+	line := fmt.Sprintf("world %d, %d steps of global batch %d, final loss %.4f, recall@1 i2t %.3f -> %.3f, t2i %.3f -> %.3f, blas %s x%d",
+		s.World, s.Steps, s.GlobalBatch, *s.FinalLoss, *s.I2TBefore, *s.I2T, *s.T2IBefore, *s.T2I, s.BLAS, s.Threads)
+	if len(bad) > 0 {
+		return fmt.Errorf("%s: %s (%s)", *file, strings.Join(bad, "; "), line)
+	}
+	fmt.Println("summary ok:", line)
+	return nil
+}
