@@ -56,6 +56,9 @@ func NewSynthetic(cfg SyntheticConfig, start, n int) *Synthetic {
 	return s
 }
 
+// Start returns the index of the first row in the generator's sequence.
+func (s *Synthetic) Start() int { return s.start }
+
 // Config returns the data set's configuration.
 func (s *Synthetic) Config() SyntheticConfig { return s.cfg }
 
@@ -70,8 +73,8 @@ func (s *Synthetic) TextDim() int { return s.cfg.TextDim }
 
 func (s *Synthetic) String() string {
 	c := s.cfg
-	return fmt.Sprintf("synthetic(latent=%d, image=%d, text=%d, noise=%g, seed=%d, rows %d..%d)",
-		c.Latent, c.ImageDim, c.TextDim, c.Noise, c.Seed, s.start, s.start+s.n-1)
+	return fmt.Sprintf("synthetic(latent=%d, image=%d, text=%d, noise=%g, seed=%d)",
+		c.Latent, c.ImageDim, c.TextDim, c.Noise, c.Seed)
 }
 
 // Read implements Source; it never fails.

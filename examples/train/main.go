@@ -121,7 +121,45 @@ func parseFlags(args []string) (*options, error) {
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q (flags start with -)", fs.Arg(0))
 	}
-	return o, nil
+	return o, o.validate()
+}
+
+// validate checks what can be checked before starting MPI, so that every
+// rank fails at once on a mistyped flag.
+func (o *options) validate() error {
+	if _, err := clip.ParseHead(o.head); err != nil {
+		return err
+	}
+	if _, err := loss.ParseAlgorithm(o.algo); err != nil {
+		return err
+	}
+	if _, err := loss.ParseSigLipImpl(o.distImpl); err != nil {
+		return err
+	}
+	if o.dtype != "float32" && o.dtype != "float64" {
+		return fmt.Errorf("--dtype %q: want float32 or float64", o.dtype)
+	}
+	switch o.progress {
+	case "auto", "bar", "lines":
+	default:
+		return fmt.Errorf("--progress %q: want auto, bar or lines", o.progress)
+	}
+	for _, f := range []struct {
+		name string
+		v    int
+	}{{"embed-dim", o.embedDim}, {"hidden", o.hidden}, {"batch-size", o.batchSize}, {"accum-freq", o.accumFreq},
+		{"epochs", o.epochs}, {"val-frequency", o.valFrequency}, {"val-size", o.valSize}, {"synth-rows", o.synthRows}} {
+		if f.v < 1 {
+			return fmt.Errorf("--%s must be positive, not %d", f.name, f.v)
+		}
+	}
+	if o.saveFrequency < 0 || o.warmup < 0 || o.logEvery < 0 {
+		return errors.New("--save-frequency, --warmup and --log-every must not be negative")
+	}
+	if !(o.lr > 0) || o.wd < 0 || o.beta1 < 0 || o.beta1 >= 1 || o.beta2 < 0 || o.beta2 >= 1 || !(o.eps > 0) {
+		return errors.New("want --lr > 0, --wd ≥ 0, --beta1 and --beta2 in [0, 1), --eps > 0")
+	}
+	return nil
 }
 
 func main() {
@@ -149,10 +187,8 @@ func main() {
 	code := 0
 	if o.dtype == "float64" {
 		err = run[float64](comm, o)
-	} else if o.dtype == "float32" {
-		err = run[float32](comm, o)
 	} else {
-		err = fmt.Errorf("--dtype %q: want float32 or float64", o.dtype)
+		err = run[float32](comm, o)
 	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "train (rank %d/%d): %v\n", comm.Rank(), comm.Size(), err)
@@ -196,9 +232,6 @@ func data(comm mpi.Comm, o *options) (train, val *clip.Pairs, desc string, err e
 	var tsrc, vsrc clip.Source
 	tlo, thi, vlo, vhi := 0, 0, 0, 0
 	if o.trainData == "" {
-		if o.synthRows < 1 || o.valSize < 1 {
-			return nil, nil, "", fmt.Errorf("--synth-rows and --val-size must be positive")
-		}
 		tsrc = clip.NewSynthetic(o.synth, 0, o.synthRows)
 		vsrc = clip.NewSynthetic(o.synth, o.synthRows, o.valSize)
 		thi, vhi = o.synthRows, o.valSize
@@ -232,8 +265,14 @@ func data(comm mpi.Comm, o *options) (train, val *clip.Pairs, desc string, err e
 	if val, err = clip.LoadShard(comm, vsrc, vlo, vhi); err != nil {
 		return nil, nil, "", err
 	}
-	desc = fmt.Sprintf("train %s rows %d..%d (%d rows, %d on rank 0); held out %s rows %d..%d (%d rows)",
-		tsrc, tlo, thi-1, train.Total, train.Rows, vsrc, vlo, vhi-1, val.Total)
+	at := func(src clip.Source, lo, hi int) string {
+		if s, ok := src.(*clip.Synthetic); ok {
+			lo, hi = lo+s.Start(), hi+s.Start()
+		}
+		return fmt.Sprintf("%s rows %d..%d", src, lo, hi-1)
+	}
+	desc = fmt.Sprintf("data: train %s: %d pairs, %d on rank 0\ndata: held out %s: %d pairs",
+		at(tsrc, tlo, thi), train.Total, train.Rows, at(vsrc, vlo, vhi), val.Total)
 	return train, val, desc, nil
 }
 
@@ -252,7 +291,7 @@ func run[T blas.Float](comm mpi.Comm, o *options) error {
 	if err != nil {
 		return err
 	}
-	say("data: %s\n", dataDesc)
+	say("%s\n", dataDesc)
 
 	head, err := clip.ParseHead(o.head)
 	if err != nil {
@@ -271,9 +310,6 @@ func run[T blas.Float](comm mpi.Comm, o *options) error {
 	}
 	if !math.IsNaN(o.initLogitBias) {
 		mc.LogitBias, mc.InitLogitBias = true, o.initLogitBias
-	}
-	if o.embedDim < 1 || (head == clip.MLP && o.hidden < 1) || o.batchSize < 1 || o.accumFreq < 1 || o.epochs < 1 || o.valFrequency < 1 || o.saveFrequency < 0 || o.warmup < 0 {
-		return errors.New("--embed-dim, --hidden, --batch-size, --accum-freq, --epochs and --val-frequency must be positive, --save-frequency and --warmup not negative")
 	}
 	lossFn, lossDesc, err := newLoss[T](comm, o.embedDim, o)
 	if err != nil {
@@ -402,7 +438,7 @@ func run[T blas.Float](comm mpi.Comm, o *options) error {
 	// Outputs, written by rank 0; every rank learns whether that worked.
 	wall := time.Since(start).Seconds()
 	sum := summary{
-		FinalLoss: last.Loss, Steps: tr.TotalSteps(), StepsRun: trainSteps, GlobalBatch: tr.GlobalBatch(), World: w,
+		Steps: tr.TotalSteps(), StepsRun: trainSteps, GlobalBatch: tr.GlobalBatch(), World: w,
 		WallS: wall, TrainS: trainTime.Seconds(), Epochs: o.epochs,
 		RecallI2T1: after.ImageToText[0], RecallT2I1: after.TextToImage[0],
 		RecallI2T1Before: before.ImageToText[0], RecallT2I1Before: before.TextToImage[0],
@@ -411,6 +447,9 @@ func run[T blas.Float](comm mpi.Comm, o *options) error {
 		Head: head.String(), Mode: loss.ClipOptions{LocalLoss: o.localLoss, GatherWithGrad: o.gatherWithGrad}.Mode(),
 		Algorithm: o.algo, DType: o.dtype, BLAS: blas.Backend(), BLASThreads: blas.Threads(), MPI: mpi.Enabled,
 		LogitScale: m.Logit().Scale,
+	}
+	if trainSteps > 0 {
+		sum.FinalLoss = &last.Loss
 	}
 	if trainTime > 0 {
 		sum.SamplesPerS = float64(tr.GlobalBatch()*trainSteps) / trainTime.Seconds()
@@ -429,8 +468,10 @@ func run[T blas.Float](comm mpi.Comm, o *options) error {
 	for i, k := range clip.RecallK {
 		say("%-22s %10.4f %10.4f\n", fmt.Sprintf("text→image R@%d", k), before.TextToImage[i], after.TextToImage[i])
 	}
-	say("final loss %.4f, logit scale %.2f; %d steps of %d pairs in %.1f s of training (%.0f samples/s), %.1f s in all\n",
-		sum.FinalLoss, sum.LogitScale, trainSteps, sum.GlobalBatch, sum.TrainS, sum.SamplesPerS, sum.WallS)
+	if trainSteps > 0 {
+		say("final loss %.4f, logit scale %.2f; %d steps of %d pairs in %.1f s of training (%.0f samples/s), %.1f s in all\n",
+			last.Loss, sum.LogitScale, trainSteps, sum.GlobalBatch, sum.TrainS, sum.SamplesPerS, sum.WallS)
+	}
 	var wrote []string
 	if o.logs != "" {
 		wrote = append(wrote, filepath.Join(o.logs, "metrics.csv"), filepath.Join(o.logs, "curves.png"), filepath.Join(ckptDir, "latest.ckpt"))

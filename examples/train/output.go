@@ -17,7 +17,7 @@ import (
 
 // summary is the JSON that --summary writes.
 type summary struct {
-	FinalLoss        float64    `json:"final_loss"`
+	FinalLoss        *float64   `json:"final_loss"` // null when no step ran (resumed at the end)
 	RecallI2T1       float64    `json:"recall_i2t_at1"`
 	RecallT2I1       float64    `json:"recall_t2i_at1"`
 	RecallI2T1Before float64    `json:"recall_i2t_at1_before"`

@@ -31,6 +31,7 @@ func writePlot(path string, m *metrics) error {
 	pl.Title.Text = "training loss"
 	pl.X.Label.Text = "step"
 	pl.Y.Label.Text = "loss (global batch)"
+	pl.X.Min = 0
 	pl.Add(plotter.NewGrid())
 	if len(loss) > 0 {
 		l, err := plotter.NewLine(loss)
@@ -46,6 +47,7 @@ func writePlot(path string, m *metrics) error {
 	pr.X.Label.Text = "step"
 	pr.Y.Label.Text = "recall"
 	pr.Y.Min, pr.Y.Max = 0, 1
+	pr.X.Min = 0
 	pr.Add(plotter.NewGrid())
 	pr.Legend.Top = false
 	pr.Legend.Left = false
