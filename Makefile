@@ -146,3 +146,21 @@ clean:
 	rm -rf $(BIN) run
 
 FORCE:
+
+# Clusters, for real (scripts/cluster; as root, else they skip saying why):
+# test-slurm installs munge and Slurm, starts munged, slurmctld and slurmd
+# by hand and runs slurm/train.sbatch with 2 tasks under srun and mpirun;
+# test-multihost runs mpirun over TCP across two network-namespace hosts:
+# golden cases, training, and the fail-fast cases with their time bounds.
+.PHONY: test-slurm test-multihost
+$(BIN)/faultprog: deps FORCE
+	$(GO) build $(GOTAGS) -o $@ ./test/faultprog
+
+$(BIN)/clustertool: FORCE
+	$(GO) build -o $@ ./test/clustertool
+
+test-slurm: $(BIN)/train $(BIN)/faultprog $(BIN)/clustertool
+	@scripts/cluster/slurm.sh $(BIN)
+
+test-multihost: $(BIN)/train $(BIN)/faultprog $(BIN)/clustertool $(BIN)/golden.test
+	@scripts/cluster/multihost.sh $(BIN)

@@ -1,0 +1,376 @@
+#!/usr/bin/env bash
+# multihost.sh: make test-multihost. Two "hosts", hostA and hostB, are
+# network namespaces joined by veth pairs to a bridge in a third, head,
+# where mpirun runs; mpirun starts its daemons on the hosts through an rsh
+# agent that enters their namespaces, and the ranks talk over TCP only
+# (--mca btl tcp,self), exactly as on separate machines. It runs:
+#   - the golden tests (every world size >= 2 among the cases) across hosts,
+#   - a short training run across hosts, its JSON summary checked,
+#   - the fault cases, each with its time bound:
+#     (a) a rank killed mid-run                 -> non-zero exit within 10 s
+#     (b) the link to hostB cut mid-run         -> non-zero exit within 30 s, naming hostB
+#     (c) one rank with another batch size or dimension -> the same error on
+#         every rank, non-zero exit within 10 s (the loss mid-run, and the
+#         training program at start)
+#     (d) NaN or Inf in one rank's features     -> the same, within 10 s
+#     (e) the job killed while a checkpoint is being written -> the previous
+#         checkpoint is intact, and resuming from it reproduces the
+#         uninterrupted run exactly.
+# Namespaces, veths and processes are removed at the end, also on failure.
+#
+#   scripts/cluster/multihost.sh [BIN]      (BIN: built bin/ directory, default ./bin)
+# Environment: CLIPMPI_GOLDEN (golden cases), CLIPMPI_KEEP=1 keeps the work directory.
+set -uo pipefail
+CL_NAME=test-multihost
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
+BIN=$(cd "${1:-$REPO/bin}" && pwd)
+# shellcheck source=lib.sh
+. "$REPO/scripts/cluster/lib.sh"
+export CLIPMPI_GOLDEN=${CLIPMPI_GOLDEN:-$(cd "$REPO/.." && pwd)/shared/golden}
+
+[ "$(id -u)" = 0 ] || skip_all "not root: creating network namespaces and veth pairs needs root"
+for c in ip unshare mpirun timeout; do
+	command -v "$c" >/dev/null || skip_all "$c not found"
+done
+for b in train faultprog clustertool golden.test; do
+	[ -x "$BIN/$b" ] || { fail "missing $BIN/$b (make test-multihost builds it)"; exit 1; }
+done
+W=$(mktemp -d /tmp/clipmpi-multihost.XXXXXX)
+on_exit 'if [ "$CL_FAIL" = 0 ] && [ "${CLIPMPI_KEEP:-0}" != 1 ]; then rm -rf "$W"; else echo "work directory kept: $W"; fi'
+log "work directory $W"
+
+# ---- the network: head (bridge, mpirun) -- hostA, hostB
+ID=cm$$
+NS_HEAD=$ID-head NS_A=$ID-hostA NS_B=$ID-hostB
+NSS=("$NS_HEAD" "$NS_A" "$NS_B")
+SUB=10.231.77
+# Probe: a namespace and a veth pair, or skip saying why.
+if ! err=$(ip netns add "$ID-probe" 2>&1); then
+	skip_all "ip netns unsupported here: $err"
+fi
+if ! err=$(ip -n "$ID-probe" link add p0 type veth peer name p1 2>&1); then
+	ip netns del "$ID-probe"
+	skip_all "veth pairs unsupported here: $err"
+fi
+ip netns del "$ID-probe"
+
+# ns_kill NS...: SIGKILL every process in the namespaces (deleting a
+# namespace does not end them).
+ns_kill() {
+	local ns pids
+	for ns in "$@"; do
+		pids=$(ip netns pids "$ns" 2>/dev/null | tr '\n' ' ')
+		[ -n "${pids// /}" ] && kill -9 $pids 2>/dev/null
+	done
+	return 0
+}
+teardown() {
+	local ns left
+	ns_kill "${NSS[@]}"
+	sleep 0.2
+	for ns in "${NSS[@]}"; do
+		ip netns del "$ns" 2>/dev/null
+	done
+	left=$(ip netns list | grep -F "$ID-" | tr '\n' ' ')
+	if [ -n "$left" ]; then
+		fail "cleanup: namespaces left: $left"
+	else
+		log "namespaces and veth pairs removed"
+	fi
+}
+on_exit teardown
+for ns in "${NSS[@]}"; do
+	ip netns add "$ns" && ip -n "$ns" link set lo up || { fail "creating namespace $ns"; exit 1; }
+done
+ip -n "$NS_HEAD" link add br0 type bridge &&
+	ip -n "$NS_HEAD" addr add "$SUB.254/24" dev br0 &&
+	ip -n "$NS_HEAD" link set br0 up || { fail "creating the bridge"; exit 1; }
+i=1
+for h in A B; do
+	ns=$ID-host$h
+	ip link add "vp$h" netns "$NS_HEAD" type veth peer name veth0 netns "$ns" &&
+		ip -n "$NS_HEAD" link set "vp$h" master br0 &&
+		ip -n "$NS_HEAD" link set "vp$h" up &&
+		ip -n "$ns" addr add "$SUB.$i/24" dev veth0 &&
+		ip -n "$ns" link set veth0 up || { fail "creating the veth pair to host$h"; exit 1; }
+	i=$((i + 1))
+done
+cat >"$W/hosts" <<EOF
+127.0.0.1 localhost
+$SUB.254 head
+$SUB.1 hostA
+$SUB.2 hostB
+EOF
+# The rsh agent: mpirun calls "nsrsh HOST orted ARGS..."; run it in HOST's
+# namespace with HOST as its host name.
+cat >"$W/nsrsh" <<EOF
+#!/bin/sh
+host=\$1; shift
+case \$host in
+hostA|$SUB.1) ns=$NS_A; hn=hostA ;;
+hostB|$SUB.2) ns=$NS_B; hn=hostB ;;
+*) echo "nsrsh: unknown host \$host" >&2; exit 255 ;;
+esac
+exec ip netns exec "\$ns" unshare --uts /bin/sh -c 'hostname "\$0"; exec /bin/sh -c "\$1"' "\$hn" "\$*"
+EOF
+chmod +x "$W/nsrsh"
+log "namespaces $NS_HEAD (bridge $SUB.254), $NS_A ($SUB.1), $NS_B ($SUB.2)"
+
+# Open MPI across the namespaces: daemons through the agent, TCP only, on
+# the test subnet, and the short keepalive that turns a cut link into an
+# error (shared/cluster/RECIPE.md).
+export OMPI_MCA_plm_rsh_agent=$W/nsrsh
+export OMPI_MCA_oob_tcp_if_include=$SUB.0/24 OMPI_MCA_btl_tcp_if_include=$SUB.0/24
+export OMPI_MCA_oob_tcp_keepalive_time=5 OMPI_MCA_oob_tcp_keepalive_intvl=2 OMPI_MCA_oob_tcp_keepalive_probes=3
+export OPENBLAS_NUM_THREADS=1
+
+# mpirun_x LIMIT ARGS...: mpirun in head (private /etc/hosts naming the
+# hosts, host name "head"), bounded by LIMIT seconds (then SIGKILL 5 s later).
+mpirun_x() {
+	local limit=$1
+	shift
+	timeout -k 5 "$limit" ip netns exec "$NS_HEAD" unshare --uts --mount --propagation private /bin/bash -c \
+		'mount --bind "$0" /etc/hosts && hostname head && exec "$@"' "$W/hosts" \
+		mpirun --allow-run-as-root --bind-to none --mca pml ob1 --mca btl tcp,self \
+		-x OPENBLAS_NUM_THREADS -x CLIPMPI_GOLDEN "$@"
+}
+# reap: end whatever a finished test left in the namespaces.
+reap() { ns_kill "${NSS[@]}"; }
+vethbytes() { ip -n "$NS_B" -s link show veth0 | awk '/RX:/ { getline; print $1 }'; }
+
+# ---- 0. the hosts answer
+t0=$(now)
+out=$(mpirun_x 30 -np 2 --host hostA,hostB hostname 2>&1)
+if [ "$(sort <<<"$out" | tr '\n' ' ')" = "hostA hostB " ]; then
+	pass "mpirun from head starts one rank on each of hostA and hostB ($(elapsed "$t0") s)"
+else
+	fail "mpirun across the namespaces: $(head -c 400 <<<"$out")"
+	exit 1
+fi
+
+# ---- 1. golden tests across hosts
+worlds=$(cd "$REPO/test" && "$BIN/golden.test" -golden.worlds) || { fail "golden.test -golden.worlds"; worlds=; }
+for w in $worlds; do
+	[ "$w" -ge 2 ] || continue
+	t0=$(now)
+	b0=$(vethbytes)
+	mpirun_x 300 -np "$w" --host "hostA:$w,hostB:$w" --map-by node \
+		"$BIN/golden.test" -test.run TestGoldenMPI -test.v >"$W/golden-np$w.log" 2>&1
+	rc=$?
+	kb=$((($(vethbytes) - b0) / 1024))
+	runs=$(grep -c -E '^        --- PASS' "$W/golden-np$w.log")
+	if [ $rc = 0 ] && grep -q '^PASS' "$W/golden-np$w.log" && [ "$kb" -gt 0 ]; then
+		pass "golden tests on $w ranks over hostA and hostB (TCP only): $runs algorithm runs passed, $kb KiB through hostB's veth ($(elapsed "$t0") s)"
+	else
+		fail "golden tests on $w ranks across hosts: rc=$rc, $kb KiB through hostB's veth"
+		grep -E -B2 -A10 'FAIL|panic' "$W/golden-np$w.log" | head -40 | sed 's/^/    | /'
+		show "$W/golden-np$w.log" 10
+	fi
+	reap
+done
+
+# ---- 2. training across hosts
+TRAIN=(--batch-size 64 --epochs 2 --synth-rows 2048 --val-size 256 --progress lines)
+t0=$(now)
+mpirun_x 120 -np 2 --host hostA,hostB "$BIN/train" "${TRAIN[@]}" --logs "$W/logs" --summary "$W/summary.json" >"$W/train.log" 2>&1
+rc=$?
+s=$("$BIN/clustertool" summary -file "$W/summary.json" -world 2 2>&1)
+src=$?
+if [ $rc = 0 ] && [ $src = 0 ]; then
+	pass "training on 2 ranks over hostA and hostB: $s ($(elapsed "$t0") s)"
+else
+	fail "training across hosts: rc=$rc; $s"
+	show "$W/train.log"
+fi
+reap
+
+# ---- fault helpers
+# start NAME LIMIT MPIRUN-ARGS...: mpirun_x in the background; output in $W/NAME.log.
+start() {
+	local name=$1 limit=$2
+	shift 2
+	LOG=$W/$name.log
+	rm -f "$W/$name.pid".rank*
+	mpirun_x "$limit" "$@" >"$LOG" 2>&1 &
+	JOB=$!
+}
+# running NAME: both ranks wrote their pid and rank 0 reported a step.
+running() { [ -s "$W/$1.pid.rank0" ] && [ -s "$W/$1.pid.rank1" ] && grep -q 'faultprog: step' "$LOG"; }
+# finish: wait for the job; sets RC and END (ns since the epoch).
+finish() {
+	wait "$JOB"
+	RC=$?
+	END=$(date +%s%N)
+}
+# same_error PREFIX: every rank (0 and 1) printed exactly one line
+# PREFIX MESSAGE, and the messages are identical; sets MSG. PREFIX is an
+# extended regular expression in which @R@ stands for the rank.
+same_error() {
+	local any=${1//@R@/[0-9]} lines
+	lines=$(grep -E "$any" "$LOG" | sed -E "s#$any##")
+	MSG=$(sort -u <<<"$lines")
+	[ "$(grep -cE "$any" "$LOG")" = 2 ] && [ -n "$MSG" ] && [ "$(wc -l <<<"$MSG")" = 1 ] &&
+		grep -qE "${1//@R@/0}" "$LOG" && grep -qE "${1//@R@/1}" "$LOG"
+}
+
+FP=("$BIN/faultprog" -b 64 -d 32)
+
+# ---- (a) a rank killed mid-run
+start kill 120 -np 2 --host hostA,hostB "${FP[@]}" -seconds 100 -pidfile "$W/kill.pid"
+if wait_until 30 running kill; then
+	t0=$(now)
+	kill -9 "$(cat "$W/kill.pid.rank1")"
+	finish
+	dt=$(elapsed "$t0")
+	note=$(grep -m1 -oE 'process rank 1 with PID [0-9]+ on node hostB exited on signal 9[^.]*' "$LOG")
+	if [ "$RC" != 0 ] && [ "$RC" != 124 ] && le "$dt" 10 && [ -n "$note" ]; then
+		pass "fault (a): rank 1 on hostB killed -> mpirun exit $RC after $dt s (bound 10 s): \"$note\""
+	else
+		fail "fault (a): rank 1 killed -> exit $RC after $dt s (want non-zero within 10 s and a message naming rank 1 on hostB)"
+		show "$LOG" 15
+	fi
+else
+	fail "fault (a): the job did not start within 30 s"
+	show "$LOG" 15
+	kill "$JOB" 2>/dev/null
+	finish
+fi
+reap
+
+# ---- (b) the link to hostB cut mid-run
+start cut 120 -np 2 --host hostA,hostB "${FP[@]}" -seconds 100 -pidfile "$W/cut.pid"
+if wait_until 30 running cut; then
+	t0=$(now)
+	ip -n "$NS_B" link set veth0 down
+	finish
+	dt=$(elapsed "$t0")
+	note=$(grep -m1 -A8 'lost communication with a remote daemon' "$LOG" | grep -m1 -oE '[^ ]*daemon.* on node hostB' | head -1)
+	if [ "$RC" != 0 ] && [ "$RC" != 124 ] && [ "$RC" != 137 ] && le "$dt" 30 && [ -n "$note" ]; then
+		pass "fault (b): link to hostB cut -> mpirun exit $RC after $dt s (bound 30 s): \"ORTE has lost communication with a remote daemon ... $note\""
+	else
+		fail "fault (b): link cut -> exit $RC after $dt s (want non-zero within 30 s and a message naming hostB)"
+		show "$LOG" 20
+	fi
+	left=$(ip netns pids "$NS_B" | wc -l)
+	log "after the cut: $left process(es) left in hostB's namespace (killed now)"
+else
+	fail "fault (b): the job did not start within 30 s"
+	show "$LOG" 15
+	kill "$JOB" 2>/dev/null
+	finish
+fi
+ip -n "$NS_B" link set veth0 up
+reap
+
+# ---- (c), (d) with the loss mid-run: one rank's batch, dimension, or
+# features go bad after 1 s; every rank must print the same error.
+for fault in shape dim nan inf; do
+	case $fault in
+	shape | dim) case=c want="ranks disagree" ;;
+	*) case=d want="non-finite input" ;;
+	esac
+	start "fault-$fault" 60 -np 2 --host hostA,hostB "${FP[@]}" -seconds 60 -fault "$fault" -fault-rank 1 -fault-after 1s
+	finish
+	inj=$(grep -m1 -oE 'injects [a-z]+ at unixnano=[0-9]+' "$LOG" | sed 's/.*=//')
+	if [ -n "$inj" ]; then
+		dt=$(awk -v a="$END" -v b="$inj" 'BEGIN { printf "%.2f", (a - b) / 1e9 }')
+	else
+		dt=?
+	fi
+	if [ "$RC" = 3 ] && [ -n "$inj" ] && le "$dt" 10 && same_error '^faultprog: rank @R@ of 2: step [0-9]+: ' && [[ $MSG == *"$want"* ]]; then
+		pass "fault ($case) $fault on rank 1 of 2 (hostB), loss mid-run: exit $RC $dt s after the injection (bound 10 s); both ranks: \"$MSG\""
+	else
+		fail "fault ($case) $fault: exit $RC, $dt s after the injection; want exit 3 within 10 s and one identical \"$want\" message from each rank"
+		show "$LOG" 20
+	fi
+	reap
+done
+
+# ---- (c) with the training program: rank 1 started with another batch
+# size or embedding dimension (an MPMD launch), detected at start.
+# How the training program prefixes an error ("train (rank R/W): ..." or
+# "train: rank R of W: ...").
+TRAIN_ERR='^train( \(rank @R@/2\)|: rank @R@ of 2):? '
+TR=("$BIN/train" --epochs 1 --synth-rows 2048 --val-size 256 --logs "" --progress lines)
+for flag in "--batch-size 64:32" "--embed-dim 64:32"; do
+	name=${flag%% *}
+	vals=${flag#* }
+	start "train${name}" 60 -np 1 --host hostA "${TR[@]}" "$name" "${vals%:*}" : -np 1 --host hostB "${TR[@]}" "$name" "${vals#*:}"
+	t0=$(now)
+	finish
+	dt=$(elapsed "$t0")
+	if [ "$RC" != 0 ] && [ "$RC" != 124 ] && le "$dt" 10 && same_error "$TRAIN_ERR" && [[ $MSG == *"disagree"* ]]; then
+		pass "fault (c) training with $name ${vals%:*} on rank 0 and ${vals#*:} on rank 1: exit $RC after $dt s from launch (bound 10 s); both ranks: \"$MSG\""
+	else
+		fail "fault (c) training with differing $name: exit $RC after $dt s; want non-zero within 10 s and one identical message per rank"
+		show "$LOG" 20
+	fi
+	reap
+done
+
+# ---- (d) with the training program: a NaN in a training row of rank 1's shard.
+if "$BIN/train" gen-data --out "$W/nandata" --rows 2048 --val-size 256 --shards 2 --nan-row 1500 >"$W/gendata.log" 2>&1; then
+	start train-nan 60 -np 2 --host hostA,hostB "${TR[@]}" --train-data "$W/nandata/train" --val-data "$W/nandata/val"
+	t0=$(now)
+	finish
+	dt=$(elapsed "$t0")
+	if [ "$RC" != 0 ] && [ "$RC" != 124 ] && le "$dt" 10 && same_error "$TRAIN_ERR" && [[ $MSG == *NaN* || $MSG == *finite* ]]; then
+		pass "fault (d) training data with a NaN in rank 1's shard: exit $RC after $dt s from launch (bound 10 s); both ranks: \"$MSG\""
+	else
+		fail "fault (d) training data with a NaN: exit $RC after $dt s; want non-zero within 10 s and one identical message per rank"
+		show "$LOG" 20
+	fi
+	reap
+else
+	fail "train gen-data --nan-row"
+	show "$W/gendata.log"
+fi
+
+# ---- (e) the job killed while a checkpoint is being written.
+# Large MLP heads make a checkpoint of several MB; one is written per epoch.
+CK=("$BIN/train" --batch-size 64 --synth-rows 512 --val-size 128 --epochs 6 --head mlp --hidden 1024 --progress lines)
+ckpt_case() {
+	rm -rf "$W/ck" "$W/ck-ref"
+	"$BIN/clustertool" killwrite -dir "$W/ck/checkpoints" -prefix .latest.ckpt.tmp- -after latest.ckpt \
+		-tag "$CLIPMPI_CLUSTER_RUN" -timeout 60s >"$W/killwrite.log" 2>&1 &
+	local kw=$!
+	sleep 0.2
+	start ckpt 90 -np 2 --host hostA,hostB -x CLIPMPI_CLUSTER_RUN "${CK[@]}" --logs "$W/ck"
+	wait "$kw"
+	KW=$?
+	finish
+}
+ckpt_case
+if [ $KW = 1 ]; then
+	log "the checkpoint was renamed before the kill landed; trying once more"
+	reap
+	ckpt_case
+fi
+reap
+if [ $KW = 0 ]; then
+	killed=$(sed -n 's/.*unixnano=\([0-9]*\).*/\1/p' "$W/killwrite.log")
+	dt=$(awk -v a="$END" -v b="$killed" 'BEGIN { printf "%.2f", (a - b) / 1e9 }')
+	tmp=$(find "$W/ck/checkpoints" -name '.latest.ckpt.tmp-*' | head -1)
+	# Resume from latest, and an uninterrupted run with the same flags.
+	mpirun_x 120 -np 2 --host hostA,hostB "${CK[@]}" --logs "$W/ck" --resume latest --summary "$W/ck/summary.json" >"$W/resume.log" 2>&1
+	rrc=$?
+	reap
+	mpirun_x 120 -np 2 --host hostA,hostB "${CK[@]}" --logs "$W/ck-ref" --summary "$W/ck-ref/summary.json" >"$W/ref.log" 2>&1
+	frc=$?
+	reap
+	resumed=$(grep -m1 -oE 'resumed from .* at step [0-9]+ of [0-9]+' "$W/resume.log")
+	got=$(grep -m1 -oE '"final_loss": [^,]*' "$W/ck/summary.json" 2>/dev/null)
+	want=$(grep -m1 -oE '"final_loss": [^,]*' "$W/ck-ref/summary.json" 2>/dev/null)
+	if [ "$RC" != 0 ] && le "$dt" 10 && [ -n "$tmp" ] && [ $rrc = 0 ] && [ $frc = 0 ] && [ -n "$resumed" ] &&
+		[[ $resumed != *"at step 0 "* ]] && [ -n "$got" ] && [ "$got" = "$want" ]; then
+		pass "fault (e): $(sed 's/^clustertool: //' "$W/killwrite.log"); job exit $RC after $dt s; $resumed; resumed run's $got = the uninterrupted run's"
+	else
+		fail "fault (e): job exit $RC after $dt s, leftover temporary file '${tmp}', resume rc=$rrc ('$resumed'), reference rc=$frc, final loss resumed '$got' vs uninterrupted '$want'"
+		show "$W/killwrite.log" 5
+		show "$W/resume.log" 15
+	fi
+else
+	fail "fault (e): could not kill the job while a checkpoint was being written (clustertool killwrite exit $KW)"
+	show "$W/killwrite.log" 5
+	show "$LOG" 15
+fi
