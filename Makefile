@@ -32,7 +32,7 @@ $(BIN)/train: deps FORCE
 	$(GO) build $(GOTAGS) -o $@ ./examples/train
 
 # Everything a contributor keeps green.
-test: deps fmt-check vet lint unit race test-mpi test-golden
+test: deps fmt-check vet lint unit race test-mpi test-golden test-train
 	@echo "make test: all passed"
 
 # Unit and in-process tests, pure Go (no tags: what a bare machine builds) and
@@ -42,7 +42,7 @@ unit: deps
 	$(GO) test $(GOTAGS) ./...
 
 race: deps
-	$(GO) test -race $(GOTAGS) ./mpi/... ./loss/... ./test/...
+	$(GO) test -race $(GOTAGS) ./mpi/... ./loss/... ./clip/... ./test/...
 
 $(BIN)/mpi.test: deps FORCE
 	$(GO) test -c $(GOTAGS) -o $@ ./mpi
