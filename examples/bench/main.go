@@ -340,7 +340,8 @@ func maxBatch(rec *Record, cfg config, w, b, d, esize, local int) {
 
 // gemmFloor times each GEMM shape of the plan on this machine, all ranks at
 // once (as in a step, so the ranks share memory bandwidth), and returns the
-// step's GEMM time: the median of 3 runs of each shape times its count.
+// step's GEMM time: the fastest of 3 runs of each shape (a floor is a lower
+// bound; the slowest rank's time counts in each run) times its count.
 func gemmFloor[T blas.Float](comm mpi.Comm, plan loss.Plan) (float64, error) {
 	var total float64
 	for _, g := range plan.Gemms {
@@ -374,13 +375,13 @@ func gemmFloor[T blas.Float](comm mpi.Comm, plan loss.Plan) (float64, error) {
 			return 0, err
 		}
 		sort.Float64s(ts)
-		total += ts[1] * float64(g.Count)
+		total += ts[0] * float64(g.Count)
 	}
 	return total, nil
 }
 
 // bandwidth measures the collective bandwidth in GB/s: bytes a rank
-// receives in an all-gather of n elements per rank, per second (best of 5).
+// receives in an all-gather of n elements per rank, per second (best of 10).
 func bandwidth[T blas.Float](comm mpi.Comm, n int) (float64, error) {
 	w := comm.Size()
 	if w == 1 {
@@ -389,7 +390,8 @@ func bandwidth[T blas.Float](comm mpi.Comm, n int) (float64, error) {
 	src, dst := make([]T, n), make([]T, n*w)
 	cc := &countingComm{Comm: comm, elem: int(sizeof(src[0]))}
 	best := math.Inf(1)
-	for range 5 {
+	const tries = 10
+	for range tries {
 		if err := comm.Barrier(); err != nil {
 			return 0, err
 		}
@@ -403,7 +405,7 @@ func bandwidth[T blas.Float](comm mpi.Comm, n int) (float64, error) {
 	if err := comm.AllreduceF64(mpi.Max, v, v); err != nil {
 		return 0, err
 	}
-	return float64(cc.bytes) / 5 / v[0] / 1e9, nil
+	return float64(cc.bytes) / tries / v[0] / 1e9, nil
 }
 
 // features returns rank r's b×d unit-norm features, correlated pairs.
