@@ -115,3 +115,92 @@ apt_install() {
 
 # show FILE [N]: the last N (40) lines of FILE, indented.
 show() { tail -n "${2:-40}" "$1" 2>/dev/null | sed 's/^/    | /'; }
+
+# ---- two hosts in network namespaces (shared/cluster/RECIPE.md, section B)
+#
+#   netns $NS_HEAD: br0 $SUB.254 (mpirun, slurmctld)
+#     |-- vpA ===veth=== veth0 $SUB.1  netns $NS_A ("hostA")
+#     `-- vpB ===veth=== veth0 $SUB.2  netns $NS_B ("hostB")
+#
+# Nothing is added to the root namespace; names carry this shell's pid so
+# that runs side by side do not meet. $W/hosts names the three.
+NET_ID=cm$$
+NS_HEAD=$NET_ID-head NS_A=$NET_ID-hostA NS_B=$NET_ID-hostB
+NSS=("$NS_HEAD" "$NS_A" "$NS_B")
+SUB=10.231.77
+
+# net_probe: can this machine make a namespace and a veth pair? If not,
+# NET_SKIP says why.
+net_probe() {
+	local err
+	if ! err=$(ip netns add "$NET_ID-probe" 2>&1); then
+		NET_SKIP="ip netns unsupported here: $err"
+		return 1
+	fi
+	if ! err=$(ip -n "$NET_ID-probe" link add p0 type veth peer name p1 2>&1); then
+		ip netns del "$NET_ID-probe"
+		NET_SKIP="veth pairs unsupported here: $err"
+		return 1
+	fi
+	ip netns del "$NET_ID-probe"
+}
+
+# ns_kill NS...: SIGKILL every process in the namespaces (deleting a
+# namespace does not end them).
+ns_kill() {
+	local ns pids
+	for ns in "$@"; do
+		pids=$(ip netns pids "$ns" 2>/dev/null | tr '\n' ' ')
+		[ -n "${pids// /}" ] && kill -9 $pids 2>/dev/null
+	done
+	return 0
+}
+
+net_up() {
+	local ns h i=1
+	for ns in "${NSS[@]}"; do
+		ip netns add "$ns" && ip -n "$ns" link set lo up || { fail "creating namespace $ns"; return 1; }
+	done
+	ip -n "$NS_HEAD" link add br0 type bridge &&
+		ip -n "$NS_HEAD" addr add "$SUB.254/24" dev br0 &&
+		ip -n "$NS_HEAD" link set br0 up || { fail "creating the bridge"; return 1; }
+	for h in A B; do
+		ns=$NET_ID-host$h
+		ip link add "vp$h" netns "$NS_HEAD" type veth peer name veth0 netns "$ns" &&
+			ip -n "$NS_HEAD" link set "vp$h" master br0 &&
+			ip -n "$NS_HEAD" link set "vp$h" up &&
+			ip -n "$ns" addr add "$SUB.$i/24" dev veth0 &&
+			ip -n "$ns" link set veth0 up || { fail "creating the veth pair to host$h"; return 1; }
+		i=$((i + 1))
+	done
+	printf '127.0.0.1 localhost\n%s.254 head\n%s.1 hostA\n%s.2 hostB\n' "$SUB" "$SUB" "$SUB" >"$W/hosts"
+	log "namespaces $NS_HEAD (bridge $SUB.254), $NS_A ($SUB.1), $NS_B ($SUB.2)"
+}
+
+# net_down: kill what runs in the namespaces, delete them (and so the veth
+# pairs and the bridge), and check that none is left.
+net_down() {
+	local ns left
+	ns_kill "${NSS[@]}"
+	sleep 0.2
+	for ns in "${NSS[@]}"; do
+		ip netns del "$ns" 2>/dev/null
+	done
+	left=$(ip netns list | grep -F "$NET_ID-" | tr '\n' ' ')
+	if [ -n "$left" ]; then
+		fail "cleanup: namespaces left: $left"
+	else
+		log "namespaces, veth pairs and bridge removed"
+	fi
+}
+
+# nsx NS HOSTNAME CMD...: run CMD in NS's network namespace with its own
+# host name and $W/hosts as /etc/hosts, keeping the rest of the system
+# (nsenter, not ip netns exec, which remounts /sys and hides the cgroup
+# file system that slurmd needs).
+nsx() {
+	local ns=$1 hn=$2
+	shift 2
+	nsenter --net="/run/netns/$ns" unshare --uts --mount --propagation private /bin/bash -c \
+		'mount --bind "$0" /etc/hosts && hostname "$1" && shift && exec "$@"' "$W/hosts" "$hn" "$@"
+}

@@ -40,67 +40,9 @@ on_exit 'if [ "$CL_FAIL" = 0 ] && [ "${CLIPMPI_KEEP:-0}" != 1 ]; then rm -rf "$W
 log "work directory $W"
 
 # ---- the network: head (bridge, mpirun) -- hostA, hostB
-ID=cm$$
-NS_HEAD=$ID-head NS_A=$ID-hostA NS_B=$ID-hostB
-NSS=("$NS_HEAD" "$NS_A" "$NS_B")
-SUB=10.231.77
-# Probe: a namespace and a veth pair, or skip saying why.
-if ! err=$(ip netns add "$ID-probe" 2>&1); then
-	skip_all "ip netns unsupported here: $err"
-fi
-if ! err=$(ip -n "$ID-probe" link add p0 type veth peer name p1 2>&1); then
-	ip netns del "$ID-probe"
-	skip_all "veth pairs unsupported here: $err"
-fi
-ip netns del "$ID-probe"
-
-# ns_kill NS...: SIGKILL every process in the namespaces (deleting a
-# namespace does not end them).
-ns_kill() {
-	local ns pids
-	for ns in "$@"; do
-		pids=$(ip netns pids "$ns" 2>/dev/null | tr '\n' ' ')
-		[ -n "${pids// /}" ] && kill -9 $pids 2>/dev/null
-	done
-	return 0
-}
-teardown() {
-	local ns left
-	ns_kill "${NSS[@]}"
-	sleep 0.2
-	for ns in "${NSS[@]}"; do
-		ip netns del "$ns" 2>/dev/null
-	done
-	left=$(ip netns list | grep -F "$ID-" | tr '\n' ' ')
-	if [ -n "$left" ]; then
-		fail "cleanup: namespaces left: $left"
-	else
-		log "namespaces and veth pairs removed"
-	fi
-}
-on_exit teardown
-for ns in "${NSS[@]}"; do
-	ip netns add "$ns" && ip -n "$ns" link set lo up || { fail "creating namespace $ns"; exit 1; }
-done
-ip -n "$NS_HEAD" link add br0 type bridge &&
-	ip -n "$NS_HEAD" addr add "$SUB.254/24" dev br0 &&
-	ip -n "$NS_HEAD" link set br0 up || { fail "creating the bridge"; exit 1; }
-i=1
-for h in A B; do
-	ns=$ID-host$h
-	ip link add "vp$h" netns "$NS_HEAD" type veth peer name veth0 netns "$ns" &&
-		ip -n "$NS_HEAD" link set "vp$h" master br0 &&
-		ip -n "$NS_HEAD" link set "vp$h" up &&
-		ip -n "$ns" addr add "$SUB.$i/24" dev veth0 &&
-		ip -n "$ns" link set veth0 up || { fail "creating the veth pair to host$h"; exit 1; }
-	i=$((i + 1))
-done
-cat >"$W/hosts" <<EOF
-127.0.0.1 localhost
-$SUB.254 head
-$SUB.1 hostA
-$SUB.2 hostB
-EOF
+net_probe || skip_all "$NET_SKIP"
+on_exit net_down
+net_up || exit 1
 # The rsh agent: mpirun calls "nsrsh HOST orted ARGS..."; run it in HOST's
 # namespace with HOST as its host name.
 cat >"$W/nsrsh" <<EOF
@@ -114,7 +56,6 @@ esac
 exec ip netns exec "\$ns" unshare --uts /bin/sh -c 'hostname "\$0"; exec /bin/sh -c "\$1"' "\$hn" "\$*"
 EOF
 chmod +x "$W/nsrsh"
-log "namespaces $NS_HEAD (bridge $SUB.254), $NS_A ($SUB.1), $NS_B ($SUB.2)"
 
 # Open MPI across the namespaces: daemons through the agent, TCP only, on
 # the test subnet, and the short keepalive that turns a cut link into an

@@ -238,3 +238,115 @@ for launcher in srun mpirun; do
 		scancel "$JID"
 	fi
 done
+
+# ---- 6. two nodes: slurmctld in a "head" network namespace, one slurmd in
+# each of hostA and hostB (shared/cluster/RECIPE.md, section D), running
+# slurm/train-multinode.sbatch as shipped: 2 nodes x 2 tasks.
+two_nodes() {
+	MN=$W/mn
+	mkdir -p "$MN/state" "$MN/log" "$MN/out" "$MN/spool/hostA" "$MN/spool/hostB" "$MN/tmp/hostA" "$MN/tmp/hostB"
+	cat >"$MN/slurm.conf" <<EOF
+ClusterName=clipmpi2
+SlurmctldHost=head($SUB.254)
+AuthType=auth/munge
+CryptoType=crypto/munge
+SlurmUser=root
+SlurmdUser=root
+StateSaveLocation=$MN/state
+SlurmdSpoolDir=$MN/spool/%n
+TmpFS=$MN/tmp/%n
+SlurmctldPidFile=$MN/slurmctld.pid
+SlurmdPidFile=$MN/slurmd.%n.pid
+SlurmctldLogFile=$MN/log/slurmctld.log
+SlurmdLogFile=$MN/log/slurmd.%n.log
+MailProg=/bin/true
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/none
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+MpiDefault=pmix
+ReturnToService=2
+SlurmdTimeout=30
+KillWait=5
+MinJobAge=600
+NodeName=hostA NodeAddr=$SUB.1 CPUs=2 RealMemory=1000 State=UNKNOWN
+NodeName=hostB NodeAddr=$SUB.2 CPUs=2 RealMemory=1000 State=UNKNOWN
+PartitionName=debug Nodes=ALL Default=YES MaxTime=60 State=UP
+EOF
+	# mn CMD...: a Slurm client command in head, against the two-node cluster.
+	mn() { (cd "$REPO" && SLURM_CONF=$MN/slurm.conf nsx "$NS_HEAD" head "$@"); }
+	SLURM_CONF=$MN/slurm.conf nsx "$NS_HEAD" head slurmctld -f "$MN/slurm.conf" &&
+		SLURM_CONF=$MN/slurm.conf nsx "$NS_A" hostA slurmd -f "$MN/slurm.conf" -N hostA &&
+		SLURM_CONF=$MN/slurm.conf nsx "$NS_B" hostB slurmd -f "$MN/slurm.conf" -N hostB ||
+		{ fail "two-node Slurm: daemons did not start"; show "$MN/log/slurmctld.log" 10; return; }
+	on_exit 'mn scontrol shutdown >/dev/null 2>&1; sleep 0.5; log "two-node Slurm shut down"'
+	if ! wait_until 30 mn_idle; then
+		fail "two-node Slurm: hostA and hostB did not become idle"
+		mn sinfo -N
+		show "$MN/log/slurmctld.log" 10
+		return
+	fi
+	log "two-node Slurm up: $(mn sinfo -h -N -o '%N:%T' | tr '\n' ' ')"
+
+	# Training as shipped, under each launcher: 4 ranks over 2 nodes.
+	local launcher sum t0 s jid
+	for launcher in srun mpirun; do
+		sum=$MN/summary-$launcher.json
+		t0=$(now)
+		jid=$(CLIPMPI_LAUNCHER=$launcher mn sbatch --parsable --job-name="mn-train-$launcher" --output="$MN/out/train-$launcher.out" \
+			slurm/train-multinode.sbatch "${TRAIN[@]}" --logs "$MN/logs-$launcher" --summary "$sum") &&
+			wait_until 120 mn_gone "$jid"
+		s=$("$BIN/clustertool" summary -file "$sum" -world 4 2>&1)
+		if [ $? = 0 ] && grep -q "on hostA,hostB: 4 ranks" "$MN/out/train-$launcher.out"; then
+			pass "slurm/train-multinode.sbatch on 2 nodes x 2 tasks ($launcher): $s ($(elapsed "$t0") s)"
+		else
+			fail "slurm/train-multinode.sbatch ($launcher): $s"
+			show "$MN/out/train-$launcher.out" 20
+		fi
+	done
+
+	# Fault (b) under Slurm: the link to hostB cut while mpirun (inside the
+	# allocation, keepalive settings from the script) runs the ranks.
+	rm -f "$MN"/cut.pid.rank*
+	jid=$(CLIPMPI_LAUNCHER=mpirun CLIPMPI_PROGRAM=$BIN/faultprog mn sbatch --parsable --job-name=mn-cut \
+		--output="$MN/out/cut.out" slurm/train-multinode.sbatch -seconds 100 -pidfile "$MN/cut.pid")
+	if ! wait_until 30 sh -c "[ -s '$MN/cut.pid.rank3' ] && grep -q 'faultprog: step' '$MN/out/cut.out'"; then
+		fail "fault (b) under Slurm: the job did not start within 30 s"
+		show "$MN/out/cut.out" 15
+		return
+	fi
+	local hosts
+	hosts=$(grep -oE 'rank [0-9] of 4 pid [0-9]+ on host[AB]' "$MN/out/cut.out" | sed 's/ pid [0-9]*//' | sort | paste -sd, | sed 's/,/, /g')
+	t0=$(now)
+	ip -n "$NS_B" link set veth0 down
+	wait_until 40 mn_ended "$jid"
+	dt=$(elapsed "$t0")
+	local state note
+	state=$(mn scontrol show job "$jid" | grep -oE 'JobState=[A-Z_]+|ExitCode=[0-9:]+' | paste -sd' ')
+	note=$(grep -m1 -A8 'lost communication with a remote daemon' "$MN/out/cut.out" | grep -m1 -oE 'daemon.* on node hostB')
+	if le "$dt" 30 && [[ $state != *RUNNING* ]] && [[ $state != *ExitCode=0:0* ]] && [ -n "$note" ]; then
+		pass "fault (b) under Slurm (mpirun in a 2-node allocation; $hosts): link to hostB cut -> batch script ended after $dt s (bound 30 s), $state, \"ORTE has lost communication with a remote daemon ... $note\""
+	else
+		fail "fault (b) under Slurm: link to hostB cut -> after $dt s: $state (want the job ended non-zero within 30 s naming hostB)"
+		show "$MN/out/cut.out" 20
+	fi
+	ip -n "$NS_B" link set veth0 up
+}
+mn_idle() { [ "$(mn sinfo -h -o %T 2>/dev/null)" = idle ]; }
+mn_gone() { [ -z "$(mn squeue -h -j "$1" 2>/dev/null)" ]; }
+# mn_ended JID: the batch script has ended (the job is not RUNNING any more;
+# it may be COMPLETING until Slurm hears from every node).
+mn_ended() { ! mn scontrol show job "$1" 2>/dev/null | grep -q 'JobState=RUNNING'; }
+
+if ! command -v nsenter >/dev/null; then
+	echo "SKIP: two-node Slurm: nsenter not found"
+elif ! net_probe; then
+	echo "SKIP: two-node Slurm: $NET_SKIP"
+else
+	on_exit net_down
+	net_up && two_nodes
+fi
