@@ -28,22 +28,31 @@ on_exit 'if [ "$CL_FAIL" = 0 ] && [ "${CLIPMPI_KEEP:-0}" != 1 ]; then rm -rf "$W
 log "work directory $W"
 
 # ---- packages and munge
+munge_up() { munge -n 2>/dev/null | unmunge >/dev/null 2>&1; }
+# A munged that answered before the install is someone else's: use it and
+# leave it. One that the install started (where no policy-rc.d stops
+# package scripts from starting services) or that we start is ours to stop.
+command -v munge >/dev/null && munge_up && munge_theirs=1 || munge_theirs=0
 apt_install munge slurmctld slurmd slurm-client openmpi-bin
 for c in munged slurmctld slurmd sbatch srun mpirun; do
 	command -v "$c" >/dev/null || skip_all "$c not found after installing Slurm"
 done
-if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
+if [ $munge_theirs = 0 ]; then
+	on_exit 'log "stopping munged"; munged --stop >/dev/null 2>&1 || kill "$(cat /run/munge/munged.pid 2>/dev/null)" 2>/dev/null'
+fi
+if ! munge_up; then
 	[ -s /etc/munge/munge.key ] || {
 		mungekey --create --keyfile=/etc/munge/munge.key && chown munge:munge /etc/munge/munge.key && chmod 400 /etc/munge/munge.key
 	}
 	install -d -o munge -g munge -m 0755 /run/munge
 	install -d -o munge -g munge -m 0700 /var/lib/munge /var/log/munge
 	runuser -u munge -- /usr/sbin/munged || { fail "munged did not start"; exit 1; }
-	on_exit 'log "stopping munged"; munged --stop >/dev/null 2>&1 || kill "$(cat /run/munge/munged.pid 2>/dev/null)" 2>/dev/null'
-	wait_until 5 sh -c 'munge -n | unmunge >/dev/null 2>&1' || { fail "munge does not answer"; exit 1; }
+	wait_until 5 munge_up || { fail "munge does not answer"; exit 1; }
 	log "munged started"
+elif [ $munge_theirs = 1 ]; then
+	log "munged was already running: using it, leaving it running"
 else
-	log "munged already running: using it, leaving it running"
+	log "munged started by the package install: using it, stopping it at the end"
 fi
 
 # ---- slurm.conf: own state, ports and tmp, so that nothing clashes with
