@@ -27,7 +27,7 @@ fail() { CL_FAIL=$((CL_FAIL + 1)); echo "FAIL: $*"; }
 # skip_all REASON: nothing can run here; say why and succeed.
 skip_all() {
 	echo "SKIP: $CL_NAME: $*"
-	echo "$CL_NAME: 0 passed, 0 failed (skipped: $*)"
+	CL_SKIPPED=" (skipped: $*)"
 	exit 0
 }
 
@@ -42,7 +42,7 @@ cl_exit() {
 		eval "${CL_CLEANUP[i]}"
 	done
 	leftovers
-	echo "$CL_NAME: $CL_PASS passed, $CL_FAIL failed ($(elapsed "$CL_T0") s)"
+	echo "$CL_NAME: $CL_PASS passed, $CL_FAIL failed ($(elapsed "$CL_T0") s)${CL_SKIPPED:-}"
 	[ "$CL_FAIL" = 0 ] && [ "$rc" = 0 ] || exit 1
 	exit 0
 }
