@@ -32,7 +32,7 @@ $(BIN)/train: deps FORCE
 	$(GO) build $(GOTAGS) -o $@ ./examples/train
 
 # Everything a contributor keeps green.
-test: deps fmt-check vet lint unit race test-mpi test-golden test-train
+test: deps fmt-check vet lint unit race test-mpi test-golden test-train test-slurm test-multihost
 	@echo "make test: all passed"
 
 # Unit and in-process tests, pure Go (no tags: what a bare machine builds) and

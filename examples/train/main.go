@@ -30,6 +30,7 @@ import (
 	"github.com/clipmpi/clipmpi/clip"
 	"github.com/clipmpi/clipmpi/loss"
 	"github.com/clipmpi/clipmpi/mpi"
+	"github.com/clipmpi/clipmpi/slurm"
 )
 
 // options are the command-line flags.
@@ -185,10 +186,16 @@ func main() {
 		os.Exit(1)
 	}
 	code := 0
-	if o.dtype == "float64" {
-		err = run[float64](comm, o)
-	} else {
-		err = run[float32](comm, o)
+	// The launch environment (Slurm, Open MPI, PMI, torchrun variables)
+	// must agree with MPI; it also sets the BLAS threads per rank.
+	env, err := slurm.Init(comm, blas.SetThreads)
+	if err == nil {
+		launch = env.String()
+		if o.dtype == "float64" {
+			err = run[float64](comm, o)
+		} else {
+			err = run[float32](comm, o)
+		}
 	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "train (rank %d/%d): %v\n", comm.Rank(), comm.Size(), err)
@@ -206,6 +213,9 @@ func main() {
 	}
 	os.Exit(int(v[0]))
 }
+
+// launch describes the launch environment rank 0 was started in.
+var launch string
 
 // newLoss returns the loss the flags ask for: any type with ClipLoss's
 // two methods plugs in here.
@@ -286,6 +296,7 @@ func run[T blas.Float](comm mpi.Comm, o *options) error {
 	}
 	say("clipmpi train: %d ranks, %s\n", w, o.dtype)
 	say("backends: blas=%s (threads per rank %d), mpi=%v, GOMAXPROCS=%d\n", blas.Backend(), blas.Threads(), mpi.Enabled, runtime.GOMAXPROCS(0))
+	say("launch: %s\n", launch)
 
 	train, val, dataDesc, err := data(comm, o)
 	if err != nil {
