@@ -181,6 +181,7 @@ func Finalize() error {
 		close(c.work)
 		<-c.stopped
 	}
+	c.pins.release()
 	if !world.initHere {
 		return nil
 	}
@@ -288,6 +289,7 @@ type worldComm struct {
 	work       chan *worldRequest // to the background goroutine; nil if serial
 	stopped    chan struct{}      // closed when it has returned
 	reqs       [MaxRequests]worldRequest
+	pins       pinCache
 }
 
 func (c *worldComm) lock() {
@@ -475,10 +477,10 @@ func (c *worldComm) IsendrecvF64(dst []float64, from int, src []float64, to int)
 
 // worldIsendrecv starts the exchange. In the modes that post MPI_Irecv and
 // MPI_Isend, MPI keeps the buffer addresses after the call returns, so
-// both buffers are pinned (runtime.Pinner) until Wait; the Go collector
-// does not move heap objects today, but pinning is what the cgo rules ask
-// for. In modeSendrecv the background goroutine passes them to C for the
-// duration of one blocking call.
+// both buffers are pinned (runtime.Pinner, through c.pins) at least until
+// Wait; the Go collector does not move heap objects today, but pinning is
+// what the cgo rules ask for. In modeSendrecv the background goroutine
+// passes them to C for the duration of one blocking call.
 func worldIsendrecv[T float](c *worldComm, dst []T, from int, src []T, to int) (Request, error) {
 	checkIsendrecv(c.size, dst, from, src, to)
 	checkCount(len(dst))
@@ -494,10 +496,10 @@ func worldIsendrecv[T float](c *worldComm, dst []T, from int, src []T, to int) (
 		return r, nil
 	}
 	if len(dst) > 0 {
-		r.pin.Pin(&dst[0])
+		c.pins.pin(unsafe.Pointer(&dst[0]))
 	}
 	if len(src) > 0 {
-		r.pin.Pin(&src[0])
+		c.pins.pin(unsafe.Pointer(&src[0]))
 	}
 	c.lock()
 	rc := C.cm_isendrecv(r.dst, r.ndst, r.from, r.src, r.nsrc, r.to, r.f64, c.p2p, &r.reqs[0])
@@ -552,7 +554,6 @@ type worldRequest struct {
 	done chan struct{} // from the background goroutine; capacity 1
 
 	reqs       [2]C.MPI_Request
-	pin        runtime.Pinner
 	dst, src   unsafe.Pointer
 	ndst, nsrc C.int
 	from, to   C.int
@@ -582,8 +583,59 @@ func (r *worldRequest) Wait() error {
 }
 
 func (r *worldRequest) release() {
-	r.pin.Unpin()
 	r.dst, r.src = nil, nil
+}
+
+// pinSlots is how many buffers stay pinned: at least the 2·MaxRequests of
+// the requests in flight, with room for the few buffers a loss alternates
+// between, so that steady-state steps pin nothing new.
+const pinSlots = 4 * MaxRequests
+
+// pinCache keeps the buffers handed to non-blocking calls pinned after
+// their request completes. A loss passes the same few buffers every step,
+// and a runtime.Pinner that starts pinning again after Unpin allocates, so
+// pinning per request would allocate every step. Each slot pins one buffer
+// with its own Pinner; a new buffer takes the least recently used slot,
+// which cannot be one of the 2·MaxRequests buffers of requests in flight.
+// A pinned buffer is kept alive until its slot is reused or Finalize.
+type pinCache struct {
+	clock uint64
+	slots [pinSlots]struct {
+		p    unsafe.Pointer
+		pin  runtime.Pinner
+		used uint64
+	}
+}
+
+func (pc *pinCache) pin(p unsafe.Pointer) {
+	pc.clock++
+	lru := 0
+	for i := range pc.slots {
+		e := &pc.slots[i]
+		if e.p == p {
+			e.used = pc.clock
+			return
+		}
+		if e.used < pc.slots[lru].used {
+			lru = i
+		}
+	}
+	e := &pc.slots[lru]
+	if e.p != nil {
+		e.pin.Unpin()
+	}
+	e.pin.Pin(p)
+	e.p, e.used = p, pc.clock
+}
+
+// release unpins every buffer.
+func (pc *pinCache) release() {
+	for i := range pc.slots {
+		if pc.slots[i].p != nil {
+			pc.slots[i].pin.Unpin()
+			pc.slots[i].p = nil
+		}
+	}
 }
 
 // waitall and sendrecv count into r.got: a local variable whose address
