@@ -85,6 +85,15 @@ static int cm_waitall(MPI_Request *reqs, int f64, int *got) {
 	return MPI_Get_count(&st[0], cm_type(f64), got);
 }
 
+// cm_isendrecv_wait posts and completes the exchange in one call, so that
+// MPI holds the buffer addresses only while Go has handed them to C.
+static int cm_isendrecv_wait(void *dst, int ndst, int from, void *src, int nsrc, int to,
+		int f64, MPI_Comm comm, MPI_Request *reqs, int *got) {
+	int rc = cm_isendrecv(dst, ndst, from, src, nsrc, to, f64, comm, reqs);
+	if (rc != MPI_SUCCESS) return rc;
+	return cm_waitall(reqs, f64, got);
+}
+
 // cm_sendrecv is the blocking counterpart of cm_isendrecv + cm_waitall.
 static int cm_sendrecv(void *dst, int ndst, int from, void *src, int nsrc, int to,
 		int f64, MPI_Comm comm, int *got) {
@@ -204,9 +213,12 @@ const (
 	// MPI_Waitall in Wait. Open MPI moves large (rendezvous) messages only
 	// inside MPI calls, so little happens while the caller computes.
 	modeIsend p2pMode = iota
-	// modeWaitall posts MPI_Irecv and MPI_Isend, and a background
-	// goroutine sits in MPI_Waitall, which drives the transfer while the
-	// caller computes; Wait waits for that goroutine.
+	// modeWaitall hands the exchange to a background goroutine that posts
+	// MPI_Irecv and MPI_Isend and sits in MPI_Waitall, all in one C call,
+	// which drives the transfer while the caller computes; Wait waits for
+	// that goroutine. Requests are posted in the order they were started,
+	// each when the one before it has completed. MPI holds the buffers'
+	// addresses only during that C call, so nothing needs pinning.
 	modeWaitall
 	// modeSendrecv hands the buffers to a background goroutine that calls
 	// MPI_Sendrecv; Wait waits for it.
@@ -490,7 +502,9 @@ func worldIsendrecv[T float](c *worldComm, dst []T, from int, src []T, to int) (
 	r.dst, r.ndst, r.from = ptr(dst), C.int(len(dst)), C.int(from)
 	r.src, r.nsrc, r.to = ptr(src), C.int(len(src)), C.int(to)
 	r.f64 = isF64[T]()
-	if r.mode == modeSendrecv {
+	if r.mode != modeIsend {
+		// The background goroutine posts and completes the exchange in
+		// one C call: nothing to pin.
 		r.busy = true
 		c.work <- r
 		return r, nil
@@ -510,9 +524,6 @@ func worldIsendrecv[T float](c *worldComm, dst []T, from int, src []T, to int) (
 		return &failedRequest{err}, err
 	}
 	r.busy = true
-	if r.mode == modeWaitall {
-		c.work <- r
-	}
 	return r, nil
 }
 
@@ -534,7 +545,7 @@ func (c *worldComm) worker() {
 		if r.mode == modeSendrecv {
 			r.err = r.sendrecv()
 		} else {
-			r.err = r.waitall()
+			r.err = r.postWaitall()
 		}
 		r.done <- struct{}{}
 	}
@@ -586,9 +597,10 @@ func (r *worldRequest) release() {
 	r.dst, r.src = nil, nil
 }
 
-// pinSlots is how many buffers stay pinned: at least the 2·MaxRequests of
-// the requests in flight, with room for the few buffers a loss alternates
-// between, so that steady-state steps pin nothing new.
+// pinSlots is how many buffers stay pinned in modeIsend (the only mode in
+// which MPI keeps Go addresses after a cgo call returns): at least the
+// 2·MaxRequests of the requests in flight, with room for the few buffers a
+// loss alternates between, so that steady-state steps pin nothing new.
 const pinSlots = 4 * MaxRequests
 
 // pinCache keeps the buffers handed to non-blocking calls pinned after
@@ -643,6 +655,14 @@ func (pc *pinCache) release() {
 
 func (r *worldRequest) waitall() error {
 	if err := callError("MPI_Waitall", C.cm_waitall(&r.reqs[0], r.f64, &r.got)); err != nil {
+		return err
+	}
+	return r.checkGot(r.got)
+}
+
+func (r *worldRequest) postWaitall() error {
+	rc := C.cm_isendrecv_wait(r.dst, r.ndst, r.from, r.src, r.nsrc, r.to, r.f64, r.c.p2p, &r.reqs[0], &r.got)
+	if err := callError("MPI_Isend/MPI_Irecv/MPI_Waitall", rc); err != nil {
 		return err
 	}
 	return r.checkGot(r.got)
