@@ -35,9 +35,10 @@ $(BIN)/train: deps FORCE
 test: deps fmt-check vet lint unit race test-mpi test-golden test-train test-slurm test-multihost
 	@echo "make test: all passed"
 
-# Unit and in-process tests, pure Go (no tags: what a bare machine builds) and
-# with OpenBLAS and MPI compiled in.
+# Unit and in-process tests, pure Go (no tags: what a bare machine builds;
+# without cgo too) and with OpenBLAS and MPI compiled in.
 unit: deps
+	CGO_ENABLED=0 $(GO) build ./...
 	$(GO) test ./...
 	$(GO) test $(GOTAGS) ./...
 
