@@ -13,8 +13,9 @@ var RecallK = [3]int{1, 5, 10}
 // Recall is retrieval quality on a held-out set of N pairs:
 // ImageToText[i] is the fraction of images whose own text is among the
 // RecallK[i] texts most similar to it (cosine of the features), and
-// TextToImage[i] the same for texts. Ties count against the pair: a query
-// is a hit at K when fewer than K other candidates score strictly higher.
+// TextToImage[i] the same for texts. Ties count in the pair's favour: a
+// query is a hit at K when fewer than K other candidates score strictly
+// higher than its own pair, so candidates that tie with it are not counted.
 // Chance level is K/N.
 type Recall struct {
 	N                        int
