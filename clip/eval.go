@@ -36,19 +36,28 @@ const evalChunk = 256
 // its block, as LoadShard gives it). Each rank encodes its rows, the
 // features of all ranks are gathered, and each rank ranks its own queries
 // against all candidates; hits are summed over ranks. Communication errors
-// are returned. It panics if val's widths do not match the model.
+// are returned.
+//
+// If val's image or text width differs from the model's, it returns an
+// error wrapping ErrData that names both, before any communication. Every
+// rank returns it: the widths of val are the same on every rank (LoadShard
+// agrees on them) and so are the model's (NewTrainer agrees on them), so
+// every rank reaches the same answer on its own.
 func (t *Trainer[T]) Evaluate(val *Pairs) (Recall, error) {
 	return Evaluate(t.comm, t.model, val, t.cfg.BatchSize)
 }
 
 // Evaluate is Trainer.Evaluate for any model, encoding chunk rows at a time.
+// Every rank must pass a val of the same widths and Total, and the same
+// model configuration. It panics if chunk is not positive.
 func Evaluate[T blas.Float](comm mpi.Comm, m *Model[T], val *Pairs, chunk int) (Recall, error) {
 	c := m.cfg
-	if val.ImageDim != c.ImageDim || val.TextDim != c.TextDim {
-		panic(errBatchLen)
-	}
 	if chunk < 1 {
 		panic(errBatch)
+	}
+	if val.ImageDim != c.ImageDim || val.TextDim != c.TextDim {
+		return Recall{}, fmt.Errorf("%w: the held-out rows have image and text widths %d and %d, the model %d and %d",
+			ErrData, val.ImageDim, val.TextDim, c.ImageDim, c.TextDim)
 	}
 	w, e := comm.Size(), c.EmbedDim
 	if val.Total == 0 {

@@ -1,9 +1,12 @@
 package clip
 
 import (
+	"errors"
 	"math"
 	"math/rand/v2"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/clipmpi/clipmpi/mpi"
 )
@@ -105,6 +108,32 @@ func TestEvaluate(t *testing.T) {
 		}
 		if c.n > 3 && (want.ImageToText[0] < 0.05 || want.ImageToText[0] > 0.95) {
 			t.Errorf("test data gives recall %v: not a discriminating case", want)
+		}
+	}
+}
+
+// TestEvaluateWidths: held-out rows of other widths than the model's are an
+// ErrData error naming both widths, on every rank, and no rank is left
+// waiting in a collective.
+func TestEvaluateWidths(t *testing.T) {
+	const d = 8
+	for _, c := range []struct {
+		img, txt int
+		want     string
+	}{
+		{d + 1, d, "image and text widths 9 and 8, the model 8 and 8"},
+		{d, d - 3, "image and text widths 8 and 5, the model 8 and 8"},
+	} {
+		errs := onRanksWithin(t, 2, 30*time.Second, func(comm mpi.Comm) error {
+			p := &Pairs{Rows: 3, ImageDim: c.img, TextDim: c.txt, Offset: 3 * comm.Rank(), Total: 6,
+				Image: make([]float32, 3*c.img), Text: make([]float32, 3*c.txt)}
+			_, err := Evaluate(comm, identityModel(d), p, 4)
+			return err
+		})
+		for r, err := range errs {
+			if !errors.Is(err, ErrData) || !strings.Contains(err.Error(), c.want) {
+				t.Errorf("widths %d/%d: rank %d: %v, want ErrData saying %q", c.img, c.txt, r, err, c.want)
+			}
 		}
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"math"
 	"math/rand/v2"
 	"sync"
+	"testing"
+	"time"
 
 	"github.com/clipmpi/clipmpi/loss"
 	"github.com/clipmpi/clipmpi/mpi"
@@ -32,6 +34,22 @@ func onRanks(w int, fn func(c mpi.Comm) error) []error {
 	}
 	wg.Wait()
 	return errs
+}
+
+// onRanksWithin is onRanks that fails the test at once if the ranks do not
+// all return within d: a rank left waiting in a collective that the others
+// skipped would hang the test binary otherwise.
+func onRanksWithin(t *testing.T, w int, d time.Duration, fn func(c mpi.Comm) error) []error {
+	t.Helper()
+	done := make(chan []error, 1)
+	go func() { done <- onRanks(w, fn) }()
+	select {
+	case errs := <-done:
+		return errs
+	case <-time.After(d):
+		t.Fatalf("the %d ranks did not all return within %v: a hang", w, d)
+		return nil
+	}
 }
 
 // testConfig is a small model and run.
