@@ -256,6 +256,10 @@ func data(comm mpi.Comm, o *options) (train, val *clip.Pairs, desc string, err e
 		tsrc, thi = src, src.Rows()
 		if o.valData != "" {
 			v, err := clip.OpenNpy(o.valData)
+			if err == nil && (v.ImageDim() != src.ImageDim() || v.TextDim() != src.TextDim()) {
+				err = fmt.Errorf("%w: the held-out set %s has image and text widths %d and %d, the training set %s %d and %d",
+					clip.ErrData, v, v.ImageDim(), v.TextDim(), src, src.ImageDim(), src.TextDim())
+			}
 			if err = clip.Agree(comm, err); err != nil {
 				return nil, nil, "", err
 			}
