@@ -265,8 +265,14 @@ func data(comm mpi.Comm, o *options) (train, val *clip.Pairs, desc string, err e
 			}
 			vsrc, vhi = v, v.Rows()
 		} else {
+			// Each rank checks the rows of the files it opened; they agree
+			// before any rank goes on to LoadShard's collectives, so that a
+			// rank that sees other files cannot leave the others waiting.
 			if o.valSize < 1 || o.valSize >= src.Rows() {
-				return nil, nil, "", fmt.Errorf("%w: --val-size %d must be in [1, %d) to hold out rows of %s", clip.ErrData, o.valSize, src.Rows(), o.trainData)
+				err = fmt.Errorf("%w: --val-size %d must be in [1, %d) to hold out rows of %s", clip.ErrData, o.valSize, src.Rows(), o.trainData)
+			}
+			if err = clip.Agree(comm, err); err != nil {
+				return nil, nil, "", err
 			}
 			vsrc = src
 			thi = src.Rows() - o.valSize

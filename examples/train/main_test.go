@@ -93,3 +93,27 @@ func TestDataValWidths(t *testing.T) {
 		}
 	}
 }
+
+// TestDataValSizeAgreed: when the ranks see training sets of different
+// sizes (say, different copies of the files), a --val-size that only some
+// ranks' sets are too small for is an error on every rank, and no rank
+// goes on to load rows while another has returned.
+func TestDataValSizeAgreed(t *testing.T) {
+	dir := t.TempDir()
+	small, large := writeShard(t, dir, 10, 6, 5), writeShard(t, dir, 20, 6, 5)
+	for _, smallRank := range []int{0, 1} {
+		errs := dataOnRanks(t, 2, func(r int) *options {
+			o := &options{trainData: large, valSize: 15}
+			if r == smallRank {
+				o.trainData = small
+			}
+			return o
+		})
+		want := fmt.Sprintf("rank %d: clip: bad data: --val-size 15 must be in [1, 10) to hold out rows of %s", smallRank, small)
+		for r, err := range errs {
+			if !errors.Is(err, clip.ErrData) || !strings.Contains(err.Error(), want) {
+				t.Errorf("set of 10 rows on rank %d: rank %d: %v; want an ErrData error saying %q", smallRank, r, err, want)
+			}
+		}
+	}
+}
