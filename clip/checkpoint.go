@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"hash/crc32"
+	"io/fs"
 	"math"
 	"os"
 	"path/filepath"
@@ -88,7 +90,9 @@ func (t *Trainer[T]) header() ckptHeader {
 // Save is collective: rank 0 writes the trainer's state to path atomically
 // (a temporary file in the same directory, fsync, rename, fsync of the
 // directory), so that path holds either the previous checkpoint or this
-// one, whole. Every rank returns rank 0's error, if any.
+// one, whole, with mode 0644 less the umask. A save that is killed leaves
+// its temporary file, ".BASE.tmp-partial", which the next save to path
+// replaces. Every rank returns rank 0's error, if any.
 func (t *Trainer[T]) Save(path string) error {
 	var err error
 	if t.comm.Rank() == 0 {
@@ -125,15 +129,28 @@ func (t *Trainer[T]) write(path string) error {
 	return nil
 }
 
-// writeAtomic replaces path by data: temporary file, fsync, rename, fsync
-// of the directory.
+// tempPath is the temporary file a checkpoint at path is written to before
+// it is renamed onto path: ".BASE.tmp-partial" in the same directory. The
+// name is fixed, so that a save killed before its rename leaves at most one
+// such file, which the next save replaces. (The cluster tests look for it
+// as ".latest.ckpt.tmp-*".)
+func tempPath(path string) string {
+	return filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp-partial")
+}
+
+// writeAtomic replaces path by data: it writes tempPath(path), fsyncs it,
+// renames it onto path and fsyncs the directory. A leftover temporary file
+// of a killed save is removed first, so that the file is created anew with
+// mode 0644 (less the umask) whatever mode the leftover had.
 func writeAtomic(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	tmp := tempPath(path)
+	if err := os.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
 	if err != nil {
 		return err
 	}
-	tmp := f.Name()
 	fail := func(err error) error {
 		f.Close()
 		os.Remove(tmp)
@@ -153,7 +170,7 @@ func writeAtomic(path string, data []byte) error {
 		os.Remove(tmp)
 		return err
 	}
-	d, err := os.Open(dir)
+	d, err := os.Open(filepath.Dir(path))
 	if err != nil {
 		return err
 	}

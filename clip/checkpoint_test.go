@@ -65,6 +65,60 @@ func TestCheckpointRoundTrip(t *testing.T) {
 	}
 }
 
+// TestCheckpointStaleTemp: a temporary file left by a save that was killed
+// (here with the mode 0600 that os.CreateTemp gave it) is replaced by the
+// next save, which leaves only the checkpoint, with mode 0644 less the
+// umask, readable.
+func TestCheckpointStaleTemp(t *testing.T) {
+	cfg := testConfig(Linear, false)
+	data := testPairs(cfg.Model, 12)
+	tr := newTestTrainer(t, mpi.Self(), cfg, data)
+	if _, err := tr.Step(); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "latest.ckpt")
+	// The cluster tests (scripts/cluster/multihost.sh) find the leftover of
+	// a killed save by this pattern.
+	if ok, _ := filepath.Match(".latest.ckpt.tmp-*", filepath.Base(tempPath(path))); !ok {
+		t.Errorf("temporary file %s does not match .latest.ckpt.tmp-*", tempPath(path))
+	}
+	stale := make([]byte, 1<<16) // longer than the checkpoint
+	if err := os.WriteFile(tempPath(path), stale, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Save(path); err != nil {
+		t.Fatal(err)
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ents) != 1 || ents[0].Name() != "latest.ckpt" {
+		var names []string
+		for _, e := range ents {
+			names = append(names, e.Name())
+		}
+		t.Errorf("directory holds %q after Save, want the checkpoint only", names)
+	}
+	// The mode a file created with 0644 gets under this process's umask.
+	ref := filepath.Join(t.TempDir(), "ref")
+	f, err := os.OpenFile(ref, os.O_CREATE|os.O_WRONLY, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	want, _ := os.Stat(ref)
+	if fi, err := os.Stat(path); err != nil {
+		t.Error(err)
+	} else if fi.Mode().Perm() != want.Mode().Perm() {
+		t.Errorf("checkpoint mode %v, want %v", fi.Mode().Perm(), want.Mode().Perm())
+	}
+	if err := newTestTrainer(t, mpi.Self(), cfg, data).Load(path); err != nil {
+		t.Errorf("loading the checkpoint written over a stale temporary file: %v", err)
+	}
+}
+
 // TestCheckpointErrors: corrupt, truncated, foreign and mismatched
 // checkpoints are ErrCheckpoint errors on every rank that say which.
 func TestCheckpointErrors(t *testing.T) {
