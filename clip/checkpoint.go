@@ -24,10 +24,16 @@ import (
 //	uint32 CRC-32C of everything before it
 //
 // little-endian. The header records the run (model, data layout, schedule)
-// and its progress (step, optimizer steps, the shuffle's generator state).
+// and its progress (step, optimizer steps; see ckptProgress).
+//
+// Version 2 dropped the progress fields rng_epoch and rng_batch of version
+// 1, which no reader used; a version-1 file reads as version 2, those
+// fields ignored.
 const (
 	ckptMagic   = "CLIPCKPT"
-	ckptVersion = 1
+	ckptVersion = 2
+	// ckptOldest is the oldest version Load reads.
+	ckptOldest = 1
 )
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
@@ -54,14 +60,14 @@ type ckptParam struct {
 	Shape []int  `json:"shape"`
 }
 
-// ckptProgress is where the run stands. The shuffle generator of epoch e
-// on rank r is PCG(seed, e, r) (see Trainer), so its state is the epoch and
-// the batch within it.
+// ckptProgress is where the run stands. The shuffle needs no state of its
+// own: the order of epoch e on rank r is drawn afresh from
+// PCG(Seed ^ 0x9e3779b97f4a7c15, e<<32 | r) (Trainer.shuffle), and the step
+// gives the epoch, step / StepsPerEpoch, and the batch within it,
+// step % StepsPerEpoch.
 type ckptProgress struct {
 	Step      int `json:"step"`
 	AdamSteps int `json:"adam_steps"`
-	RNGEpoch  int `json:"rng_epoch"`
-	RNGBatch  int `json:"rng_batch"`
 }
 
 func dtypeName[T blas.Float]() string {
@@ -76,10 +82,7 @@ func (t *Trainer[T]) header() ckptHeader {
 		DType: dtypeName[T](), Model: t.cfg.Model, World: t.comm.Size(),
 		BatchSize: t.cfg.BatchSize, AccumFreq: t.cfg.AccumFreq, Epochs: t.cfg.Epochs,
 		TrainRows: t.train.Total, Seed: t.cfg.Seed, Optim: t.cfg.Optim, TotalSteps: t.total,
-		Progress: ckptProgress{
-			Step: t.step, AdamSteps: t.opt.t,
-			RNGEpoch: t.step / t.perEpoch, RNGBatch: t.step % t.perEpoch,
-		},
+		Progress: ckptProgress{Step: t.step, AdamSteps: t.opt.t},
 	}
 	for _, p := range t.model.layout {
 		h.Params = append(h.Params, ckptParam{Name: p.Name, Shape: p.Shape})
@@ -222,8 +225,8 @@ func (t *Trainer[T]) read(path string, state []float64) error {
 	if len(b) < len(ckptMagic)+8 || string(b[:len(ckptMagic)]) != ckptMagic {
 		return bad("not a clipmpi checkpoint")
 	}
-	if v := le.Uint32(b[8:]); v != ckptVersion {
-		return bad("format version %d, this program reads version %d", v, ckptVersion)
+	if v := le.Uint32(b[8:]); v < ckptOldest || v > ckptVersion {
+		return bad("format version %d, this program reads versions %d to %d", v, ckptOldest, ckptVersion)
 	}
 	n := int(le.Uint32(b[12:]))
 	if len(b) < 16+n+8+4 {

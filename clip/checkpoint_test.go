@@ -1,7 +1,11 @@
 package clip
 
 import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
 	"errors"
+	"hash/crc32"
 	"os"
 	"path/filepath"
 	"slices"
@@ -119,6 +123,66 @@ func TestCheckpointStaleTemp(t *testing.T) {
 	}
 }
 
+// asVersion1 rewrites a checkpoint as version 1 wrote it: the version
+// field 1 and the progress fields rng_epoch and rng_batch in the header.
+func asVersion1(t *testing.T, b []byte, perEpoch int) []byte {
+	t.Helper()
+	le := binary.LittleEndian
+	n := int(le.Uint32(b[12:]))
+	var hdr map[string]any
+	dec := json.NewDecoder(bytes.NewReader(b[16 : 16+n]))
+	dec.UseNumber()
+	if err := dec.Decode(&hdr); err != nil {
+		t.Fatal(err)
+	}
+	pr := hdr["progress"].(map[string]any)
+	step, _ := pr["step"].(json.Number).Int64()
+	pr["rng_epoch"], pr["rng_batch"] = int(step)/perEpoch, int(step)%perEpoch
+	h, err := json.Marshal(hdr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := append([]byte(ckptMagic), le.AppendUint32(nil, 1)...)
+	out = le.AppendUint32(out, uint32(len(h)))
+	out = append(append(out, h...), b[16+n:len(b)-4]...)
+	return le.AppendUint32(out, crc32.Checksum(out, crcTable))
+}
+
+// TestCheckpointVersion1: a checkpoint of format version 1, whose header
+// also holds the unused rng_epoch and rng_batch, still loads.
+func TestCheckpointVersion1(t *testing.T) {
+	cfg := testConfig(MLP, true)
+	cfg.BatchSize = 4
+	data := testPairs(cfg.Model, 12)
+	a := newTestTrainer(t, mpi.Self(), cfg, data)
+	for range 4 {
+		if _, err := a.Step(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	path := filepath.Join(t.TempDir(), "v1.ckpt")
+	if err := a.Save(path); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := binary.LittleEndian.Uint32(b[8:]); v != ckptVersion {
+		t.Errorf("Save wrote version %d, want %d", v, ckptVersion)
+	}
+	if err := os.WriteFile(path, asVersion1(t, b, a.StepsPerEpoch()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c := newTestTrainer(t, mpi.Self(), cfg, data)
+	if err := c.Load(path); err != nil {
+		t.Fatal(err)
+	}
+	if c.Steps() != 4 || !slices.Equal(a.model.params, c.model.params) || !slices.Equal(a.opt.v, c.opt.v) {
+		t.Error("a version-1 checkpoint loaded other state than was saved")
+	}
+}
+
 // TestCheckpointErrors: corrupt, truncated, foreign and mismatched
 // checkpoints are ErrCheckpoint errors on every rank that say which.
 func TestCheckpointErrors(t *testing.T) {
@@ -149,6 +213,7 @@ func TestCheckpointErrors(t *testing.T) {
 		{"flipped byte", variant("flip", func(b []byte) []byte { b[len(b)-40] ^= 1; return b }), cfg, 1, "corrupt: CRC-32C"},
 		{"truncated", variant("trunc", func(b []byte) []byte { return b[:len(b)-9] }), cfg, 1, "truncated"},
 		{"not a checkpoint", variant("junk", func([]byte) []byte { return []byte("PK\x03\x04 a zip file") }), cfg, 1, "not a clipmpi checkpoint"},
+		{"newer version", variant("v3", func(b []byte) []byte { b[8] = ckptVersion + 1; return b }), cfg, 1, "format version 3, this program reads versions 1 to 2"},
 		{"missing", filepath.Join(dir, "none.ckpt"), cfg, 1, "no such file"},
 		{"other model", good, other, 1, `model.embed_dim: 4 vs 5`},
 		{"other world", good, cfg, 2, "world: 1 vs 2"},
