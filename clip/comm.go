@@ -3,6 +3,7 @@ package clip
 import (
 	"errors"
 	"fmt"
+	"math"
 	"unsafe"
 
 	"github.com/clipmpi/clipmpi/blas"
@@ -104,20 +105,44 @@ func Agree(comm mpi.Comm, err error) error {
 	return &RankError{Rank: first, Err: re}
 }
 
-// agreeInts is collective: it returns an ErrConfig error naming the first
-// value on which the ranks disagree (names[i] for vals[i]), nil if all
-// ranks passed the same values. Values must be exact in float64.
+// agreeInts is agreeValues for integers, which must be exact in float64
+// (|v| ≤ 2⁵³).
 func agreeInts(comm mpi.Comm, what string, names []string, vals []int) error {
-	if comm.Size() == 1 {
-		return nil
-	}
-	n := len(vals)
-	buf := make([]float64, 2*n)
+	f := make([]float64, len(vals))
 	for i, v := range vals {
-		buf[i], buf[n+i] = float64(v), -float64(v)
+		f[i] = float64(v)
 	}
-	if err := comm.AllreduceF64(mpi.Max, buf, buf); err != nil {
-		return fmt.Errorf("clip: comparing %s across ranks: %w", what, err)
+	return agreeValues(comm, what, names, f)
+}
+
+// agreeValues is collective: it returns an ErrConfig error naming the
+// first value that is NaN on some rank, else the first on which the ranks
+// disagree (names[i] for vals[i]), and nil if every rank passed the same
+// values, none of them NaN. Every rank returns the same answer. It costs
+// one all-reduce (with one rank, none: only NaN is checked).
+//
+// The ranks compare max(v) with −max(−v); a NaN would make MPI's maximum
+// depend on the order of the operands, so it is flagged apart and takes
+// no part in the comparison.
+func agreeValues(comm mpi.Comm, what string, names []string, vals []float64) error {
+	n := len(vals)
+	buf := make([]float64, 3*n) // max(v), max(−v), max(v is NaN)
+	for i, v := range vals {
+		if math.IsNaN(v) {
+			buf[i], buf[n+i], buf[2*n+i] = math.Inf(-1), math.Inf(-1), 1
+		} else {
+			buf[i], buf[n+i] = v, -v
+		}
+	}
+	if comm.Size() > 1 {
+		if err := comm.AllreduceF64(mpi.Max, buf, buf); err != nil {
+			return fmt.Errorf("clip: comparing %s across ranks: %w", what, err)
+		}
+	}
+	for i := range n {
+		if buf[2*n+i] != 0 {
+			return fmt.Errorf("%w: %s: %s is NaN on some rank", ErrConfig, what, names[i])
+		}
 	}
 	for i := range n {
 		if hi, lo := buf[i], -buf[n+i]; hi != lo {

@@ -30,7 +30,8 @@ var (
 	// ErrCheckpoint: a checkpoint is corrupt, truncated, or was written by
 	// a run whose model, data layout or schedule differs from this one.
 	ErrCheckpoint = errors.New("clip: bad checkpoint")
-	// ErrConfig: the ranks were given different configurations.
+	// ErrConfig: the ranks were given different configurations, or a
+	// setting is NaN.
 	ErrConfig = errors.New("clip: ranks disagree on the configuration")
 	// ErrDone: the trainer has taken every step of its schedule.
 	ErrDone = errors.New("clip: training finished")

@@ -85,11 +85,13 @@ type Trainer[T blas.Float] struct {
 // (NewModel(cfg.Model, cfg.Seed)) whose weights are rank 0's on every rank,
 // over the rank's training rows train, with the loss l.
 //
-// It returns an error (ErrConfig) if the ranks pass different
-// configurations or row counts, and one wrapping ErrData if the training
-// rows do not match the model's input widths or give no full step. It
-// panics if comm, l or train is nil, BatchSize, AccumFreq or Epochs is not
-// positive, or the model configuration is invalid (see NewModel).
+// It returns an error (ErrConfig) if the ranks pass configurations that
+// differ in any field the run uses (model, optimizer, schedule, seed; the
+// initial logit bias only with LogitBias) or different row counts, or if a
+// setting is NaN; and one wrapping ErrData if the training rows do not
+// match the model's input widths or give no full step. It panics if comm,
+// l or train is nil, BatchSize, AccumFreq or Epochs is not positive, or the
+// model configuration is invalid (see NewModel).
 func NewTrainer[T blas.Float](comm mpi.Comm, cfg Config, l Loss[T], train *Pairs) (*Trainer[T], error) {
 	if comm == nil {
 		panic(errNilComm)
@@ -112,12 +114,22 @@ func NewTrainer[T blas.Float](comm mpi.Comm, cfg Config, l Loss[T], train *Pairs
 	if mc.LogitBias {
 		bias = 1
 	}
-	err := agreeInts(comm, "trainer", []string{
+	initBias := 0.0
+	if mc.LogitBias {
+		initBias = mc.InitLogitBias
+	}
+	oc := cfg.Optim
+	// The seed is compared as two 32-bit halves, each exact in float64.
+	err := agreeValues(comm, "trainer", []string{
 		"image dim", "text dim", "embed dim", "head", "hidden", "logit bias",
 		"batch size", "accum freq", "epochs", "warmup", "training rows", "parameters",
-	}, []int{
-		mc.ImageDim, mc.TextDim, mc.EmbedDim, int(mc.Head), mc.Hidden, bias,
-		cfg.BatchSize, cfg.AccumFreq, cfg.Epochs, cfg.Optim.Warmup, train.Total, len(m.params),
+		"seed (high 32 bits)", "seed (low 32 bits)", "init logit scale", "init logit bias",
+		"lr", "wd", "beta1", "beta2", "eps",
+	}, []float64{
+		float64(mc.ImageDim), float64(mc.TextDim), float64(mc.EmbedDim), float64(mc.Head), float64(mc.Hidden), float64(bias),
+		float64(cfg.BatchSize), float64(cfg.AccumFreq), float64(cfg.Epochs), float64(oc.Warmup), float64(train.Total), float64(len(m.params)),
+		float64(cfg.Seed >> 32), float64(cfg.Seed & (1<<32 - 1)), mc.InitLogitScale, initBias,
+		oc.LR, oc.WD, oc.Beta1, oc.Beta2, oc.Eps,
 	})
 	if err == nil && (train.ImageDim != mc.ImageDim || train.TextDim != mc.TextDim) {
 		err = fmt.Errorf("%w: the training rows have image and text widths %d and %d, the model %d and %d",
