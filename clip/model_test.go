@@ -13,7 +13,9 @@ import (
 // TestGradientsFiniteDifferences checks the hand-written backward of the
 // heads, the normalisation, the log logit scale and the bias (through
 // Trainer.Gradients, plain and GradCache-accumulated) against central
-// differences of the loss, parameter by parameter, in float64.
+// differences of the loss, parameter by parameter, in float64. The cases
+// with a bias use SigLIP's loss, the one that uses it (CLIP's softmax is
+// invariant to a common shift, so its bias gradient is 0).
 func TestGradientsFiniteDifferences(t *testing.T) {
 	for _, head := range []HeadKind{Linear, MLP} {
 		for _, bias := range []bool{false, true} {
@@ -22,23 +24,31 @@ func TestGradientsFiniteDifferences(t *testing.T) {
 					cfg := testConfig(head, bias)
 					cfg.AccumFreq, cfg.BatchSize = accum, 6/accum
 					data := testPairs(cfg.Model, 6)
-					l := loss.NewClipLoss[float64](mpi.Self(), cfg.Model.EmbedDim, loss.ClipOptions{})
+					var l Loss[float64] = loss.NewClipLoss[float64](mpi.Self(), cfg.Model.EmbedDim, loss.ClipOptions{})
+					if bias {
+						l = loss.NewSigLipLoss[float64](mpi.Self(), cfg.Model.EmbedDim, loss.SigLipOptions{})
+					}
 					tr, err := NewTrainer[float64](mpi.Self(), cfg, l, data)
 					if err != nil {
 						t.Fatal(err)
 					}
-					// Move the logit scale off its initial value so that its
-					// gradient is not special.
+					// Move the logit scale (and bias) off their initial values
+					// so that their gradients are not special.
 					p := tr.Model().Params()
 					p[tr.Model().scale] = 1.3
+					if bias {
+						p[tr.Model().bias] = -1.7
+					}
 					img, txt := toT[float64](data.Image), toT[float64](data.Text)
 					if _, err := tr.Gradients(img, txt); err != nil {
 						t.Fatal(err)
 					}
 					got := append([]float64(nil), tr.Model().Grads()...)
 					fd := make([]float64, len(p))
-					// h = 1e-5: the truncation error of a central difference
-					// is O(h²·f''') ≈ 1e-10 here, rounding O(eps·L/h) ≈ 1e-11.
+					// h = 1e-5: the central difference's truncation error
+					// h²·f'''/6 dominates its rounding error eps·L/h ≈ 1e-10
+					// (L ≤ 5); measured over these cases it is ≤ 3e-9 (it
+					// shrinks as h², to a floor of ≈ 7e-10 at h = 5e-6).
 					const h = 1e-5
 					for i := range p {
 						x := p[i]
@@ -52,10 +62,19 @@ func TestGradientsFiniteDifferences(t *testing.T) {
 						p[i] = x
 						fd[i] = (lp - lm) / (2 * h)
 					}
+					if bias {
+						// The bias gradient must be far from 0 for the check
+						// to have teeth.
+						if g := fd[tr.Model().bias]; math.Abs(g) < 1e-2 {
+							t.Errorf("logit bias gradient %g: too small to check", g)
+						}
+					}
 					scale := max(1, maxAbs(fd))
 					for i := range p {
-						// 1e-7 relative to the largest gradient: two orders
-						// above the finite-difference error estimated above.
+						// 1e-7 relative to the largest gradient (at least 1):
+						// over 30 times the finite-difference error measured
+						// above, and far below what a wrong gradient gives
+						// (a bias gradient times 7 is off by more than 0.3).
 						if math.Abs(got[i]-fd[i]) > 1e-7*scale {
 							name := tr.Model().paramByOffset(i).Name
 							t.Errorf("%s (element %d): backward %.10g, finite difference %.10g", name, i, got[i], fd[i])
