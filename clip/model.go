@@ -284,11 +284,14 @@ type head[T blas.Float] struct {
 	w1, b1, w2, b2     []T
 	gw1, gb1, gw2, gb2 []T
 	// Workspaces of the last forward: pre-activations h and activations a
-	// (n×hidden, MLP only), inverse norms of the outputs (n).
-	h, a, invNorm []T
-	dA            []T // n×hidden, MLP backward
-	dy            []T // n×out, backward
-	n             int // rows of the last forward
+	// (n×hidden, MLP only), and the norms ‖y‖ of the outputs before
+	// normalisation (n), in float64 whatever T is: the comparison with
+	// normEps must not depend on T's rounding (float32(1e12) < 1e12).
+	h, a []T
+	norm []float64
+	dA   []T // n×hidden, MLP backward
+	dy   []T // n×out, backward
+	n    int // rows of the last forward
 }
 
 func newHead[T blas.Float](m *Model[T], ps []Param, in, hidden, out int, mlp bool) head[T] {
@@ -339,15 +342,15 @@ func (h *head[T]) forward(z, x []T) {
 		affine(z, h.a, h.w2, h.b2, n, h.hidden, h.out)
 	}
 	// z = y / max(‖y‖, eps), row by row, in place.
-	h.invNorm = grow(h.invNorm, n)
+	h.norm = grow(h.norm, n)
 	for i := range n {
 		row := z[i*h.out : (i+1)*h.out]
 		var ss float64
 		for _, v := range row {
 			ss += float64(v) * float64(v)
 		}
-		inv := 1 / max(math.Sqrt(ss), normEps)
-		h.invNorm[i] = T(inv)
+		h.norm[i] = math.Sqrt(ss)
+		inv := 1 / max(h.norm[i], normEps)
 		for j, v := range row {
 			row[j] = T(float64(v) * inv)
 		}
@@ -373,14 +376,15 @@ func (h *head[T]) backward(dz, z, x []T) {
 	if n == 0 {
 		return
 	}
-	// Through the normalisation: with y = z·‖y‖ (‖y‖ > eps),
-	// dy = (dz − z·(z·dz)) / ‖y‖; below eps z = y/eps and dy = dz/eps.
+	// Through the normalisation: with y = z·‖y‖ (‖y‖ ≥ eps),
+	// dy = (dz − z·(z·dz)) / ‖y‖; below eps z = y/eps and dy = dz/eps
+	// (PyTorch's clamp_min(eps) passes the gradient where ‖y‖ ≥ eps).
 	h.dy = grow(h.dy, n*h.out)
 	for i := range n {
 		zr, dzr, dyr := z[i*h.out:(i+1)*h.out], dz[i*h.out:(i+1)*h.out], h.dy[i*h.out:(i+1)*h.out]
-		inv := float64(h.invNorm[i])
+		inv := 1 / max(h.norm[i], normEps)
 		var dot float64
-		if inv < 1/normEps {
+		if h.norm[i] >= normEps {
 			for j := range zr {
 				dot += float64(zr[j]) * float64(dzr[j])
 			}

@@ -86,16 +86,31 @@ func TestGradientsFiniteDifferences(t *testing.T) {
 	}
 }
 
-// TestNormalizeTinyRows: a row whose output norm is below F.normalize's eps
-// is divided by eps, in forward and backward, rather than producing NaN.
+// TestNormalizeTinyRows: a row whose output norm is below F.normalize's
+// eps, exactly zero or not, is divided by eps in forward, and its gradient
+// in backward is dz/eps (no projection: clamp_min(eps) passes no gradient
+// to the norm), in float32 as in float64.
 func TestNormalizeTinyRows(t *testing.T) {
+	t.Run("float32", testTinyRows[float32])
+	t.Run("float64", testTinyRows[float64])
+}
+
+func testTinyRows[T float32 | float64](t *testing.T) {
 	cfg := testConfig(Linear, false).Model
-	m := NewModel[float64](cfg, 1)
-	clear(m.Params()) // every output is the zero vector
-	x := make([]float64, 2*cfg.ImageDim)
-	z := make([]float64, 2*cfg.EmbedDim)
+	m := NewModel[T](cfg, 1)
+	clear(m.Params())
+	w, b := m.Layout()[0], m.Layout()[1] // image.proj.weight, image.proj.bias
+	// y = x·W + b: row 0 (x = 0) is b, with ‖b‖ = 2e-13 < eps; row 1
+	// (x = e₀) is b + W[0,:] = b − b = 0 exactly.
+	for j := range cfg.EmbedDim {
+		m.Params()[b.Offset+j] = 1e-13
+		m.Params()[w.Offset+j] = -1e-13
+	}
+	x := make([]T, 2*cfg.ImageDim)
+	x[cfg.ImageDim] = 1
+	z := make([]T, 2*cfg.EmbedDim)
 	m.EncodeImage(z, x)
-	dz := make([]float64, len(z))
+	dz := make([]T, len(z))
 	for i := range dz {
 		dz[i] = 1
 	}
@@ -103,11 +118,24 @@ func TestNormalizeTinyRows(t *testing.T) {
 	if !isFinite(z) || !isFinite(m.Grads()) {
 		t.Fatalf("non-finite features %v or gradients %v", z, m.Grads())
 	}
-	// d z / d bias = I/eps: the bias gradient is the column sums of dz over
-	// eps, 2/eps per element.
-	p := m.Layout()[1]
-	if g := m.Grads()[p.Offset]; math.Abs(g-2/normEps) > 1e-6*2/normEps {
-		t.Errorf("bias gradient %g, want %g", g, 2/normEps)
+	// 1e-6 relative: a few roundings to float32 (6e-8 each) of values
+	// computed in float64. Sending the tiny row through the projection,
+	// (dz − z·(z·dz))/eps, makes its dy 4% smaller, the bias gradient 2%.
+	near := func(got T, want float64) bool { return math.Abs(float64(got)-want) <= 1e-6*math.Abs(want) }
+	for j := range cfg.EmbedDim {
+		if !near(z[j], 0.1) || z[cfg.EmbedDim+j] != 0 {
+			t.Fatalf("features %v, want 0.1 (1e-13/eps) in row 0 and 0 in row 1", z)
+		}
+	}
+	// dz/eps in each row: the bias gets the column sums, 2/eps; W[0,:]
+	// gets row 1's, 1/eps.
+	for j := range cfg.EmbedDim {
+		if g := m.Grads()[b.Offset+j]; !near(g, 2/normEps) {
+			t.Errorf("bias gradient %d: %g, want %g", j, g, 2/normEps)
+		}
+		if g := m.Grads()[w.Offset+j]; !near(g, 1/normEps) {
+			t.Errorf("weight gradient [0,%d]: %g, want %g", j, g, 1/normEps)
+		}
 	}
 }
 
