@@ -214,3 +214,36 @@ func RunTrainData(comm mpi.Comm, path string, batch int) error {
 	_, err = clip.NewTrainer(comm, cfg, loss.NewClipLoss[float32](comm, cfg.Model.EmbedDim, loss.ClipOptions{}), data)
 	return err
 }
+
+// TrainGradients is collective: it loads comm's rows of the spec's data,
+// makes a trainer and returns the gradients of one Trainer.Gradients call
+// on all of them (averaged over ranks, as DDP does) and the model's layout.
+func TrainGradients[T blas.Float](comm mpi.Comm, s TrainSpec) ([]float64, []clip.Param, error) {
+	data, err := clip.LoadShard(comm, s.Src, 0, s.Rows)
+	if err != nil {
+		return nil, nil, err
+	}
+	l, err := NewTrainLoss[T](comm, s.Cfg.Model.EmbedDim, s.Loss)
+	if err != nil {
+		return nil, nil, err
+	}
+	tr, err := clip.NewTrainer(comm, s.Cfg, l, data)
+	if err != nil {
+		return nil, nil, err
+	}
+	img, txt := make([]T, len(data.Image)), make([]T, len(data.Text))
+	for i, v := range data.Image {
+		img[i] = T(v)
+	}
+	for i, v := range data.Text {
+		txt[i] = T(v)
+	}
+	if _, err := tr.Gradients(img, txt); err != nil {
+		return nil, nil, err
+	}
+	g := make([]float64, len(tr.Model().Grads()))
+	for i, v := range tr.Model().Grads() {
+		g[i] = float64(v)
+	}
+	return g, tr.Model().Layout(), nil
+}
