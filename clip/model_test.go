@@ -173,12 +173,16 @@ func TestModelLayout(t *testing.T) {
 // TestInitBounds: nn.Linear's bound 1/sqrt(fan_in) for weights and biases.
 func TestInitBounds(t *testing.T) {
 	cfg := testConfig(MLP, false).Model
-	cfg.ImageDim, cfg.Hidden = 100, 400
+	// EmbedDim 64: the smallest tensor, image.fc2.bias, has 64 elements.
+	cfg.ImageDim, cfg.Hidden, cfg.EmbedDim = 100, 400, 64
 	m := NewModel[float64](cfg, 1)
 	for _, p := range m.Layout()[:4] {
 		fanIn := map[string]float64{"image.fc1.weight": 100, "image.fc1.bias": 100, "image.fc2.weight": 400, "image.fc2.bias": 400}[p.Name]
 		v := m.Params()[p.Offset : p.Offset+p.Size()]
 		bound := 1 / math.Sqrt(fanIn)
+		if len(v) < 64 {
+			t.Fatalf("%s: %d elements, fewer than the 64 draws the bound below needs", p.Name, len(v))
+		}
 		if got := maxAbs(v); got > bound || got < 0.8*bound {
 			// 0.8: with ≥ 64 uniform draws the largest is above 0.8·bound
 			// with probability 1 − 0.8⁶⁴ ≈ 1 − 6e-7.
