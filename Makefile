@@ -48,6 +48,9 @@ race: deps
 $(BIN)/mpi.test: deps FORCE
 	$(GO) test -c $(GOTAGS) -o $@ ./mpi
 
+# The test binary of ./test, built once: test-golden and test-multihost
+# run its golden cases, test-train its training tests (scripts/cluster
+# runs it by this name).
 $(BIN)/golden.test: deps FORCE
 	$(GO) test -c $(GOTAGS) -o $@ ./test
 
@@ -79,17 +82,14 @@ test-golden: $(BIN)/golden.test
 
 .PHONY: test-train
 
-$(BIN)/train.test: deps FORCE
-	$(GO) test -c $(GOTAGS) -o $@ ./test
-
 # Training under mpirun -np NP: the TestTrainMPI tests (equivalence with one
 # process, accumulation, resume, data and checkpoint errors); then the program
 # on float16 .npy shards from gen-data, resumed from its epoch-2 checkpoint,
 # must end exactly where the uninterrupted run ended; and a NaN row must make
 # every rank print the error and exit non-zero.
-test-train: $(BIN)/train.test $(BIN)/train
-	@echo "== mpirun -np $(NP) train.test: TestTrainMPI"
-	@$(MPIRUN) $(NP) $(BIN)/train.test -test.run 'TestTrainMPI' -test.v > $(BIN)/train-np$(NP).log 2>&1; rc=$$?; \
+test-train: $(BIN)/golden.test $(BIN)/train
+	@echo "== mpirun -np $(NP) golden.test: TestTrainMPI"
+	@$(MPIRUN) $(NP) $(BIN)/golden.test -test.run 'TestTrainMPI' -test.v > $(BIN)/train-np$(NP).log 2>&1; rc=$$?; \
 	grep -E '^(--- |    --- |ok|PASS|FAIL|panic)' $(BIN)/train-np$(NP).log | sed 's/ ([0-9.]*s)//'; \
 	[ $$rc = 0 ] || { tail -40 $(BIN)/train-np$(NP).log; exit 1; }
 	@echo "== mpirun -np $(NP) train on gen-data's float16 shards, 4 epochs; again resumed from epoch 2"
