@@ -27,9 +27,15 @@ type Config struct {
 	Model ModelConfig
 	Optim OptimConfig
 	// BatchSize is the rows per rank of a micro-batch and AccumFreq the
-	// micro-batches of a step (OpenCLIP's --batch-size and --accum-freq):
-	// a step takes BatchSize·AccumFreq rows on each rank, and the global
-	// batch is W·BatchSize·AccumFreq rows.
+	// micro-batches of a step (named after OpenCLIP's --batch-size and
+	// --accum-freq): a step takes BatchSize·AccumFreq rows on each rank,
+	// and the global batch is W·BatchSize·AccumFreq rows.
+	//
+	// A step with AccumFreq = k equals the full-batch step, every gradient
+	// included (GradCache; see Trainer.Gradients). OpenCLIP's accum_freq
+	// does not quite: each of its k backward passes adds the whole
+	// gradient of the logit scale and bias, which so get k times the
+	// full-batch gradient (the heads' gradients agree).
 	BatchSize, AccumFreq int
 	// Epochs is the passes over the training rows.
 	Epochs int
@@ -251,9 +257,12 @@ func (t *Trainer[T]) StepBatch(img, txt []T) (StepStats, error) {
 //
 // With AccumFreq = k > 1 it is GradCache: the features of the k
 // micro-batches are computed without keeping activations, the loss and its
-// gradient with respect to all n rows' features are taken once, and each
-// micro-batch's heads are re-run and back-propagated with its rows of that
-// gradient. The result equals the k = 1 computation up to rounding.
+// gradient with respect to all n rows' features, logit scale and bias are
+// taken once, and each micro-batch's heads are re-run and back-propagated
+// with its rows of that gradient. The result equals the k = 1 computation
+// up to rounding, the logit scale's and bias's gradients included (OpenCLIP's
+// accum_freq adds those once per micro-batch: k times the full-batch
+// gradient).
 //
 // In OpenCLIP's gather_with_grad modes the averaged gradient is the exact
 // gradient of the global loss; in the other modes it is what OpenCLIP's DDP

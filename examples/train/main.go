@@ -7,7 +7,9 @@
 //
 // Flags are named like OpenCLIP's (--local-loss, --gather-with-grad,
 // --siglip, --batch-size per rank, --accum-freq, --lr, --wd, --epochs,
-// --warmup, --seed, --resume, --logs). Rank 0 prints the backends, then a
+// --warmup, --seed, --resume, --logs). --accum-freq differs in one respect:
+// its step equals the full-batch step, where OpenCLIP's gives the logit
+// scale and bias accum-freq times their full-batch gradient. Rank 0 prints the backends, then a
 // line every --log-every steps (or a progress bar on a terminal) and the
 // held-out recall after every --val-frequency epochs; it writes
 // LOGS/metrics.csv, LOGS/curves.png, checkpoints under LOGS/checkpoints and,
@@ -98,7 +100,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.IntVar(&o.tile, "tile", 0, "column tile of the tiled and ring algorithms and of SigLIP (0: default)")
 
 	fs.IntVar(&o.batchSize, "batch-size", 1024, "rows per rank per micro-batch")
-	fs.IntVar(&o.accumFreq, "accum-freq", 1, "micro-batches per step (GradCache-style accumulation: a step takes batch-size × accum-freq rows per rank)")
+	fs.IntVar(&o.accumFreq, "accum-freq", 1, "micro-batches per step (GradCache: a step takes batch-size × accum-freq rows per rank and equals the full-batch step; OpenCLIP's --accum-freq gives the logit scale and bias accum-freq times their gradient)")
 	fs.Float64Var(&o.lr, "lr", 2e-3, "peak learning rate")
 	fs.Float64Var(&o.wd, "wd", 0.1, "AdamW weight decay (not on biases and the logit scale)")
 	fs.Float64Var(&o.beta1, "beta1", 0.9, "AdamW beta1")
