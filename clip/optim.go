@@ -36,8 +36,16 @@ func CosineLR(base float64, warmup, steps, step int) float64 {
 
 // AdamW is torch.optim.AdamW over a model's flat parameter vector, with
 // weight decay only on the tensors whose Param.Decay is set (OpenCLIP's
-// parameter groups). Moments are kept in the parameters' element type, as
-// PyTorch does; each update is computed in float64.
+// parameter groups).
+//
+// The moments m and v are stored in the parameters' element type T, as
+// PyTorch stores them, but each update is computed in float64: the stored
+// m and v, the gradient and the parameter are widened, the new m and v and
+// the parameter's update are computed from those float64 values, and only
+// then are the new parameter, m and v rounded to T. In float64 this is
+// PyTorch's computation; in float32 it differs from PyTorch's float32
+// arithmetic by rounding only (the update uses m and v before they are
+// rounded to float32, PyTorch after).
 type AdamW[T blas.Float] struct {
 	cfg  OptimConfig
 	m, v []T
