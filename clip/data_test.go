@@ -163,7 +163,6 @@ func TestNpyErrors(t *testing.T) {
 	}{
 		{"rows differ", func(t *testing.T, dir string) string {
 			writeSet(t, dir, src, []int{10}, false, false)
-			os.WriteFile(filepath.Join(dir, "t.npy"), nil, 0o644)
 			WriteNpy(filepath.Join(dir, "text-00000.npy"), make([]float32, 9*2), 9, 2, false)
 			return dir
 		}, "has 10 rows but"},

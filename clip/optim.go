@@ -77,11 +77,11 @@ func (o *AdamW[T]) Step(params, grads []T, layout []Param, lr float64) {
 	bc2 := math.Sqrt(1 - math.Pow(c.Beta2, float64(o.t)))
 	step := lr / bc1
 	for _, p := range layout {
-		decay := 1.0
+		n, decay := p.Size(), 1.0
 		if p.Decay {
 			decay = 1 - lr*c.WD
 		}
-		for i := p.Offset; i < p.Offset+p.Size(); i++ {
+		for i := p.Offset; i < p.Offset+n; i++ {
 			g := float64(grads[i])
 			m := c.Beta1*float64(o.m[i]) + (1-c.Beta1)*g
 			v := c.Beta2*float64(o.v[i]) + (1-c.Beta2)*g*g

@@ -85,6 +85,7 @@ type Trainer[T blas.Float] struct {
 	dzi, dzt  []T // their gradients
 	zs        []T // one micro-batch's recomputed features
 	red       []T // gradients and loss, all-reduced
+	lossSum   [1]float64
 }
 
 // NewTrainer is collective: it returns a trainer of a new model
@@ -339,7 +340,13 @@ func (t *Trainer[T]) Gradients(img, txt []T) (float64, error) {
 }
 
 // Loss is collective: it returns the loss, averaged over ranks, of the
-// global batch made of every rank's rows img and txt, without gradients.
+// global batch made of every rank's rows img (n×ImageDim) and txt
+// (n×TextDim), without gradients; n need not be a multiple of AccumFreq.
+// It reuses the trainer's feature buffers; like EncodeImage, it replaces
+// the activations the heads keep for backward. It returns the loss's
+// errors, the same on every rank, and communication errors. It panics if
+// img or txt is not whole rows of the model's widths, or they hold
+// different numbers of rows.
 func (t *Trainer[T]) Loss(img, txt []T) (float64, error) {
 	m := t.model
 	di, dt, e := m.cfg.ImageDim, m.cfg.TextDim, m.cfg.EmbedDim
@@ -347,14 +354,15 @@ func (t *Trainer[T]) Loss(img, txt []T) (float64, error) {
 		panic(errBatchLen)
 	}
 	n := len(img) / di
-	zi, zt := make([]T, n*e), make([]T, n*e)
-	m.EncodeImage(zi, img)
-	m.EncodeText(zt, txt)
-	l, err := t.loss.Forward(zi, zt, m.Logit())
+	t.zi, t.zt = grow(t.zi, n*e), grow(t.zt, n*e)
+	m.EncodeImage(t.zi, img)
+	m.EncodeText(t.zt, txt)
+	l, err := t.loss.Forward(t.zi, t.zt, m.Logit())
 	if err != nil {
 		return 0, err
 	}
-	v := []float64{l}
+	v := t.lossSum[:]
+	v[0] = l
 	if err := t.comm.AllreduceF64(mpi.Sum, v, v); err != nil {
 		return 0, err
 	}

@@ -61,3 +61,29 @@ func TestTrainerConfigAgreement(t *testing.T) {
 		t.Errorf("NaN eps on one rank: %v, want ErrConfig saying eps is NaN", err)
 	}
 }
+
+// TestTrainerLossAllocs: Loss reuses the trainer's buffers, so that the
+// finite-difference checks call it without allocating, and its value does
+// not depend on what an earlier Gradients call left in them.
+func TestTrainerLossAllocs(t *testing.T) {
+	cfg := testConfig(MLP, false)
+	data := testPairs(cfg.Model, 12)
+	tr, err := NewTrainer[float64](mpi.Self(), cfg, loss.NewClipLoss[float64](mpi.Self(), cfg.Model.EmbedDim, loss.ClipOptions{}), data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, txt := toT[float64](data.Image), toT[float64](data.Text)
+	want, err := tr.Loss(img, txt) // sizes the buffers for 12 rows
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tr.Gradients(img[:6*cfg.Model.ImageDim], txt[:6*cfg.Model.TextDim]); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := tr.Loss(img, txt); err != nil || got != want {
+		t.Errorf("loss %v (%v) after a Gradients call, %v before", got, err, want)
+	}
+	if n := testing.AllocsPerRun(10, func() { tr.Loss(img, txt) }); n != 0 {
+		t.Errorf("Loss allocates %v times per call, want 0", n)
+	}
+}
