@@ -146,16 +146,24 @@ export OMPI_MCA_oob_tcp_keepalive_probes=${OMPI_MCA_oob_tcp_keepalive_probes:-3}
 echo "clipmpi: job ${SLURM_JOB_ID:-?} on ${SLURM_JOB_NODELIST:-?}: ${SLURM_NTASKS:-?} ranks, $OPENBLAS_NUM_THREADS BLAS thread(s) each, launcher $launcher"
 case $launcher in
 srun)
+	# --cpus-per-task: srun of Slurm 22.05 and 23.02 does not read
+	# SLURM_CPUS_PER_TASK, and without it gives (and binds) each rank one
+	# CPU whatever the job asked for, under the BLAS threads set above.
 	# --kill-on-bad-exit: a rank that dies or exits non-zero ends every rank
 	# at once. --wait: ranks still running 10 s after the first one ended
 	# are killed, so a rank stuck in a collective cannot hold the job.
-	exec srun --mpi=pmix --kill-on-bad-exit=1 --wait=10 \
+	exec srun --mpi=pmix --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}" --kill-on-bad-exit=1 --wait=10 \
 		"$program" {{.Args}}{{if .Args}} {{end}}"$@"
 	;;
 mpirun)
 	# mpirun takes the nodes and slots from the allocation and starts its
 	# daemons with srun. It ends every rank when one exits non-zero or dies,
-	# and the job when a daemon is lost (the keepalive above).
+	# and the job when a daemon is lost (the keepalive above). That srun
+	# starts one daemon per node, unbound, and the ranks under it; it must
+	# not get --cpus-per-task (nor SRUN_CPUS_PER_TASK, which means the
+	# same): that implies --exact and would hold all the node's ranks to
+	# one rank's CPUs. Without it the step gets all the job's CPUs there.
+	unset SRUN_CPUS_PER_TASK
 	root=()
 	[ "$(id -u)" != 0 ] || root=(--allow-run-as-root)
 	exec mpirun "${root[@]}" -np "$SLURM_NTASKS" --map-by "ppr:${SLURM_NTASKS_PER_NODE:-{{.TasksPerNode}}}:node" --bind-to none \

@@ -25,7 +25,8 @@ func TestScript(t *testing.T) {
 		"OMPI_MCA_oob_tcp_keepalive_time=${OMPI_MCA_oob_tcp_keepalive_time:-5}\n",
 		"OMPI_MCA_oob_tcp_keepalive_intvl=${OMPI_MCA_oob_tcp_keepalive_intvl:-2}\n",
 		"OMPI_MCA_oob_tcp_keepalive_probes=${OMPI_MCA_oob_tcp_keepalive_probes:-3}\n",
-		"srun --mpi=pmix --kill-on-bad-exit=1 --wait=10",
+		`srun --mpi=pmix --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}" --kill-on-bad-exit=1 --wait=10`,
+		"unset SRUN_CPUS_PER_TASK\n",
 		`"$program" --batch-size 256 --name 'it'\''s a run' "$@"`,
 		`mpirun "${root[@]}" -np "$SLURM_NTASKS" --map-by "ppr:${SLURM_NTASKS_PER_NODE:-8}:node"`,
 	} {
@@ -116,7 +117,7 @@ func TestScriptRuns(t *testing.T) {
 	}
 	dir := t.TempDir()
 	for _, name := range []string{"srun", "mpirun"} {
-		fake := "#!/bin/sh\necho " + name + " \"$@\"; echo threads=$OPENBLAS_NUM_THREADS keepalive=$OMPI_MCA_oob_tcp_keepalive_time\n"
+		fake := "#!/bin/sh\necho " + name + " \"$@\"; echo threads=$OPENBLAS_NUM_THREADS keepalive=$OMPI_MCA_oob_tcp_keepalive_time srun_cpus=${SRUN_CPUS_PER_TASK-unset}\n"
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(fake), 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -132,7 +133,8 @@ func TestScriptRuns(t *testing.T) {
 	run := func(launcher string) string {
 		cmd := exec.Command("bash", script, "--resume", "latest")
 		cmd.Env = append(os.Environ(), "PATH="+dir+":"+os.Getenv("PATH"), "SLURM_SUBMIT_DIR=/sub", "SLURM_CPUS_PER_TASK=3",
-			"SLURM_NTASKS=4", "SLURM_NTASKS_PER_NODE=2", "CLIPMPI_LAUNCHER="+launcher, "OMPI_MCA_oob_tcp_keepalive_time=")
+			"SLURM_NTASKS=4", "SLURM_NTASKS_PER_NODE=2", "CLIPMPI_LAUNCHER="+launcher, "OMPI_MCA_oob_tcp_keepalive_time=",
+			"SRUN_CPUS_PER_TASK=3")
 		out, err := cmd.CombinedOutput()
 		if err != nil && launcher != "bogus" {
 			t.Fatalf("%s: %v\n%s", launcher, err, out)
@@ -140,7 +142,9 @@ func TestScriptRuns(t *testing.T) {
 		return string(out)
 	}
 	out := run("srun")
-	for _, want := range []string{"srun --mpi=pmix --kill-on-bad-exit=1 --wait=10 /sub/bin/train --epochs 1 --resume latest\n", "threads=3 keepalive=5\n"} {
+	// srun gets the CPUs per task from the job: Slurm 22.05 and 23.02 do
+	// not read SLURM_CPUS_PER_TASK themselves.
+	for _, want := range []string{"srun --mpi=pmix --cpus-per-task=3 --kill-on-bad-exit=1 --wait=10 /sub/bin/train --epochs 1 --resume latest\n", "threads=3 keepalive=5 "} {
 		if !strings.Contains(out, want) {
 			t.Errorf("srun: output lacks %q:\n%s", want, out)
 		}
@@ -148,6 +152,11 @@ func TestScriptRuns(t *testing.T) {
 	out = run("mpirun")
 	if !strings.Contains(out, "-np 4 --map-by ppr:2:node --bind-to none -x OPENBLAS_NUM_THREADS -x OMP_NUM_THREADS /sub/bin/train --epochs 1 --resume latest\n") {
 		t.Errorf("mpirun: unexpected output:\n%s", out)
+	}
+	// mpirun's own srun (its daemons, one per node) must get all the
+	// node's CPUs: no --cpus-per-task, so no SRUN_CPUS_PER_TASK either.
+	if !strings.Contains(out, "threads=3 keepalive=5 srun_cpus=unset\n") {
+		t.Errorf("mpirun: SRUN_CPUS_PER_TASK reaches mpirun:\n%s", out)
 	}
 	if out = run("bogus"); !strings.Contains(out, "want srun or mpirun") {
 		t.Errorf("bogus launcher: unexpected output:\n%s", out)
