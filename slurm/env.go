@@ -87,7 +87,8 @@ func (e Env) Launcher() string {
 }
 
 // String is a one-line summary, e.g. "rank 1/4 (SLURM_PROCID, SLURM_NTASKS),
-// local rank 1/2 (SLURM_LOCALID), node n01 of n[01-02], job 42".
+// local rank 1/2 (SLURM_LOCALID), node n01 of 2, job 42" (2: the number of
+// nodes in SLURM_JOB_NODELIST).
 func (e Env) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "rank %d/%d (%s, %s), local rank %d", e.Rank, e.Size, orDefault(e.RankVar), orDefault(e.SizeVar), e.LocalRank)

@@ -136,8 +136,8 @@ export OMP_NUM_THREADS=$OPENBLAS_NUM_THREADS
 # Fail fast when a node goes silent (cut link, crash, hung kernel). Open MPI
 # declares a daemon lost after TCP keepalive on its out-of-band channel:
 # first probe after 5 s idle, then every 2 s, lost after 3 missed probes,
-# about 10 s in all (the defaults, 300 s + 9 x 20 s, let a job hang for
-# 8 minutes). mpirun inside the allocation relies on this; ranks started by
+# about 11 s in all (5 + 3 x 2; the defaults, 300 s + 9 x 20 s, let a job
+# hang for 8 minutes). mpirun inside the allocation relies on this; ranks started by
 # srun are ended by Slurm when slurmd stops answering (SlurmdTimeout).
 export OMPI_MCA_oob_tcp_keepalive_time=${OMPI_MCA_oob_tcp_keepalive_time:-5}
 export OMPI_MCA_oob_tcp_keepalive_intvl=${OMPI_MCA_oob_tcp_keepalive_intvl:-2}
