@@ -19,7 +19,8 @@
 // error makes every rank print "faultprog: rank R of W: step S: ERROR" and
 // exit with status 3 after MPI_Finalize. Each rank writes its pid to
 // PIDFILE.rank<R> and prints "faultprog: rank R of W pid P on HOST
-// (LAUNCH ENV)", then one line a second from rank 0.
+// (LAUNCH ENV; T BLAS threads, C CPUs usable)", C being the CPUs its
+// affinity mask allows, then one line a second from rank 0.
 package main
 
 import (
@@ -68,7 +69,7 @@ func main() {
 		}
 	}
 	threads, _ := env.Threads(runtime.NumCPU())
-	fmt.Printf("faultprog: rank %d of %d pid %d on %s (%s; %d BLAS threads)\n", r, w, os.Getpid(), host, env, threads)
+	fmt.Printf("faultprog: rank %d of %d pid %d on %s (%s; %d BLAS threads, %d CPUs usable)\n", r, w, os.Getpid(), host, env, threads, runtime.NumCPU())
 
 	code := run(comm, *seconds, *b, *d, *algoName, *fault, *faultRank, *faultAfter, *pause)
 	if err := mpi.Finalize(); err != nil {
