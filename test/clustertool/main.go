@@ -3,13 +3,17 @@
 // Command clustertool holds the small helpers of the cluster tests
 // (scripts/cluster) that a shell does badly:
 //
-//	clustertool killwrite -dir LOGS/checkpoints -prefix .latest.ckpt.tmp- -after latest.ckpt -tag T
-//	    waits (inotify) until a file named PREFIX* is created in DIR while
-//	    DIR/AFTER exists, that is, until a checkpoint replaces an earlier
-//	    one, and at once SIGKILLs every MPI rank whose environment holds
-//	    CLIPMPI_CLUSTER_RUN=T. It exits 0 if the temporary file was still
-//	    there after the kill (the job died while the checkpoint was being
-//	    written) and DIR/AFTER was not replaced; 1 otherwise; 2 on timeout.
+//	clustertool killwrite -dir LOGS/checkpoints -tmp .latest.ckpt.tmp -after latest.ckpt -tag T [-tries 3]
+//	    waits (inotify) until a file named TMP or TMP-* is created in DIR
+//	    while DIR/AFTER exists, that is, until a checkpoint replaces an
+//	    earlier one, and at once SIGKILLs every MPI rank whose environment
+//	    holds CLIPMPI_CLUSTER_RUN=T (listed beforehand, and kept fresh)
+//	    as soon as the file holds its first bytes. A temporary file already
+//	    renamed when the kill is due is let go, and the next checkpoint
+//	    tried, up to -tries in all. It exits 0 if the
+//	    temporary file was still there after the kill (the job died while
+//	    the checkpoint was being written) and DIR/AFTER was not replaced;
+//	    1 otherwise, or when the ranks end first; 2 on timeout.
 //
 //	clustertool summary -file SUMMARY.json -world W [-steps N]
 //	    checks a training summary: world size W, N steps (if given), every
@@ -30,6 +34,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 	"unsafe"
@@ -67,9 +72,10 @@ func (e exitCode) Error() string { return "exit " + strconv.Itoa(int(e)) }
 func killWrite(args []string) error {
 	fs := flag.NewFlagSet("killwrite", flag.ExitOnError)
 	dir := fs.String("dir", "", "directory the checkpoints are written to")
-	prefix := fs.String("prefix", ".latest.ckpt.tmp-", "name prefix of the temporary file a checkpoint is written to")
+	tmpName := fs.String("tmp", ".latest.ckpt.tmp", "name of the temporary file a checkpoint is written to; NAME-* matches too")
 	after := fs.String("after", "latest.ckpt", "kill only once this file exists in -dir (a previous checkpoint)")
 	tag := fs.String("tag", "", "value of CLIPMPI_CLUSTER_RUN in the environment of the ranks to kill")
+	tries := fs.Int("tries", 3, "give up after this many checkpoints renamed before the kill could land")
 	timeout := fs.Duration("timeout", 60*time.Second, "give up after this long")
 	fs.Parse(args)
 	if *dir == "" || *tag == "" {
@@ -110,36 +116,59 @@ func killWrite(args []string) error {
 			}
 		}
 	}()
+	// Scanning /proc takes milliseconds, longer than a small checkpoint
+	// takes to write: find the ranks beforehand and keep the list fresh.
+	ranks := newRankList(*tag)
+	defer ranks.stop()
 	afterPath := filepath.Join(*dir, *after)
 	timer := time.NewTimer(time.Until(deadline))
+	ticker := time.NewTicker(100 * time.Millisecond)
+	defer ticker.Stop()
+	missed := 0
 	for {
 		select {
 		case <-timer.C:
 			fmt.Fprintf(os.Stderr, "clustertool: no checkpoint replaced %s within %v\n", afterPath, *timeout)
 			return exitCode(2)
+		case <-ticker.C:
+			if ranks.ended() {
+				fmt.Printf("clustertool: the ranks ended before a checkpoint could be killed mid-write (%d renamed first)\n", missed)
+				return exitCode(1)
+			}
 		case name, ok := <-names:
 			if !ok {
 				return errors.New("reading inotify events failed")
 			}
-			if !strings.HasPrefix(name, *prefix) {
+			if name != *tmpName && !strings.HasPrefix(name, *tmpName+"-") {
 				continue
 			}
 			before, err := os.Stat(afterPath)
 			if err != nil {
 				continue // the first checkpoint: nothing to keep intact yet
 			}
-			pids := rankPids(*tag)
+			pids := ranks.get()
+			if len(pids) == 0 {
+				return fmt.Errorf("no process has CLIPMPI_CLUSTER_RUN=%s and OMPI_COMM_WORLD_RANK in its environment", *tag)
+			}
+			// Kill once the first bytes are in (the save is then mid-write),
+			// unless the file is gone: renamed already, the next checkpoint
+			// is tried.
+			tmp := filepath.Join(*dir, name)
+			if !writing(tmp, time.Second) {
+				missed++
+				if missed >= *tries {
+					fmt.Printf("clustertool: %d checkpoints were renamed before the kill could land\n", missed)
+					return exitCode(1)
+				}
+				continue
+			}
 			for _, p := range pids {
 				syscall.Kill(p, syscall.SIGKILL)
 			}
 			killed := time.Now()
-			tmp := filepath.Join(*dir, name)
 			size := int64(-1)
 			if fi, err := os.Stat(tmp); err == nil {
 				size = fi.Size()
-			}
-			if len(pids) == 0 {
-				return fmt.Errorf("no process has CLIPMPI_CLUSTER_RUN=%s and OMPI_COMM_WORLD_RANK in its environment", *tag)
 			}
 			time.Sleep(300 * time.Millisecond) // let anything that survived finish its rename
 			_, tmpErr := os.Stat(tmp)
@@ -155,12 +184,91 @@ func killWrite(args []string) error {
 	}
 }
 
+// writing waits until file holds data, for up to max; false if it is gone
+// before (or when max has passed).
+func writing(file string, max time.Duration) bool {
+	end := time.Now().Add(max)
+	for {
+		fi, err := os.Stat(file)
+		if err != nil {
+			return false
+		}
+		if fi.Size() > 0 || time.Now().After(end) {
+			return true
+		}
+	}
+}
+
+// rankList keeps the pids of the ranks of one run, refreshed every 50 ms
+// by a goroutine.
+type rankList struct {
+	tag  string
+	mu   sync.Mutex
+	pids []int
+	seen time.Time // when a rank was last seen; zero before the first
+	done chan struct{}
+}
+
+func newRankList(tag string) *rankList {
+	r := &rankList{tag: tag, done: make(chan struct{})}
+	r.refresh()
+	go func() {
+		t := time.NewTicker(50 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-r.done:
+				return
+			case <-t.C:
+				r.refresh()
+			}
+		}
+	}()
+	return r
+}
+
+func (r *rankList) refresh() {
+	pids := rankPids(r.tag)
+	r.mu.Lock()
+	r.pids = pids
+	if len(pids) > 0 {
+		r.seen = time.Now()
+	}
+	r.mu.Unlock()
+}
+
+func (r *rankList) stop() { close(r.done) }
+
+// get returns the listed pids that still are ranks of the run (a check of
+// their own environment only, so that a reused pid is not killed); if none
+// is, it scans /proc once more.
+func (r *rankList) get() []int {
+	r.mu.Lock()
+	listed := r.pids
+	r.mu.Unlock()
+	var pids []int
+	for _, p := range listed {
+		if isRank(p, r.tag) {
+			pids = append(pids, p)
+		}
+	}
+	if len(pids) == 0 {
+		pids = rankPids(r.tag)
+	}
+	return pids
+}
+
+// ended reports whether ranks were seen once and none for a second since.
+func (r *rankList) ended() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return !r.seen.IsZero() && len(r.pids) == 0 && time.Since(r.seen) > time.Second
+}
+
 // rankPids returns the processes whose environment holds
 // CLIPMPI_CLUSTER_RUN=tag and OMPI_COMM_WORLD_RANK (the ranks, not mpirun
 // or its daemons).
 func rankPids(tag string) []int {
-	want := []byte("\x00CLIPMPI_CLUSTER_RUN=" + tag + "\x00")
-	rank := []byte("\x00OMPI_COMM_WORLD_RANK=")
 	ents, _ := os.ReadDir("/proc")
 	var pids []int
 	for _, e := range ents {
@@ -168,16 +276,22 @@ func rankPids(tag string) []int {
 		if err != nil || pid == os.Getpid() {
 			continue
 		}
-		env, err := os.ReadFile("/proc/" + e.Name() + "/environ")
-		if err != nil {
-			continue
-		}
-		env = append(append([]byte{0}, env...), 0)
-		if bytes.Contains(env, want) && bytes.Contains(env, rank) {
+		if isRank(pid, tag) {
 			pids = append(pids, pid)
 		}
 	}
 	return pids
+}
+
+// isRank reports whether pid's environment holds CLIPMPI_CLUSTER_RUN=tag
+// and OMPI_COMM_WORLD_RANK.
+func isRank(pid int, tag string) bool {
+	env, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
+	if err != nil {
+		return false
+	}
+	env = append(append([]byte{0}, env...), 0)
+	return bytes.Contains(env, []byte("\x00CLIPMPI_CLUSTER_RUN="+tag+"\x00")) && bytes.Contains(env, []byte("\x00OMPI_COMM_WORLD_RANK="))
 }
 
 // checkSummary implements clustertool summary.
