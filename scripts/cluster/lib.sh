@@ -1,17 +1,32 @@
 # shellcheck shell=bash
 # lib.sh: what the cluster harnesses (slurm.sh, multihost.sh) share:
-# PASS/FAIL bookkeeping, timing, bounded commands, apt, and cleanup that
-# runs on every exit.
+# PASS/FAIL/SKIP bookkeeping, timing, one overall deadline, bounded
+# commands, apt, and cleanup that runs on every exit.
 #
 # Every process a harness starts inherits CLIPMPI_CLUSTER_RUN=<id>; at the
 # end the harness kills whatever still carries it and fails if anything
 # did, so a leftover rank, orted or daemon is a test failure, not a
 # surprise for the next run.
+#
+# Signals: a long command runs in the background (run_bg) while the shell
+# waits for it, so that SIGINT or SIGTERM runs the cleanup at once (bash
+# runs a trap only once a foreground child has exited). The cleanup kills
+# what the harness started, ignores further INT and TERM, and exits 130
+# (INT) or 143 (TERM).
 
 CL_T0=$(date +%s.%N)
 CL_PASS=0
 CL_FAIL=0
+CL_SKIP=0
 CL_NAME=${CL_NAME:-cluster}
+# The whole run, cleanup aside, ends within CL_LIMIT seconds: every bounded
+# step gets at most what is left (lim). The Makefile's timeout, a minute
+# longer, leaves time for the cleanup.
+CL_LIMIT=${CLIPMPI_CLUSTER_LIMIT:-360}
+CL_END=$((SECONDS + CL_LIMIT))
+CL_CLEANING=0
+CL_INTERRUPTED=
+CL_WORKDIR=
 export CLIPMPI_CLUSTER_RUN=${CL_NAME}-$$-$RANDOM
 CL_CLEANUP=()
 
@@ -23,6 +38,8 @@ le() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a <= b) }'; }
 log() { printf '[%6.1fs] %s\n' "$(elapsed "$CL_T0")" "$*"; }
 pass() { CL_PASS=$((CL_PASS + 1)); echo "PASS: $*"; }
 fail() { CL_FAIL=$((CL_FAIL + 1)); echo "FAIL: $*"; }
+# skip WHAT: a part that cannot run here, counted in the summary line.
+skip() { CL_SKIP=$((CL_SKIP + 1)); echo "SKIP: $*"; }
 
 # skip_all REASON: nothing can run here; say why and succeed.
 skip_all() {
@@ -31,35 +48,160 @@ skip_all() {
 	exit 0
 }
 
+# lim SECONDS: SECONDS (a whole number), or what is left of the overall
+# deadline if that is less (at least 1). The cleanup is not limited.
+lim() {
+	local left=$((CL_END - SECONDS))
+	if [ "$CL_CLEANING" = 1 ] || [ "$1" -le "$left" ]; then
+		echo "$1"
+	elif [ "$left" -ge 1 ]; then
+		echo "$left"
+	else
+		echo 1
+	fi
+}
+
+# need_time WHAT [SECONDS]: fail and end the run if less than SECONDS (5)
+# of the overall deadline is left for WHAT.
+need_time() {
+	[ $((CL_END - SECONDS)) -ge "${2:-5}" ] && return 0
+	fail "out of time: the harness's $CL_LIMIT s deadline leaves nothing for $1"
+	exit 1
+}
+
+# run_bg CMD...: run CMD in the background and wait for it; its exit
+# status. A signal to the harness interrupts the wait and runs the cleanup
+# at once, which a foreground CMD would delay until it ends.
+run_bg() {
+	"$@" &
+	wait $!
+}
+
 # on_exit CMD...: run CMD (one string, eval'ed) at exit, last registered first.
 on_exit() { CL_CLEANUP+=("$*"); }
 
+# workdir KIND: make the work directory W. It is removed at exit if the run
+# passed, and kept (and named) if anything failed, the run was interrupted,
+# or CLIPMPI_KEEP=1.
+workdir() {
+	W=$(mktemp -d "/tmp/clipmpi-$1.XXXXXX")
+	CL_WORKDIR=$W
+	log "work directory $W"
+}
+
+cl_signal() {
+	CL_INTERRUPTED=" (interrupted by SIG$1)"
+	echo "$CL_NAME: interrupted by SIG$1: cleaning up"
+	exit "$2"
+}
+
 cl_exit() {
 	local rc=$? i
-	trap - EXIT INT TERM
+	# A second INT or TERM must not cut the cleanup short.
+	trap '' INT TERM
+	trap - EXIT
 	set +e
+	CL_CLEANING=1
+	stop_children
 	for ((i = ${#CL_CLEANUP[@]} - 1; i >= 0; i--)); do
 		eval "${CL_CLEANUP[i]}"
 	done
 	leftovers
-	echo "$CL_NAME: $CL_PASS passed, $CL_FAIL failed ($(elapsed "$CL_T0") s)${CL_SKIPPED:-}"
-	[ "$CL_FAIL" = 0 ] && [ "$rc" = 0 ] || exit 1
+	if [ -n "$CL_WORKDIR" ] && [ -d "$CL_WORKDIR" ]; then
+		if [ "$CL_FAIL" = 0 ] && [ "$rc" = 0 ] && [ "${CLIPMPI_KEEP:-0}" != 1 ]; then
+			rm -rf "$CL_WORKDIR"
+		else
+			echo "work directory kept: $CL_WORKDIR"
+		fi
+	fi
+	local skipped=
+	[ "$CL_SKIP" = 0 ] || skipped=", $CL_SKIP skipped"
+	echo "$CL_NAME: $CL_PASS passed, $CL_FAIL failed$skipped ($(elapsed "$CL_T0") s)${CL_SKIPPED:-}${CL_INTERRUPTED:-}"
+	[ "$rc" = 0 ] || exit "$rc"
+	[ "$CL_FAIL" = 0 ] || exit 1
 	exit 0
 }
 trap cl_exit EXIT
-trap 'echo "$CL_NAME: interrupted"; exit 130' INT TERM
+trap 'cl_signal INT 130' INT
+trap 'cl_signal TERM 143' TERM
 
-# tagged_pids: set TAGGED to the processes (other than this shell) whose
-# environment carries this run's CLIPMPI_CLUSTER_RUN. Builtins only, so
-# that the scan itself starts no process that carries it.
+# descendants PID: set DESC to every live descendant of PID (from /proc,
+# with builtins only, so that the scan starts no process).
+descendants() {
+	local root=$1 d line rest ppid queue p c
+	local -A kids=()
+	for d in /proc/[0-9]*; do
+		{ read -r line <"$d/stat"; } 2>/dev/null || continue
+		rest=${line##*) }
+		[ "${rest%% *}" = Z ] && continue # exited, waiting for its parent
+		rest=${rest#* }
+		ppid=${rest%% *}
+		kids[$ppid]+=" ${d#/proc/}"
+	done
+	DESC=()
+	queue=("$root")
+	while [ ${#queue[@]} -gt 0 ]; do
+		p=${queue[0]}
+		queue=("${queue[@]:1}")
+		for c in ${kids[$p]:-}; do
+			DESC+=("$c")
+			queue+=("$c")
+		done
+	done
+}
+
+# kill_tree PID...: end PID and everything under it: SIGTERM, and SIGKILL
+# for what is still there 2 s later (mpirun with a lost daemon ignores a
+# single SIGTERM).
+kill_tree() {
+	local p all=()
+	for p in "$@"; do
+		descendants "$p"
+		all+=("$p" "${DESC[@]}")
+	done
+	[ ${#all[@]} = 0 ] && return 0
+	kill -TERM "${all[@]}" 2>/dev/null
+	wait_until 2 gone "${all[@]}" && return 0
+	for p in "$@"; do
+		descendants "$p"
+		all+=("${DESC[@]}")
+	done
+	kill -KILL "${all[@]}" 2>/dev/null
+	wait_until 3 gone "${all[@]}"
+}
+
+# gone PID...: none of them is running (a zombie counts as gone).
+gone() {
+	local p s
+	for p in "$@"; do
+		{ read -r s <"/proc/$p/stat"; } 2>/dev/null || continue
+		s=${s##*) }
+		[ "${s%% *}" = Z ] || return 1
+	done
+	return 0
+}
+
+# stop_children: end whatever the harness's shell still has running under
+# it (a background job, or the command a signal interrupted).
+stop_children() {
+	descendants $$
+	[ ${#DESC[@]} = 0 ] && return
+	local n=${#DESC[@]}
+	kill_tree "${DESC[@]}"
+	log "stopped $n process(es) the harness still had running"
+}
+
+# tagged_pids [TAG]: set TAGGED to the processes (other than this shell)
+# whose environment carries CLIPMPI_CLUSTER_RUN=TAG (default: this run's).
+# Builtins only, so that the scan itself starts no process that carries it.
 tagged_pids() {
+	local want=CLIPMPI_CLUSTER_RUN=${1:-$CLIPMPI_CLUSTER_RUN} d kv
 	TAGGED=()
-	local d kv
 	for d in /proc/[0-9]*; do
 		[ "${d#/proc/}" = $$ ] && continue
 		{
 			while IFS= read -r -d '' kv; do
-				if [ "$kv" = "CLIPMPI_CLUSTER_RUN=$CLIPMPI_CLUSTER_RUN" ]; then
+				if [ "$kv" = "$want" ]; then
 					TAGGED+=("${d#/proc/}")
 					break
 				fi
@@ -79,10 +221,11 @@ leftovers() {
 	fail "cleanup: processes of this run were still alive (killed now): $list"
 }
 
-# wait_until SECONDS CMD...: poll CMD every 0.1 s until it succeeds; 1 on timeout.
+# wait_until SECONDS CMD...: poll CMD every 0.1 s until it succeeds; 1 on
+# timeout. SECONDS (a whole number) is capped by the overall deadline.
 wait_until() {
 	local end
-	end=$(awk -v a="$(now)" -v s="$1" 'BEGIN { printf "%.2f", a + s }')
+	end=$(awk -v a="$(now)" -v s="$(lim "$1")" 'BEGIN { printf "%.2f", a + s }')
 	shift
 	until "$@"; do
 		le "$end" "$(now)" && return 1
