@@ -276,6 +276,10 @@ SUB=10.231.77
 # NET_SKIP says why.
 net_probe() {
 	local err
+	if ! command -v ip >/dev/null; then
+		NET_SKIP="ip (iproute2) not found"
+		return 1
+	fi
 	if ! err=$(ip netns add "$NET_ID-probe" 2>&1); then
 		NET_SKIP="ip netns unsupported here: $err"
 		return 1
@@ -289,14 +293,25 @@ net_probe() {
 }
 
 # ns_kill NS...: SIGKILL every process in the namespaces (deleting a
-# namespace does not end them).
+# namespace does not end them); 1 if there was any.
 ns_kill() {
-	local ns pids
+	local ns pids any=0
 	for ns in "$@"; do
 		pids=$(ip netns pids "$ns" 2>/dev/null | tr '\n' ' ')
-		[ -n "${pids// /}" ] && kill -9 $pids 2>/dev/null
+		if [ -n "${pids// /}" ]; then
+			any=1
+			kill -9 $pids 2>/dev/null
+		fi
 	done
-	return 0
+	return $any
+}
+
+# ns_clear SECONDS NS...: ns_kill until the namespaces hold no process; 1
+# if some are still there after SECONDS.
+ns_clear() {
+	local s=$1
+	shift
+	wait_until "$s" ns_kill "$@"
 }
 
 net_up() {
@@ -320,19 +335,39 @@ net_up() {
 	log "namespaces $NS_HEAD (bridge $SUB.254), $NS_A ($SUB.1), $NS_B ($SUB.2)"
 }
 
-# net_down: kill what runs in the namespaces, delete them (and so the veth
-# pairs and the bridge), and check that none is left.
+# net_down: kill what runs in the namespaces and wait until none holds a
+# process (a process keeps a deleted namespace, and its devices, alive),
+# delete the veth pairs and the bridge and check that only lo is left,
+# delete the namespaces and check that they are gone.
 net_down() {
-	local ns left
-	ns_kill "${NSS[@]}"
-	sleep 0.2
+	local ns h links bad= left
+	if ! ns_clear 5 "${NSS[@]}"; then
+		for ns in "${NSS[@]}"; do
+			left=$(ip netns pids "$ns" 2>/dev/null | tr '\n' ' ')
+			[ -z "$left" ] || bad+=" $ns: pids $left;"
+		done
+		fail "cleanup: processes in the namespaces survive SIGKILL for 5 s:$bad"
+		bad=
+	fi
+	for h in A B; do
+		ip -n "$NS_HEAD" link del "vp$h" 2>/dev/null
+	done
+	ip -n "$NS_HEAD" link del br0 2>/dev/null
 	for ns in "${NSS[@]}"; do
-		ip netns del "$ns" 2>/dev/null
+		[ -e "/run/netns/$ns" ] || continue
+		links=$(ip -n "$ns" -o link show 2>/dev/null | awk -F': ' '$2 != "lo" { sub(/@.*/, "", $2); print $2 }' | tr '\n' ' ')
+		[ -z "$links" ] || bad+=" $ns: $links;"
+	done
+	for ns in "${NSS[@]}"; do
+		[ -e "/run/netns/$ns" ] && ip netns del "$ns"
 	done
 	left=$(ip netns list | grep -F "$NET_ID-" | tr '\n' ' ')
+	if [ -n "$bad" ]; then
+		fail "cleanup: devices left after deleting the veth pairs and the bridge:$bad"
+	fi
 	if [ -n "$left" ]; then
 		fail "cleanup: namespaces left: $left"
-	else
+	elif [ -z "$bad" ]; then
 		log "namespaces, veth pairs and bridge removed"
 	fi
 }
