@@ -3,10 +3,12 @@
 # PASS/FAIL/SKIP bookkeeping, timing, one overall deadline, bounded
 # commands, apt, and cleanup that runs on every exit.
 #
-# Every process a harness starts inherits CLIPMPI_CLUSTER_RUN=<id>; at the
-# end the harness kills whatever still carries it and fails if anything
-# did, so a leftover rank, orted or daemon is a test failure, not a
-# surprise for the next run.
+# Every process a harness starts inherits CLIPMPI_CLUSTER_RUN=<name>-<pid>-<n>
+# (<pid>: the harness's shell). At the end the harness kills whatever
+# still carries it and fails if anything did, so a leftover rank, orted or
+# daemon is a test failure, not a surprise for the next run. A run that
+# was SIGKILLed cannot clean up; the next one (sweep_stale) ends the
+# processes and deletes the namespaces of runs whose shell is gone.
 #
 # Signals: a long command runs in the background (run_bg) while the shell
 # waits for it, so that SIGINT or SIGTERM runs the cleanup at once (bash
@@ -221,6 +223,51 @@ leftovers() {
 	fail "cleanup: processes of this run were still alive (killed now): $list"
 }
 
+# harness_alive PID: PID is a running cluster harness (slurm.sh or multihost.sh).
+harness_alive() {
+	local a
+	{
+		while IFS= read -r -d '' a; do
+			case $a in */slurm.sh | */multihost.sh | slurm.sh | multihost.sh) return 0 ;; esac
+		done <"/proc/$1/cmdline"
+	} 2>/dev/null
+	return 1
+}
+
+# sweep_stale: end what runs of the harnesses that were killed without
+# cleaning up (SIGKILL, a crash) left: processes carrying the tag of a run
+# whose shell is gone, then network namespaces named after such a shell.
+sweep_stale() {
+	local d kv v ns pid stale=() tags=()
+	for d in /proc/[0-9]*; do
+		{
+			while IFS= read -r -d '' kv; do
+				case $kv in CLIPMPI_CLUSTER_RUN=*) ;; *) continue ;; esac
+				v=${kv#CLIPMPI_CLUSTER_RUN=}
+				if [ "$v" != "$CLIPMPI_CLUSTER_RUN" ] && [[ $v =~ -([0-9]+)-[0-9]+$ ]] && ! harness_alive "${BASH_REMATCH[1]}"; then
+					stale+=("${d#/proc/}")
+					[[ " ${tags[*]} " == *" $v "* ]] || tags+=("$v")
+				fi
+				break
+			done <"$d/environ"
+		} 2>/dev/null
+	done
+	if [ ${#stale[@]} -gt 0 ]; then
+		kill -9 "${stale[@]}" 2>/dev/null
+		wait_until 5 gone "${stale[@]}"
+		log "killed ${#stale[@]} process(es) left by earlier runs that were killed (${tags[*]})"
+	fi
+	command -v ip >/dev/null || return 0
+	for ns in $(ip netns list 2>/dev/null | cut -d' ' -f1); do
+		[[ $ns =~ ^cm([0-9]+)(r[0-9]+)?-(head|hostA|hostB|probe)$ ]] || continue
+		pid=${BASH_REMATCH[1]}
+		[ "$pid" = $$ ] && continue
+		harness_alive "$pid" && continue
+		ns_clear 5 "$ns" || log "processes in $ns survive SIGKILL"
+		ip netns del "$ns" 2>/dev/null && log "deleted namespace $ns of an earlier run that was killed (pid $pid)"
+	done
+}
+
 # wait_until SECONDS CMD...: poll CMD every 0.1 s until it succeeds; 1 on
 # timeout. SECONDS (a whole number) is capped by the overall deadline.
 wait_until() {
@@ -265,9 +312,11 @@ show() { tail -n "${2:-40}" "$1" 2>/dev/null | sed 's/^/    | /'; }
 #     |-- vpA ===veth=== veth0 $SUB.1  netns $NS_A ("hostA")
 #     `-- vpB ===veth=== veth0 $SUB.2  netns $NS_B ("hostB")
 #
-# Nothing is added to the root namespace; names carry this shell's pid so
-# that runs side by side do not meet. $W/hosts names the three.
-NET_ID=cm$$
+# Nothing is added to the root namespace. The names carry this shell's pid
+# (so that sweep_stale can tell a dead run's) and a random number (so that
+# a reused pid does not meet a namespace left by a killed run). $W/hosts
+# names the three.
+NET_ID=cm$$r$RANDOM
 NS_HEAD=$NET_ID-head NS_A=$NET_ID-hostA NS_B=$NET_ID-hostB
 NSS=("$NS_HEAD" "$NS_A" "$NS_B")
 SUB=10.231.77
