@@ -288,17 +288,18 @@ pkg_installed() {
 	done
 }
 
-# apt_install PKG...: install what is missing, waiting for another apt to
-# finish; skips the whole harness when apt cannot (not Debian, no network).
+# apt_install PKG...: install what is missing, waiting up to 60 s for
+# another apt to finish and 180 s for each apt-get; skips the whole harness
+# when apt cannot (not Debian, no network).
 apt_install() {
 	pkg_installed "$@" && return 0
 	command -v apt-get >/dev/null || skip_all "apt-get unavailable: install $* by hand"
 	export DEBIAN_FRONTEND=noninteractive
-	local opts=(-o DPkg::Lock::Timeout=300 -y -qq --no-install-recommends)
+	local lock=(-o DPkg::Lock::Timeout=60) opts=(-y -qq --no-install-recommends)
 	log "apt-get install $*"
-	if ! apt-get "${opts[@]}" install "$@" >"$W/apt.log" 2>&1; then
-		apt-get -o DPkg::Lock::Timeout=300 -qq update >>"$W/apt.log" 2>&1
-		apt-get "${opts[@]}" install "$@" >>"$W/apt.log" 2>&1 ||
+	if ! run_bg timeout "$(lim 180)" apt-get "${lock[@]}" "${opts[@]}" install "$@" >"$W/apt.log" 2>&1; then
+		run_bg timeout "$(lim 180)" apt-get "${lock[@]}" -qq update >>"$W/apt.log" 2>&1
+		run_bg timeout "$(lim 180)" apt-get "${lock[@]}" "${opts[@]}" install "$@" >>"$W/apt.log" 2>&1 ||
 			{ tail -5 "$W/apt.log"; skip_all "apt unavailable: apt-get install $* failed (see above)"; }
 	fi
 }
