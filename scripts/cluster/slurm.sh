@@ -6,6 +6,9 @@
 #     its JSON summary checked;
 #   - the same with CLIPMPI_LAUNCHER=mpirun (mpirun inside the allocation);
 #   - the slurm package's view of both launches, agreeing with MPI;
+#   - a task of 2 CPUs under each launcher, tasks bound to cores: it may
+#     use both (srun of Slurm 22.05 does not read SLURM_CPUS_PER_TASK and
+#     binds such a task to one core unless the script passes it on);
 #   - a plain command in a batch script of 2 tasks: the cross-check fails;
 #   - a rank killed mid-run under each launcher: the job fails within 10 s.
 # Then a real two-node cluster: slurmctld in a "head" network namespace and
@@ -95,7 +98,8 @@ SlurmctldLogFile=$dir/log/slurmctld.log
 SlurmdLogFile=$dir/log/slurmd.%n.log
 MailProg=/bin/true
 ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
+TaskPlugin=task/affinity
+TaskPluginParam=Cores
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
@@ -233,7 +237,7 @@ else
 fi
 
 # ---- 3. what the slurm package reads under each launcher, checked
-# against MPI.
+# against MPI; and a task of 2 CPUs may use both.
 for launcher in srun mpirun; do
 	need_time "slurm.Init under $launcher" 15
 	name=env-$launcher
@@ -254,6 +258,28 @@ for launcher in srun mpirun; do
 		cancel "$JID"
 	fi
 done
+if [ "$(nproc)" -ge 2 ]; then
+	for launcher in srun mpirun; do
+		need_time "2 CPUs per task under $launcher" 15
+		name=cpus-$launcher
+		if CLIPMPI_LAUNCHER=$launcher CLIPMPI_PROGRAM=$BIN/faultprog submit "$name" --ntasks-per-node=1 --cpus-per-task=2 \
+			slurm/train.sbatch -seconds 0.2 && wait_until 60 job_gone "$JID"; then
+			job_info "$JID"
+			got=$(grep -m1 -oE '[0-9]+ BLAS threads, [0-9]+ CPUs usable' "$W/out/$name.out")
+			if [ "$JOB_STATE" = COMPLETED ] && [ "$got" = "2 BLAS threads, 2 CPUs usable" ]; then
+				pass "a task of 2 CPUs under $launcher (tasks bound to cores, TaskPlugin=task/affinity): $got"
+			else
+				fail "a task of 2 CPUs under $launcher: job $JID $JOB_STATE exit $JOB_EXIT, '$got' (want 2 BLAS threads, 2 CPUs usable)"
+				show "$W/out/$name.out" 15
+			fi
+		else
+			fail "2 CPUs per task under $launcher: job not submitted or not finished within 60 s"
+			cancel "$JID"
+		fi
+	done
+else
+	skip "a task of 2 CPUs: this machine has $(nproc) CPU"
+fi
 
 # ---- 4. a plain command inside a 2-task batch script: MPI runs it alone,
 # the launch environment says 2 ranks, and slurm.Init says so.
