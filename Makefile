@@ -150,9 +150,14 @@ FORCE:
 
 # Clusters, for real (scripts/cluster; as root, else they skip saying why):
 # test-slurm installs munge and Slurm, starts munged, slurmctld and slurmd
-# by hand and runs slurm/train.sbatch with 2 tasks under srun and mpirun;
+# by hand and runs slurm/train.sbatch with 2 tasks under srun and mpirun,
+# then slurm/train-multinode.sbatch on a two-node cluster (slurmd in two
+# network namespaces) and fault (b) under Slurm, a node's link cut;
 # test-multihost runs mpirun over TCP across two network-namespace hosts:
-# golden cases, training, and the fail-fast cases with their time bounds.
+# golden cases, training, and the fail-fast cases (a)-(e) with their time
+# bounds. Each harness ends its run within 360 s and cleans up on exit and
+# on SIGINT/SIGTERM; timeout stops it at 420 s (SIGTERM, so that it cleans
+# up; SIGKILL 30 s later), in the foreground so that Ctrl-C still reaches it.
 .PHONY: test-slurm test-multihost
 $(BIN)/faultprog: deps FORCE
 	$(GO) build $(GOTAGS) -o $@ ./test/faultprog
@@ -161,7 +166,7 @@ $(BIN)/clustertool: FORCE
 	$(GO) build -o $@ ./test/clustertool
 
 test-slurm: $(BIN)/train $(BIN)/faultprog $(BIN)/clustertool
-	@scripts/cluster/slurm.sh $(BIN)
+	@timeout --foreground -k 30 420 scripts/cluster/slurm.sh $(BIN)
 
 test-multihost: $(BIN)/train $(BIN)/faultprog $(BIN)/clustertool $(BIN)/golden.test
-	@scripts/cluster/multihost.sh $(BIN)
+	@timeout --foreground -k 30 420 scripts/cluster/multihost.sh $(BIN)
