@@ -50,23 +50,31 @@ func Dgemm(tA, tB Transpose, m, n, k int, alpha float64, a []float64, lda int, b
 
 // Gemm is Sgemm or Dgemm chosen by the element type, without allocating.
 func Gemm[T Float](tA, tB Transpose, m, n, k int, alpha T, a []T, lda int, b []T, ldb int, beta T, c []T, ldc int) {
-	if unsafe.Sizeof(alpha) == 4 {
-		impl32.Sgemm(tA, tB, m, n, k, float32(alpha), as32(a), lda, as32(b), ldb, float32(beta), as32(c), ldc)
+	if Is32[T]() {
+		impl32.Sgemm(tA, tB, m, n, k, float32(alpha), As32(a), lda, As32(b), ldb, float32(beta), As32(c), ldc)
 		return
 	}
-	impl64.Dgemm(tA, tB, m, n, k, float64(alpha), as64(a), lda, as64(b), ldb, float64(beta), as64(c), ldc)
+	impl64.Dgemm(tA, tB, m, n, k, float64(alpha), As64(a), lda, As64(b), ldb, float64(beta), As64(c), ldc)
 }
 
-// as32 reinterprets a []T whose T is 4 bytes wide as []float32.
-func as32[T Float](s []T) []float32 {
+// Is32 reports whether T is 4 bytes wide: float32 or a type defined on it
+// (otherwise it is 8 bytes wide, a float64).
+func Is32[T Float]() bool {
+	var z T
+	return unsafe.Sizeof(z) == 4
+}
+
+// As32 returns s as a []float32 sharing its storage, for generic code that
+// has checked Is32[T](); nil for an empty s. It does not copy or allocate.
+func As32[T Float](s []T) []float32 {
 	if len(s) == 0 {
 		return nil
 	}
 	return unsafe.Slice((*float32)(unsafe.Pointer(unsafe.SliceData(s))), len(s))
 }
 
-// as64 reinterprets a []T whose T is 8 bytes wide as []float64.
-func as64[T Float](s []T) []float64 {
+// As64 is As32 for a T 8 bytes wide.
+func As64[T Float](s []T) []float64 {
 	if len(s) == 0 {
 		return nil
 	}

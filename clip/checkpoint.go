@@ -71,7 +71,7 @@ type ckptProgress struct {
 }
 
 func dtypeName[T blas.Float]() string {
-	if is32[T]() {
+	if blas.Is32[T]() {
 		return "float32"
 	}
 	return "float64"

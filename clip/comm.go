@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"unsafe"
 
 	"github.com/clipmpi/clipmpi/blas"
 	"github.com/clipmpi/clipmpi/loss"
@@ -161,35 +160,5 @@ func broadcast[T blas.Float](comm mpi.Comm, buf []T) error {
 	if comm.Rank() != 0 {
 		clear(buf)
 	}
-	return allreduce(comm, mpi.Sum, buf, buf)
-}
-
-// Element-type dispatch of the collectives, without allocating: a []T whose
-// T is 4 bytes wide is a []float32, one 8 bytes wide a []float64.
-
-func is32[T blas.Float]() bool {
-	var z T
-	return unsafe.Sizeof(z) == 4
-}
-
-func f32[T blas.Float](s []T) []float32 {
-	return unsafe.Slice((*float32)(unsafe.Pointer(unsafe.SliceData(s))), len(s))
-}
-
-func f64[T blas.Float](s []T) []float64 {
-	return unsafe.Slice((*float64)(unsafe.Pointer(unsafe.SliceData(s))), len(s))
-}
-
-func allreduce[T blas.Float](c mpi.Comm, op mpi.Op, dst, src []T) error {
-	if is32[T]() {
-		return c.AllreduceF32(op, f32(dst), f32(src))
-	}
-	return c.AllreduceF64(op, f64(dst), f64(src))
-}
-
-func allgather[T blas.Float](c mpi.Comm, dst, src []T) error {
-	if is32[T]() {
-		return c.AllgatherF32(f32(dst), f32(src))
-	}
-	return c.AllgatherF64(f64(dst), f64(src))
+	return mpi.Allreduce(comm, mpi.Sum, buf, buf)
 }

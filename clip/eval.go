@@ -79,10 +79,10 @@ func Evaluate[T blas.Float](comm mpi.Comm, m *Model[T], val *Pairs, chunk int) (
 		m.EncodeText(zt[lo*e:hi*e], xt[:(hi-lo)*c.TextDim])
 	}
 	allI, allT := make([]T, w*mb*e), make([]T, w*mb*e)
-	if err := allgather(comm, allI, zi); err != nil {
+	if err := mpi.Allgather(comm, allI, zi); err != nil {
 		return Recall{}, fmt.Errorf("clip: gathering features: %w", err)
 	}
-	if err := allgather(comm, allT, zt); err != nil {
+	if err := mpi.Allgather(comm, allT, zt); err != nil {
 		return Recall{}, fmt.Errorf("clip: gathering features: %w", err)
 	}
 	// global[p] is the global row of padded slot p, -1 for padding.

@@ -327,7 +327,7 @@ func (t *Trainer[T]) Gradients(img, txt []T) (float64, error) {
 	copy(t.red, m.grads)
 	t.red[p] = T(res.Loss)
 	if w := t.comm.Size(); w > 1 {
-		if err := allreduce(t.comm, mpi.Sum, t.red, t.red); err != nil {
+		if err := mpi.Allreduce(t.comm, mpi.Sum, t.red, t.red); err != nil {
 			return 0, fmt.Errorf("clip: averaging gradients: %w", err)
 		}
 		inv := 1 / float64(w)

@@ -126,7 +126,7 @@ func (a *blockClip[T]) run(dImg, dTxt, img, txt []T, lg Logit, st *clipStep) (Re
 		tile = min(tile, n)
 	}
 	a.tall = grow(a.tall, n*d)
-	if err := allgather(a.comm, a.tall, txt); err != nil {
+	if err := mpi.Allgather(a.comm, a.tall, txt); err != nil {
 		return Result{}, fmt.Errorf("loss: gathering text features: %w", err)
 	}
 	a.x = grow(a.x, b*tile)
@@ -183,7 +183,7 @@ func (a *blockClip[T]) run(dImg, dTxt, img, txt []T, lg Logit, st *clipStep) (Re
 		}
 		blas.Gemm(blas.Trans, blas.NoTrans, w, d, b, T(f), src, ld, img, d, 0, a.partial[j0*d:], d)
 	}
-	if err := reduceScatter(a.comm, dTxt, a.partial); err != nil {
+	if err := mpi.ReduceScatter(a.comm, dTxt, a.partial); err != nil {
 		return Result{}, fmt.Errorf("loss: sending text gradients home: %w", err)
 	}
 	return a.finish(a.comm, st, lossSum, rowX, rowB)

@@ -181,10 +181,10 @@ func rowLoss[T blas.Float](x []T, ld, rows, diag0 int, scale, bias float64, m, l
 // stats is statsTile, in C for float32 when the native kernels are compiled
 // in.
 func stats[T blas.Float](k *kernelScratch, x []T, ld, rows, cols int, scale, bias float64, rowM, rowS, colM, colS []float64) {
-	if nativeKernels && is32[T]() {
+	if nativeKernels && blas.Is32[T]() {
 		checkTile(len(x), ld, rows, cols)
 		_, _, _, _ = rowM[rows-1], rowS[rows-1], colM[cols-1], colS[cols-1]
-		k.stats32(f32(x), ld, rows, cols, scale, bias, rowM, rowS, colM, colS)
+		k.stats32(blas.As32(x), ld, rows, cols, scale, bias, rowM, rowS, colM, colS)
 		return
 	}
 	statsTile(x, ld, rows, cols, scale, bias, rowM, rowS, colM, colS)
@@ -194,7 +194,7 @@ func stats[T blas.Float](k *kernelScratch, x []T, ld, rows, cols int, scale, bia
 // in.
 func grad[T blas.Float](k *kernelScratch, di, dt, x []T, ld, rows, cols, j0, diag0 int, scale, bias, cI, cT float64,
 	rowM, rowL, colM, colL, colX, colB []float64) (sumX, sumB float64) {
-	if nativeKernels && is32[T]() {
+	if nativeKernels && blas.Is32[T]() {
 		checkTile(len(x), ld, rows, cols)
 		checkTile(len(di), ld, rows, cols)
 		if dt != nil {
@@ -202,11 +202,7 @@ func grad[T blas.Float](k *kernelScratch, di, dt, x []T, ld, rows, cols, j0, dia
 		}
 		_, _, _, _ = rowM[rows-1], rowL[rows-1], colM[cols-1], colL[cols-1]
 		_, _ = colX[cols-1], colB[cols-1]
-		var dt32 []float32
-		if dt != nil {
-			dt32 = f32(dt)
-		}
-		return k.grad32(f32(di), dt32, f32(x), ld, rows, cols, j0, diag0, scale, bias, cI, cT, rowM, rowL, colM, colL, colX, colB)
+		return k.grad32(blas.As32(di), blas.As32(dt), blas.As32(x), ld, rows, cols, j0, diag0, scale, bias, cI, cT, rowM, rowL, colM, colL, colX, colB)
 	}
 	return gradTile(di, dt, x, ld, rows, cols, j0, diag0, scale, bias, cI, cT, rowM, rowL, colM, colL, colX, colB)
 }
@@ -233,10 +229,10 @@ func checkTile(n, ld, rows, cols int) {
 // are evaluated in the forms that neither overflow nor lose the tail for
 // |z| in the thousands.
 func sigTile[T blas.Float](k *kernelScratch, d, x []T, ld, rows, cols, e0 int, scale, bias, c float64, backward bool) (loss, sumX, sumB float64) {
-	if nativeKernels && is32[T]() {
+	if nativeKernels && blas.Is32[T]() {
 		checkTile(len(x), ld, rows, cols)
 		checkTile(len(d), ld, rows, cols)
-		return k.sig32(f32(d), f32(x), ld, rows, cols, e0, scale, bias, c, backward)
+		return k.sig32(blas.As32(d), blas.As32(x), ld, rows, cols, e0, scale, bias, c, backward)
 	}
 	return sigTileGo(d, x, ld, rows, cols, e0, scale, bias, c, backward)
 }

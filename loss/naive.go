@@ -38,10 +38,10 @@ func (a *naiveClip[T]) run(dImg, dTxt, img, txt []T, lg Logit, st *clipStep) (Re
 		bias = lg.Bias
 	}
 	a.iall, a.tall = grow(a.iall, n*d), grow(a.tall, n*d)
-	if err := allgather(a.comm, a.iall, img); err != nil {
+	if err := mpi.Allgather(a.comm, a.iall, img); err != nil {
 		return Result{}, fmt.Errorf("loss: gathering image features: %w", err)
 	}
-	if err := allgather(a.comm, a.tall, txt); err != nil {
+	if err := mpi.Allgather(a.comm, a.tall, txt); err != nil {
 		return Result{}, fmt.Errorf("loss: gathering text features: %w", err)
 	}
 	if st.local {
@@ -68,10 +68,10 @@ func (a *naiveClip[T]) run(dImg, dTxt, img, txt []T, lg Logit, st *clipStep) (Re
 	blas.Gemm(blas.NoTrans, blas.NoTrans, n, d, n, T(scale), a.x, n, a.tall, d, 0, a.gi, d)
 	blas.Gemm(blas.Trans, blas.NoTrans, n, d, n, T(scale), a.x, n, a.iall, d, 0, a.gt, d)
 	if st.gwg {
-		if err := reduceScatter(a.comm, dImg, a.gi); err != nil {
+		if err := mpi.ReduceScatter(a.comm, dImg, a.gi); err != nil {
 			return Result{}, fmt.Errorf("loss: all-gather backward (images): %w", err)
 		}
-		if err := reduceScatter(a.comm, dTxt, a.gt); err != nil {
+		if err := mpi.ReduceScatter(a.comm, dTxt, a.gt); err != nil {
 			return Result{}, fmt.Errorf("loss: all-gather backward (texts): %w", err)
 		}
 	} else {
@@ -109,11 +109,11 @@ func (a *naiveClip[T]) local(dImg, dTxt, img, txt []T, scale, bias float64, st *
 		blas.Gemm(blas.Trans, blas.NoTrans, n, d, b, T(scale), a.y, n, txt, d, 0, a.gi, d)
 		blas.Gemm(blas.Trans, blas.NoTrans, n, d, b, T(scale), a.x, n, img, d, 0, a.gt, d)
 		a.own = grow(a.own, b*d)
-		if err := reduceScatter(a.comm, a.own, a.gi); err != nil {
+		if err := mpi.ReduceScatter(a.comm, a.own, a.gi); err != nil {
 			return Result{}, fmt.Errorf("loss: all-gather backward (images): %w", err)
 		}
 		addTo(dImg, a.own)
-		if err := reduceScatter(a.comm, a.own, a.gt); err != nil {
+		if err := mpi.ReduceScatter(a.comm, a.own, a.gt); err != nil {
 			return Result{}, fmt.Errorf("loss: all-gather backward (texts): %w", err)
 		}
 		addTo(dTxt, a.own)

@@ -66,7 +66,7 @@ func (a *ringClip[T]) run(dImg, dTxt, img, txt []T, lg Logit, st *clipStep) (Res
 		var req mpi.Request
 		if k < w-1 {
 			var err error
-			if req, err = isendrecv(a.comm, next[bd:], left, cur[bd:], right); err != nil {
+			if req, err = mpi.Isendrecv(a.comm, next[bd:], left, cur[bd:], right); err != nil {
 				return Result{}, fmt.Errorf("loss: ring shift of text features: %w", err)
 			}
 		}
@@ -140,9 +140,9 @@ func (a *ringClip[T]) run(dImg, dTxt, img, txt []T, lg Logit, st *clipStep) (Res
 				case w == 1:
 					copy(dTxt, acc)
 				case k < w-1:
-					req, err = isendrecv(a.comm, next, left, cur, right)
+					req, err = mpi.Isendrecv(a.comm, next, left, cur, right)
 				default:
-					req, err = isendrecv(a.comm, dTxt, left, acc, right)
+					req, err = mpi.Isendrecv(a.comm, dTxt, left, acc, right)
 				}
 				if err != nil {
 					return Result{}, fmt.Errorf("loss: ring shift of text gradients: %w", err)

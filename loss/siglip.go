@@ -259,12 +259,12 @@ func (l *SigLipLoss[T]) ring(dImg, dTxt, img, txt []T, st *clipStep, hr, hl int)
 	var rReq, lReq mpi.Request
 	var err error
 	if hr > 0 {
-		if rReq, err = isendrecv(l.comm, rNext, left, rCur, right); err != nil {
+		if rReq, err = mpi.Isendrecv(l.comm, rNext, left, rCur, right); err != nil {
 			return fmt.Errorf("loss: SigLIP ring shift: %w", err)
 		}
 	}
 	if hl > 0 {
-		if lReq, err = isendrecv(l.comm, lNext, right, lCur, left); err != nil {
+		if lReq, err = mpi.Isendrecv(l.comm, lNext, right, lCur, left); err != nil {
 			return fmt.Errorf("loss: SigLIP ring shift: %w", err)
 		}
 	}
@@ -278,7 +278,7 @@ func (l *SigLipLoss[T]) ring(dImg, dTxt, img, txt []T, st *clipStep, hr, hl int)
 			rCur, rNext = rNext, rCur
 			l.visit(dImg, rCur[:bd], img, rCur[bd:], (r-k+w)%w, st, false, false)
 			if k < hr {
-				if rReq, err = isendrecv(l.comm, rNext, left, rCur, right); err != nil {
+				if rReq, err = mpi.Isendrecv(l.comm, rNext, left, rCur, right); err != nil {
 					return fmt.Errorf("loss: SigLIP ring shift: %w", err)
 				}
 			}
@@ -288,7 +288,7 @@ func (l *SigLipLoss[T]) ring(dImg, dTxt, img, txt []T, st *clipStep, hr, hl int)
 			lCur, lNext = lNext, lCur
 			l.visit(dImg, lCur[:bd], img, lCur[bd:], (r+k)%w, st, false, false)
 			if k < hl {
-				if lReq, err = isendrecv(l.comm, lNext, right, lCur, left); err != nil {
+				if lReq, err = mpi.Isendrecv(l.comm, lNext, right, lCur, left); err != nil {
 					return fmt.Errorf("loss: SigLIP ring shift: %w", err)
 				}
 			}
@@ -305,12 +305,12 @@ func (l *SigLipLoss[T]) ring(dImg, dTxt, img, txt []T, st *clipStep, hr, hl int)
 	// block r+hl's.
 	if hr == 0 {
 		copy(dTxt, rCur[:bd])
-	} else if rReq, err = isendrecv(l.comm, dTxt, (r+hr)%w, rCur[:bd], (r-hr+w)%w); err != nil {
+	} else if rReq, err = mpi.Isendrecv(l.comm, dTxt, (r+hr)%w, rCur[:bd], (r-hr+w)%w); err != nil {
 		return fmt.Errorf("loss: SigLIP text gradients home: %w", err)
 	}
 	if hl > 0 {
 		l.home = grow(l.home, bd)
-		if lReq, err = isendrecv(l.comm, l.home[:bd], (r-hl+w)%w, lCur[:bd], (r+hl)%w); err != nil {
+		if lReq, err = mpi.Isendrecv(l.comm, l.home[:bd], (r-hl+w)%w, lCur[:bd], (r+hl)%w); err != nil {
 			return fmt.Errorf("loss: SigLIP text gradients home: %w", err)
 		}
 	}
@@ -342,7 +342,7 @@ func (l *SigLipLoss[T]) gather(dImg, dTxt, img, txt []T, st *clipStep) error {
 	n, d, b := st.n, st.d, st.b
 	l.tall = grow(l.tall, n*d)
 	l.part = grow(l.part, n*d)
-	if err := allgather(l.comm, l.tall, txt); err != nil {
+	if err := mpi.Allgather(l.comm, l.tall, txt); err != nil {
 		return fmt.Errorf("loss: gathering text features: %w", err)
 	}
 	for q := 0; q < st.w; q++ {
@@ -353,7 +353,7 @@ func (l *SigLipLoss[T]) gather(dImg, dTxt, img, txt []T, st *clipStep) error {
 	if !l.backward {
 		return nil
 	}
-	if err := reduceScatter(l.comm, dTxt, l.part); err != nil {
+	if err := mpi.ReduceScatter(l.comm, dTxt, l.part); err != nil {
 		return fmt.Errorf("loss: sending text gradients home: %w", err)
 	}
 	return nil
@@ -375,7 +375,7 @@ func (l *SigLipLoss[T]) reduce(dImg, dTxt, img, txt []T, st *clipStep) error {
 				l.tall[i] = 0
 			}
 		}
-		if err := allreduce(l.comm, mpi.Sum, l.tall, l.tall); err != nil {
+		if err := mpi.Allreduce(l.comm, mpi.Sum, l.tall, l.tall); err != nil {
 			return fmt.Errorf("loss: broadcasting text features: %w", err)
 		}
 		l.visit(dImg, l.part, img, l.tall, q, st, q == 0, true)
@@ -383,7 +383,7 @@ func (l *SigLipLoss[T]) reduce(dImg, dTxt, img, txt []T, st *clipStep) error {
 		if !l.backward {
 			continue
 		}
-		if err := allreduce(l.comm, mpi.Sum, l.part, l.part); err != nil {
+		if err := mpi.Allreduce(l.comm, mpi.Sum, l.part, l.part); err != nil {
 			return fmt.Errorf("loss: reducing text gradients: %w", err)
 		}
 		if q == st.rank {

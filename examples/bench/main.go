@@ -235,8 +235,10 @@ func table(recs []Record) {
 }
 
 func measure[T blas.Float](comm mpi.Comm, cfg config, b, d, steps, warmup int, memLimit float64) (Record, error) {
-	var zero T
-	esize := int(sizeof(zero))
+	esize := 8
+	if blas.Is32[T]() {
+		esize = 4
+	}
 	w := comm.Size()
 	plan := cfg.plan(w, b, d, esize)
 	rec := Record{Algo: cfg.name, World: w, B: b, D: d, Tile: cfg.tile, Steps: steps,
@@ -389,7 +391,10 @@ func bandwidth[T blas.Float](comm mpi.Comm, n int) (float64, error) {
 		return math.Inf(1), nil
 	}
 	src, dst := make([]T, n), make([]T, n*w)
-	cc := &countingComm{Comm: comm, elem: int(sizeof(src[0]))}
+	cc := &countingComm{Comm: comm, elem: 8}
+	if blas.Is32[T]() {
+		cc.elem = 4
+	}
 	best := math.Inf(1)
 	const tries = 10
 	for range tries {
@@ -397,7 +402,7 @@ func bandwidth[T blas.Float](comm mpi.Comm, n int) (float64, error) {
 			return 0, err
 		}
 		t0 := time.Now()
-		if err := allgather(cc, dst, src); err != nil {
+		if err := mpi.Allgather(cc, dst, src); err != nil {
 			return 0, err
 		}
 		best = min(best, time.Since(t0).Seconds())

@@ -5,13 +5,9 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"unsafe"
 
-	"github.com/clipmpi/clipmpi/blas"
 	"github.com/clipmpi/clipmpi/mpi"
 )
-
-func sizeof[T blas.Float](x T) uintptr { return unsafe.Sizeof(x) }
 
 // countingComm counts the bytes a rank receives in each collective under the
 // usual bandwidth-optimal algorithms: (W-1)/W of the gathered or reduced
@@ -66,13 +62,6 @@ func (c *countingComm) IsendrecvF32(dst []float32, from int, src []float32, to i
 func (c *countingComm) IsendrecvF64(dst []float64, from int, src []float64, to int) (mpi.Request, error) {
 	c.bytes += int64(len(dst) * 8)
 	return c.Comm.IsendrecvF64(dst, from, src, to)
-}
-
-func allgather[T blas.Float](c mpi.Comm, dst, src []T) error {
-	if sizeof(src[0]) == 4 {
-		return c.AllgatherF32(unsafe.Slice((*float32)(unsafe.Pointer(&dst[0])), len(dst)), unsafe.Slice((*float32)(unsafe.Pointer(&src[0])), len(src)))
-	}
-	return c.AllgatherF64(unsafe.Slice((*float64)(unsafe.Pointer(&dst[0])), len(dst)), unsafe.Slice((*float64)(unsafe.Pointer(&src[0])), len(src)))
 }
 
 // resetPeakRSS resets the kernel's high-water mark of this process's
