@@ -1,0 +1,28 @@
+// Package loss computes OpenCLIP's contrastive losses across the ranks of an
+// mpi.Comm, forward and backward, with exactly OpenCLIP's per-rank results:
+//
+//   - ClipLoss: softmax cross-entropy in both directions, with OpenCLIP's
+//     local_loss and gather_with_grad options (ClipOptions), computed by one of
+//     four algorithms (Naive, Fused, Tiled, Ring) that give the same numbers;
+//   - SigLipLoss: the pairwise sigmoid loss, with OpenCLIP's four dist_impl
+//     methods (Bidir, Shift, Reduce, Gather).
+//
+// Rank r passes its b rows of image and text features (b×d, row-major) and
+// the logit scale and bias (Logit); ForwardBackward returns its loss and the
+// scale and bias gradients and writes its feature gradients. Both losses
+// work in float32 and float64 (the type parameter), accumulate their
+// statistics in float64, and allocate nothing after the first call with the
+// largest batch. Plan describes the GEMMs and the memory of a step.
+//
+// Misuse (lengths that do not fit, a nil communicator) panics with a
+// "loss: ..." message before any communication. What a caller can act on —
+// ranks that disagree on shapes, element type, options or logit parameters,
+// an empty batch, NaN or Inf on any rank, a failed collective — is returned
+// as an error, the same on every rank: a call first agrees on all of it with
+// one all-reduce.
+//
+// The references are OpenCLIP's src/open_clip/loss.py (the semantics, checked
+// against its outputs in ../test), FlashAttention's and Inf-CL's online
+// log-sum-exp over tiles, and Inf-CL's ring (Wang et al. 2024) for moving
+// feature blocks instead of gathering them.
+package loss
