@@ -291,7 +291,7 @@ func (t *Trainer[T]) Gradients(img, txt []T) (float64, error) {
 			t.zi[j*mb*e : (j+1)*mb*e], t.zt[j*mb*e : (j+1)*mb*e],
 			t.dzi[j*mb*e : (j+1)*mb*e], t.dzt[j*mb*e : (j+1)*mb*e]
 	}
-	// Features of every micro-batch; with k = 1 the activations stay for
+	// Features of every micro-batch; the last one's activations stay for
 	// backward.
 	for j := range k {
 		xi, xt, zi, zt, _, _ := micro(j)
@@ -303,15 +303,18 @@ func (t *Trainer[T]) Gradients(img, txt []T) (float64, error) {
 	if err != nil {
 		return 0, err
 	}
-	for j := range k {
+	// Backward, last micro-batch first: the heads still hold its
+	// activations, so only the others are re-run (GradCache).
+	for j := k - 1; j >= 0; j-- {
 		xi, xt, zi, zt, dzi, dzt := micro(j)
-		if k > 1 {
+		rerun := j < k-1
+		if rerun {
 			// Re-run the heads to rebuild this micro-batch's activations.
 			m.EncodeImage(t.zs, xi)
 			zi = t.zs
 		}
 		m.BackwardImage(dzi, zi, xi)
-		if k > 1 {
+		if rerun {
 			m.EncodeText(t.zs, xt)
 			zt = t.zs
 		}
