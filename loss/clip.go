@@ -107,12 +107,9 @@ func (l *ClipLoss[T]) Options() ClipOptions { return l.opt }
 // dim, the element type, the options or the logit parameters, if b = 0, or
 // if any rank's input is not finite.
 func (l *ClipLoss[T]) Forward(img, txt []T, lg Logit) (float64, error) {
-	st, err := check(&l.agree, img, txt, lg, l.opt.code(), false)
+	st, err := l.check(img, txt, lg, false)
 	if err != nil {
 		return 0, err
-	}
-	if st.w > 1 {
-		st.local, st.gwg = l.opt.LocalLoss, l.opt.GatherWithGrad
 	}
 	r, err := l.impl.run(nil, nil, img, txt, lg, st)
 	return r.Loss, err
@@ -128,14 +125,21 @@ func (l *ClipLoss[T]) ForwardBackward(dImg, dTxt, img, txt []T, lg Logit) (Resul
 	if len(dImg) != len(img) || len(dTxt) != len(txt) {
 		panic(errGradLen)
 	}
-	st, err := check(&l.agree, img, txt, lg, l.opt.code(), true)
+	st, err := l.check(img, txt, lg, true)
 	if err != nil {
 		return Result{}, err
 	}
-	if st.w > 1 {
+	return l.impl.run(dImg, dTxt, img, txt, lg, st)
+}
+
+// check is the shared agreement check plus the effective mode: with W = 1
+// OpenCLIP ignores both options.
+func (l *ClipLoss[T]) check(img, txt []T, lg Logit, backward bool) (*clipStep, error) {
+	st, err := check(&l.agree, img, txt, lg, l.opt.code(), backward)
+	if err == nil && st.w > 1 {
 		st.local, st.gwg = l.opt.LocalLoss, l.opt.GatherWithGrad
 	}
-	return l.impl.run(dImg, dTxt, img, txt, lg, st)
+	return st, err
 }
 
 // code identifies the options in the agreement vector.
