@@ -9,7 +9,8 @@ NP         ?= 2
 # MPI world sizes the communicator conformance suite runs at.
 MPI_NPS    ?= 1 2 3 4
 STATICCHECK_VERSION := v0.8.2
-export CLIPMPI_GOLDEN ?= $(abspath $(CURDIR)/../shared/golden)
+# The OpenCLIP golden cases: the repository's own copy of shared/golden.
+export CLIPMPI_GOLDEN ?= $(CURDIR)/test/testdata/golden
 
 .PHONY: all deps build run test unit test-mpi test-golden race vet lint fmt-check fmt bench bench-loss clean
 

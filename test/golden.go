@@ -49,13 +49,14 @@ type Outputs struct {
 	GradBias  *float64    `json:"grad_logit_bias"`
 }
 
-// GoldenDir returns the directory of golden cases: $CLIPMPI_GOLDEN, or
-// shared/golden beside the repository.
+// GoldenDir returns the directory of golden cases: $CLIPMPI_GOLDEN, or the
+// repository's own copy, testdata/golden beside this package's sources (the
+// working directory of go test).
 func GoldenDir() string {
 	if d := os.Getenv("CLIPMPI_GOLDEN"); d != "" {
 		return d
 	}
-	return filepath.Join("..", "..", "shared", "golden")
+	return filepath.Join("testdata", "golden")
 }
 
 // LoadCases reads every *.json case in dir, sorted by file name.

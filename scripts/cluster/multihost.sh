@@ -30,7 +30,7 @@ REPO=$(cd "$(dirname "$0")/../.." && pwd)
 BIN=$(cd "${1:-$REPO/bin}" && pwd)
 # shellcheck source=lib.sh
 . "$REPO/scripts/cluster/lib.sh"
-export CLIPMPI_GOLDEN=${CLIPMPI_GOLDEN:-$(cd "$REPO/.." && pwd)/shared/golden}
+export CLIPMPI_GOLDEN=${CLIPMPI_GOLDEN:-$REPO/test/testdata/golden}
 
 [ "$(id -u)" = 0 ] || skip_all "not root: creating network namespaces and veth pairs needs root"
 for b in train faultprog clustertool golden.test; do
