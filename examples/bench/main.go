@@ -12,8 +12,10 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -28,36 +30,41 @@ import (
 	"github.com/clipmpi/clipmpi/mpi"
 )
 
-// Record is one configuration's result, one JSON line.
+// Record is one configuration's result, one JSON line. Every field is
+// always present; a value that does not exist is null, never NaN: today
+// only collective_gb_per_s, which is null with one rank (nothing is
+// exchanged, so comm_bytes_per_step and comm_floor_ms are 0). The fields
+// after skipped appear only with -max-batch. A record that cannot be
+// encoded ends the bench with an error on every rank.
 type Record struct {
-	Loss             string  `json:"loss"`
-	Algo             string  `json:"algo"`
-	Mode             string  `json:"mode"`
-	World            int     `json:"world"`
-	B                int     `json:"b"`
-	D                int     `json:"d"`
-	Dtype            string  `json:"dtype"`
-	Tile             int     `json:"tile"`
-	Steps            int     `json:"steps"`
-	StepMsMedian     float64 `json:"step_ms_median"`
-	StepMsMin        float64 `json:"step_ms_min"`
-	StepMsMax        float64 `json:"step_ms_max"`
-	GflopPerStep     float64 `json:"gflop_per_step"`
-	Gflops           float64 `json:"gflops"`
-	GemmFloorMs      float64 `json:"gemm_floor_ms"`
-	CommFloorMs      float64 `json:"comm_floor_ms"`
-	FloorMs          float64 `json:"floor_ms"`
-	RatioToFloor     float64 `json:"ratio_to_floor"`
-	SgemmGflops      float64 `json:"sgemm_gflops"`
-	CollectiveGBs    float64 `json:"collective_gb_per_s"`
-	PeakRSSMiB       float64 `json:"peak_rss_mib"`
-	WorkspaceMiB     float64 `json:"workspace_mib"`
-	CommBytesPerStep float64 `json:"comm_bytes_per_step"`
-	AllocsPerStep    float64 `json:"allocs_per_step"`
-	BlasBackend      string  `json:"blas_backend"`
-	BlasThreads      int     `json:"blas_threads"`
-	Loss0            float64 `json:"loss_value"`
-	Skipped          string  `json:"skipped,omitempty"`
+	Loss             string   `json:"loss"`
+	Algo             string   `json:"algo"`
+	Mode             string   `json:"mode"`
+	World            int      `json:"world"`
+	B                int      `json:"b"`
+	D                int      `json:"d"`
+	Dtype            string   `json:"dtype"`
+	Tile             int      `json:"tile"`
+	Steps            int      `json:"steps"`
+	StepMsMedian     float64  `json:"step_ms_median"`
+	StepMsMin        float64  `json:"step_ms_min"`
+	StepMsMax        float64  `json:"step_ms_max"`
+	GflopPerStep     float64  `json:"gflop_per_step"`
+	Gflops           float64  `json:"gflops"`
+	GemmFloorMs      float64  `json:"gemm_floor_ms"`
+	CommFloorMs      float64  `json:"comm_floor_ms"`
+	FloorMs          float64  `json:"floor_ms"`
+	RatioToFloor     float64  `json:"ratio_to_floor"`
+	SgemmGflops      float64  `json:"sgemm_gflops"`
+	CollectiveGBs    *float64 `json:"collective_gb_per_s"` // nil with one rank
+	PeakRSSMiB       float64  `json:"peak_rss_mib"`
+	WorkspaceMiB     float64  `json:"workspace_mib"`
+	CommBytesPerStep float64  `json:"comm_bytes_per_step"`
+	AllocsPerStep    float64  `json:"allocs_per_step"`
+	BlasBackend      string   `json:"blas_backend"`
+	BlasThreads      int      `json:"blas_threads"`
+	Loss0            float64  `json:"loss_value"`
+	Skipped          string   `json:"skipped,omitempty"`
 	// With -max-batch: the memory model (workspace from loss.Plan plus the
 	// features and gradients plus the base RSS) checked against the peak RSS
 	// measured at b, and the largest global batch it admits in the budget.
@@ -88,8 +95,9 @@ func main() {
 		os.Exit(1)
 	}
 	code := 0
-	budget = *maxBatch
-	if err := run(comm, *lossKind, *b, *d, *mode, *algos, *dtype, *steps, *warmup, *tile, *memLimit, *jsonOnly); err != nil {
+	cfg := benchConfig{loss: *lossKind, b: *b, d: *d, mode: *mode, algos: *algos, dtype: *dtype,
+		steps: *steps, warmup: *warmup, tile: *tile, memLimit: *memLimit, jsonOnly: *jsonOnly, budget: *maxBatch}
+	if err := run(comm, os.Stdout, cfg); err != nil {
 		if comm.Rank() == 0 {
 			fmt.Fprintln(os.Stderr, "bench:", err)
 		}
@@ -99,8 +107,14 @@ func main() {
 	os.Exit(code)
 }
 
-// budget is -max-batch, in GiB per node.
-var budget float64
+// benchConfig is the command line.
+type benchConfig struct {
+	loss, mode, algos, dtype  string
+	b, d, steps, warmup, tile int
+	memLimit                  float64 // MiB per rank; 0: 80% of MemAvailable / ranks
+	jsonOnly                  bool
+	budget                    float64 // -max-batch, GiB per node; 0: off
+}
 
 // config is one configuration to measure: a loss maker and its plan.
 type config struct {
@@ -110,7 +124,15 @@ type config struct {
 	make func(comm mpi.Comm, d int) any // *loss.ClipLoss[T] or *loss.SigLipLoss[T]
 }
 
-func run(comm mpi.Comm, lossKind string, b, d int, mode, algos, dtype string, steps, warmup, tile int, memLimit float64, jsonOnly bool) error {
+// run measures every configuration of bc on comm and writes, on rank 0, one
+// JSON line per configuration to out, then (unless bc.jsonOnly) a table. It
+// is collective; its errors are the same on every rank.
+func run(comm mpi.Comm, out io.Writer, bc benchConfig) error {
+	lossKind, b, d, mode, algos, dtype := bc.loss, bc.b, bc.d, bc.mode, bc.algos, bc.dtype
+	steps, warmup, tile, memLimit, jsonOnly := bc.steps, bc.warmup, bc.tile, bc.memLimit, bc.jsonOnly
+	if dtype != "float32" && dtype != "float64" {
+		return fmt.Errorf("unknown dtype %q (want float32 or float64)", dtype)
+	}
 	var configs []config
 	switch lossKind {
 	case "clip":
@@ -170,33 +192,58 @@ func run(comm mpi.Comm, lossKind string, b, d int, mode, algos, dtype string, st
 	loss.Warn = func(string) {}
 	rank0 := comm.Rank() == 0
 	if rank0 && !jsonOnly {
-		fmt.Printf("# clipmpi bench: loss=%s W=%d, b=%d, d=%d, mode=%s, %s, %d steps after %d warm-up; blas=%s threads=%d, mpi=%v\n",
+		fmt.Fprintf(out, "# clipmpi bench: loss=%s W=%d, b=%d, d=%d, mode=%s, %s, %d steps after %d warm-up; blas=%s threads=%d, mpi=%v\n",
 			lossKind, comm.Size(), b, d, mode, dtype, steps, warmup, blas.Backend(), blas.Threads(), mpi.Enabled)
 	}
 	var recs []Record
 	for _, cfg := range configs {
 		var rec Record
 		var err error
-		switch dtype {
-		case "float32":
-			rec, err = measure[float32](comm, cfg, b, d, steps, warmup, memLimit)
-		case "float64":
-			rec, err = measure[float64](comm, cfg, b, d, steps, warmup, memLimit)
-		default:
-			return fmt.Errorf("unknown dtype %q", dtype)
+		if dtype == "float64" {
+			rec, err = measure[float64](comm, cfg, b, d, steps, warmup, memLimit, bc.budget)
+		} else {
+			rec, err = measure[float32](comm, cfg, b, d, steps, warmup, memLimit, bc.budget)
 		}
 		if err != nil {
 			return fmt.Errorf("%s: %w", cfg.name, err)
 		}
 		rec.Mode, rec.Dtype, rec.Loss = mode, dtype, lossKind
 		recs = append(recs, rec)
-		if rank0 {
-			line, _ := json.Marshal(rec)
-			fmt.Println(string(line))
+		if err := emit(comm, out, &rec); err != nil {
+			return fmt.Errorf("%s: %w", cfg.name, err)
 		}
 	}
 	if rank0 && !jsonOnly {
-		table(recs)
+		table(out, recs, bc.budget)
+	}
+	return nil
+}
+
+// emit writes rank 0's record as one JSON line. Only rank 0 encodes, so the
+// ranks then agree on whether that worked: a record that cannot be encoded
+// (a NaN or ±Inf that should have been null) is an error on every rank,
+// never a blank line.
+func emit(comm mpi.Comm, out io.Writer, rec *Record) error {
+	flag := []float64{0}
+	var encErr error
+	if comm.Rank() == 0 {
+		line, err := json.Marshal(rec)
+		if err == nil {
+			_, err = fmt.Fprintln(out, string(line))
+		}
+		if err != nil {
+			encErr = fmt.Errorf("writing the JSON record: %w", err)
+			flag[0] = 1
+		}
+	}
+	if err := comm.AllreduceF64(mpi.Max, flag, flag); err != nil {
+		return err
+	}
+	if encErr != nil {
+		return encErr
+	}
+	if flag[0] != 0 {
+		return errors.New("rank 0 could not write the JSON record")
 	}
 	return nil
 }
@@ -206,8 +253,8 @@ type stepper[T blas.Float] interface {
 	ForwardBackward(dImg, dTxt, img, txt []T, lg loss.Logit) (loss.Result, error)
 }
 
-func table(recs []Record) {
-	fmt.Printf("\n%-7s %9s %9s %9s %8s %10s %9s %9s %8s %10s %7s\n",
+func table(out io.Writer, recs []Record, budget float64) {
+	fmt.Fprintf(out, "\n%-7s %9s %9s %9s %8s %10s %9s %9s %8s %10s %7s\n",
 		"algo", "median ms", "min ms", "floor ms", "ratio", "GFLOP/s", "x naive", "peak MiB", "ws MiB", "comm MB", "allocs")
 	var naive float64
 	for _, r := range recs {
@@ -217,11 +264,11 @@ func table(recs []Record) {
 	}
 	for _, r := range recs {
 		if r.Skipped != "" {
-			fmt.Printf("%-7s skipped: %s\n", r.Algo, r.Skipped)
+			fmt.Fprintf(out, "%-7s skipped: %s\n", r.Algo, r.Skipped)
 			continue
 		}
 		if budget > 0 {
-			fmt.Printf("%-7s memory model %.0f MiB + base vs measured peak %.0f MiB at b=%d; largest global batch in %.0f GiB: %d (b=%d per rank)\n",
+			fmt.Fprintf(out, "%-7s memory model %.0f MiB + base vs measured peak %.0f MiB at b=%d; largest global batch in %.0f GiB: %d (b=%d per rank)\n",
 				r.Algo, r.ModelMiB, r.PeakRSSMiB, r.B, budget, r.MaxGlobalBatch, r.MaxBPerRank)
 			continue
 		}
@@ -229,12 +276,12 @@ func table(recs []Record) {
 		if naive > 0 {
 			speed = fmt.Sprintf("%.2f", naive/r.StepMsMedian)
 		}
-		fmt.Printf("%-7s %9.1f %9.1f %9.1f %8.2f %10.1f %9s %9.0f %8.0f %10.1f %7.1f\n",
+		fmt.Fprintf(out, "%-7s %9.1f %9.1f %9.1f %8.2f %10.1f %9s %9.0f %8.0f %10.1f %7.1f\n",
 			r.Algo, r.StepMsMedian, r.StepMsMin, r.FloorMs, r.RatioToFloor, r.Gflops, speed, r.PeakRSSMiB, r.WorkspaceMiB, r.CommBytesPerStep/1e6, r.AllocsPerStep)
 	}
 }
 
-func measure[T blas.Float](comm mpi.Comm, cfg config, b, d, steps, warmup int, memLimit float64) (Record, error) {
+func measure[T blas.Float](comm mpi.Comm, cfg config, b, d, steps, warmup int, memLimit, budget float64) (Record, error) {
 	esize := 8
 	if blas.Is32[T]() {
 		esize = 4
@@ -305,12 +352,14 @@ func measure[T blas.Float](comm mpi.Comm, cfg config, b, d, steps, warmup int, m
 	}
 	rec.GemmFloorMs = gemmMs
 	rec.SgemmGflops = rec.GflopPerStep / (gemmMs / 1e3)
-	rec.CollectiveGBs = gbs
-	rec.CommFloorMs = rec.CommBytesPerStep / (gbs * 1e9) * 1e3
+	if w > 1 {
+		rec.CollectiveGBs = &gbs
+		rec.CommFloorMs = rec.CommBytesPerStep / (gbs * 1e9) * 1e3
+	}
 	rec.FloorMs = rec.GemmFloorMs + rec.CommFloorMs
 	rec.RatioToFloor = rec.StepMsMedian / rec.FloorMs
 	if budget > 0 {
-		maxBatch(&rec, cfg, w, b, d, esize, localRanks(comm))
+		maxBatch(&rec, cfg, w, b, d, esize, localRanks(comm), budget)
 	}
 	return rec, nil
 }
@@ -319,7 +368,7 @@ func measure[T blas.Float](comm mpi.Comm, cfg config, b, d, steps, warmup int, m
 // loss's workspace (loss.Plan) plus its features and gradients (4·b·d
 // elements) plus the base the process had before (the measured peak minus
 // the model at the measured b). The largest b is found by bisection.
-func maxBatch(rec *Record, cfg config, w, b, d, esize, local int) {
+func maxBatch(rec *Record, cfg config, w, b, d, esize, local int, budget float64) {
 	model := func(b int) float64 {
 		return float64(cfg.plan(w, b, d, esize).WorkspaceBytes+int64(4*b*d*esize)) / (1 << 20)
 	}
@@ -385,10 +434,11 @@ func gemmFloor[T blas.Float](comm mpi.Comm, plan loss.Plan) (float64, error) {
 
 // bandwidth measures the collective bandwidth in GB/s: bytes a rank
 // receives in an all-gather of n elements per rank, per second (best of 10).
+// With one rank nothing is received; it returns 0.
 func bandwidth[T blas.Float](comm mpi.Comm, n int) (float64, error) {
 	w := comm.Size()
 	if w == 1 {
-		return math.Inf(1), nil
+		return 0, nil
 	}
 	src, dst := make([]T, n), make([]T, n*w)
 	cc := &countingComm{Comm: comm, elem: 8}

@@ -1,0 +1,188 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"math"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/clipmpi/clipmpi/mpi"
+)
+
+// documentedFields are the JSON fields the README's Performance section
+// lists, each present in every record (nullable: may be null).
+var documentedFields = map[string]bool{
+	"loss": false, "algo": false, "mode": false, "world": false, "b": false, "d": false,
+	"dtype": false, "tile": false, "steps": false,
+	"step_ms_median": false, "step_ms_min": false, "step_ms_max": false,
+	"gflop_per_step": false, "gflops": false,
+	"gemm_floor_ms": false, "comm_floor_ms": false, "floor_ms": false, "ratio_to_floor": false,
+	"sgemm_gflops": false, "collective_gb_per_s": true,
+	"peak_rss_mib": false, "workspace_mib": false, "comm_bytes_per_step": false,
+	"allocs_per_step": false, "blas_backend": false, "blas_threads": false, "loss_value": false,
+}
+
+// optionalFields may be absent: skipped, and the -max-batch fields.
+var optionalFields = map[string]bool{
+	"skipped": true, "model_mib": true, "budget_mib_per_rank": true,
+	"max_b_per_rank": true, "max_global_batch": true,
+}
+
+// runGroup runs the bench on an in-process group of w ranks and returns
+// rank 0's output and each rank's error; it fails the test on a hang.
+func runGroup(t *testing.T, w int, bc benchConfig) (string, []error) {
+	t.Helper()
+	outs := make([]bytes.Buffer, w)
+	errs := make([]error, w)
+	var wg sync.WaitGroup
+	for r, c := range mpi.NewGroup(w) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[r] = run(c, &outs[r], bc)
+		}()
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(60 * time.Second):
+		t.Fatal("the ranks did not all return within 60 s: a hang")
+	}
+	for r := 1; r < w; r++ {
+		if outs[r].Len() != 0 {
+			t.Errorf("rank %d wrote %q; only rank 0 writes", r, outs[r].String())
+		}
+	}
+	return outs[0].String(), errs
+}
+
+// TestBenchJSON: for W = 1 and 2, every algorithm alone and all, both losses
+// and both element types, the bench prints one parseable JSON object per
+// configuration with every documented field, before its table.
+func TestBenchJSON(t *testing.T) {
+	algos := map[string][]string{
+		"clip":   {"naive", "fused", "tiled", "ring", "all"},
+		"siglip": {"bidir", "shift", "reduce", "gather", "all"},
+	}
+	for _, w := range []int{1, 2} {
+		for _, lossKind := range []string{"clip", "siglip"} {
+			for _, algo := range algos[lossKind] {
+				for _, dtype := range []string{"float32", "float64"} {
+					name := fmt.Sprintf("W=%d/loss=%s/algo=%s/dtype=%s", w, lossKind, algo, dtype)
+					t.Run(name, func(t *testing.T) {
+						bc := benchConfig{loss: lossKind, b: 6, d: 4, mode: "local_gwg", algos: algo, dtype: dtype,
+							steps: 2, warmup: 1, tile: 4, memLimit: 1 << 20}
+						out, errs := runGroup(t, w, bc)
+						for r, err := range errs {
+							if err != nil {
+								t.Fatalf("rank %d: %v", r, err)
+							}
+						}
+						want := 1
+						if algo == "all" {
+							want = 4
+						}
+						checkOutput(t, out, want, w)
+					})
+				}
+			}
+		}
+	}
+}
+
+// checkOutput checks that out holds the header, want JSON records (each a
+// parseable object with every documented field), then the table.
+func checkOutput(t *testing.T, out string, want, w int) {
+	t.Helper()
+	sc := bufio.NewScanner(strings.NewReader(out))
+	var recs, blank int
+	for sc.Scan() {
+		line := sc.Text()
+		switch {
+		case strings.HasPrefix(line, "# clipmpi bench"):
+			if recs > 0 {
+				t.Errorf("header after a record")
+			}
+			continue
+		case strings.HasPrefix(line, "{"):
+		case line == "":
+			blank++
+			if recs < want {
+				t.Errorf("a blank line where record %d belongs", recs+1)
+			}
+			continue
+		default:
+			if recs < want {
+				t.Errorf("line %q where record %d belongs", line, recs+1)
+			}
+			continue
+		}
+		recs++
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Errorf("record %d does not parse: %v: %s", recs, err, line)
+			continue
+		}
+		for f, nullable := range documentedFields {
+			v, ok := m[f]
+			switch {
+			case !ok:
+				t.Errorf("record %d lacks %q: %s", recs, f, line)
+			case v == nil && !nullable:
+				t.Errorf("record %d: %q is null: %s", recs, f, line)
+			}
+		}
+		for f := range m {
+			if _, doc := documentedFields[f]; !doc && !optionalFields[f] {
+				t.Errorf("record %d has undocumented field %q", recs, f)
+			}
+		}
+		if got := m["world"]; got != float64(w) {
+			t.Errorf("record %d: world %v, want %d", recs, got, w)
+		}
+		if v := m["collective_gb_per_s"]; (w == 1) != (v == nil) {
+			t.Errorf("record %d: collective_gb_per_s = %v with W = %d (null exactly when W = 1)", recs, v, w)
+		}
+		if v, ok := m["ratio_to_floor"].(float64); !ok || !(v > 0) {
+			t.Errorf("record %d: ratio_to_floor = %v, want a positive number", recs, m["ratio_to_floor"])
+		}
+	}
+	if recs != want {
+		t.Errorf("%d JSON records, want %d:\n%s", recs, want, out)
+	}
+	if blank == 0 {
+		t.Errorf("no table after the records:\n%s", out)
+	}
+}
+
+// TestEmitUnencodable: a record holding NaN cannot be encoded; emit returns
+// an error on every rank and rank 0 writes nothing.
+func TestEmitUnencodable(t *testing.T) {
+	const w = 2
+	outs := make([]bytes.Buffer, w)
+	errs := make([]error, w)
+	var wg sync.WaitGroup
+	for r, c := range mpi.NewGroup(w) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rec := Record{Algo: "fused", StepMsMedian: math.NaN()}
+			errs[r] = emit(c, &outs[r], &rec)
+		}()
+	}
+	wg.Wait()
+	for r, err := range errs {
+		if err == nil {
+			t.Errorf("rank %d: no error for a NaN field", r)
+		}
+	}
+	if outs[0].Len() != 0 {
+		t.Errorf("rank 0 wrote %q for an unencodable record", outs[0].String())
+	}
+}
