@@ -5,6 +5,11 @@ TAGS       ?= mpi openblas
 GOTAGS     := -tags '$(TAGS)'
 BIN        := $(CURDIR)/bin
 MPIRUN     := $(CURDIR)/scripts/mpirun.sh
+# Test suites launch with MPIRUN_TEST: every mpirun bounded by TEST_TIMEOUT
+# seconds (CLIPMPI_TIMEOUT if set, else 900), so that a hang fails the suite.
+# User runs (make run, bench-loss) use MPIRUN: no time limit.
+TEST_TIMEOUT ?= $(or $(CLIPMPI_TIMEOUT),900)
+MPIRUN_TEST := CLIPMPI_TIMEOUT=$(TEST_TIMEOUT) $(MPIRUN)
 NP         ?= 2
 # MPI world sizes the communicator conformance suite runs at.
 MPI_NPS    ?= 1 2 3 4
@@ -38,8 +43,9 @@ $(BIN)/train: deps FORCE
 # suite failed, and under CI=true a skipped suite counts as failed.
 # Adding a suite is one line here:
 #     SUITES += test-foo
-# test-foo is a make target that exits non-zero on failure; one that cannot
-# run here prints why with `scripts/skip.sh REASON` and exits 0.
+# test-foo is a make target that exits non-zero on failure (its mpiruns go
+# through $(MPIRUN_TEST), which bounds them); one that cannot run here
+# prints why with `scripts/skip.sh REASON` and exits 0.
 SUITES := fmt-check vet lint
 SUITES += unit
 SUITES += race
@@ -75,7 +81,7 @@ $(BIN)/golden.test: deps FORCE
 test-mpi: $(BIN)/mpi.test
 	@for np in $(MPI_NPS); do \
 	  echo "== mpirun -np $$np mpi.test"; \
-	  $(MPIRUN) $$np $(BIN)/mpi.test -test.run 'TestWorld' -test.v > $(BIN)/mpi-np$$np.log 2>&1; rc=$$?; \
+	  $(MPIRUN_TEST) $$np $(BIN)/mpi.test -test.run 'TestWorld' -test.v > $(BIN)/mpi-np$$np.log 2>&1; rc=$$?; \
 	  grep -E '^(--- |    --- |ok|PASS|FAIL|panic)|SKIP|^\s+[a-z_]+_test.go:[0-9]+: ' $(BIN)/mpi-np$$np.log | sed 's/ ([0-9.]*s)//' | sort | uniq -c; \
 	  [ $$rc = 0 ] || { tail -40 $(BIN)/mpi-np$$np.log; exit 1; }; \
 	done
@@ -91,7 +97,7 @@ test-golden: $(BIN)/golden.test
 	@worlds=$$(cd test && $(BIN)/golden.test -golden.worlds) || exit 1; \
 	for w in $$worlds; do \
 	  echo "== mpirun -np $$w golden.test: cases with world_size $$w"; \
-	  $(MPIRUN) $$w -x CLIPMPI_GOLDEN $(BIN)/golden.test -test.run 'TestGoldenMPI' -test.v > $(BIN)/golden-np$$w.log 2>&1; rc=$$?; \
+	  $(MPIRUN_TEST) $$w -x CLIPMPI_GOLDEN $(BIN)/golden.test -test.run 'TestGoldenMPI' -test.v > $(BIN)/golden-np$$w.log 2>&1; rc=$$?; \
 	  grep -E '^(ok|FAIL|PASS)|^--- |^    --- |^\s+golden_test.go' $(BIN)/golden-np$$w.log; \
 	  echo "   algorithm runs passed: $$(grep -c -E '^        --- PASS' $(BIN)/golden-np$$w.log)"; \
 	  if [ $$rc != 0 ]; then tail -60 $(BIN)/golden-np$$w.log; exit 1; fi; \
@@ -106,21 +112,21 @@ test-golden: $(BIN)/golden.test
 # every rank print the error and exit non-zero.
 test-train: $(BIN)/golden.test $(BIN)/train
 	@echo "== mpirun -np $(NP) golden.test: TestTrainMPI"
-	@$(MPIRUN) $(NP) $(BIN)/golden.test -test.run 'TestTrainMPI' -test.v > $(BIN)/train-np$(NP).log 2>&1; rc=$$?; \
+	@$(MPIRUN_TEST) $(NP) $(BIN)/golden.test -test.run 'TestTrainMPI' -test.v > $(BIN)/train-np$(NP).log 2>&1; rc=$$?; \
 	grep -E '^(--- |    --- |ok|PASS|FAIL|panic)' $(BIN)/train-np$(NP).log | sed 's/ ([0-9.]*s)//'; \
 	[ $$rc = 0 ] || { tail -40 $(BIN)/train-np$(NP).log; exit 1; }
 	@echo "== mpirun -np $(NP) train on gen-data's float16 shards, 4 epochs; again resumed from epoch 2"
 	@d=$(BIN)/train-e2e; rm -rf $$d; set -e; \
 	$(BIN)/train gen-data --out $$d/data --rows 8192 --val-size 500 --shards 3 --dtype float16 > $$d.log; \
 	args="--train-data $$d/data/train --val-data $$d/data/val --batch-size 512 --epochs 4 --progress lines"; \
-	$(MPIRUN) $(NP) $(BIN)/train $$args --logs $$d/a --summary $$d/a.json >> $$d.log 2>&1 || { tail -30 $$d.log; exit 1; }; \
-	$(MPIRUN) $(NP) $(BIN)/train $$args --logs $$d/b --summary $$d/b.json --resume $$d/a/checkpoints/epoch_2.ckpt >> $$d.log 2>&1 || { tail -30 $$d.log; exit 1; }; \
+	$(MPIRUN_TEST) $(NP) $(BIN)/train $$args --logs $$d/a --summary $$d/a.json >> $$d.log 2>&1 || { tail -30 $$d.log; exit 1; }; \
+	$(MPIRUN_TEST) $(NP) $(BIN)/train $$args --logs $$d/b --summary $$d/b.json --resume $$d/a/checkpoints/epoch_2.ckpt >> $$d.log 2>&1 || { tail -30 $$d.log; exit 1; }; \
 	keys='"(final_loss|recall_i2t_at1|recall_t2i_at1)"'; grep -E "$$keys" $$d/a.json | tr -d ' \n'; echo; \
 	diff <(grep -E "$$keys" $$d/a.json) <(grep -E "$$keys" $$d/b.json) || { echo "resumed run ended elsewhere"; exit 1; }; \
 	echo "   resumed run: same final loss and recall"
 	@echo "== mpirun -np $(NP) train on shards with a NaN row: every rank must fail"
 	@d=$(BIN)/train-e2e; $(BIN)/train gen-data --out $$d/nan --rows 2048 --val-size 100 --shards 2 --nan-row 2000 > /dev/null; \
-	if $(MPIRUN) $(NP) $(BIN)/train --train-data $$d/nan/train --val-data $$d/nan/val --batch-size 256 --logs "" > $$d/nan.log 2>&1; then \
+	if $(MPIRUN_TEST) $(NP) $(BIN)/train --train-data $$d/nan/train --val-data $$d/nan/val --batch-size 256 --logs "" > $$d/nan.log 2>&1; then \
 	  echo "training on a NaN row succeeded"; exit 1; fi; \
 	n=$$(grep -c 'holds NaN' $$d/nan.log); grep -m1 'holds NaN' $$d/nan.log; \
 	[ "$$n" = $(NP) ] || { echo "$$n of $(NP) ranks reported the NaN row"; cat $$d/nan.log; exit 1; }
