@@ -105,6 +105,8 @@ static int cm_sendrecv(void *dst, int ndst, int from, void *src, int nsrc, int t
 
 static int cm_abort(int code) { return MPI_Abort(MPI_COMM_WORLD, code); }
 
+static int cm_is_thread_main(int *flag) { return MPI_Is_thread_main(flag); }
+
 static int cm_finalize(MPI_Comm *p2p) {
 	int rc = MPI_Comm_free(p2p);
 	if (rc != MPI_SUCCESS) return rc;
@@ -158,6 +160,9 @@ const Enabled = true
 // Buffers longer than 2^31-1 elements (an MPI count) make the call panic.
 // Abort calls MPI_Abort, which ends every rank with exit status code (1
 // if code is 0 mod 256).
+//
+// World and Finalize may be called from any goroutine: MPI_Init_thread and
+// MPI_Finalize run on an OS thread of their own (see mainThread).
 func World() (Comm, error) {
 	world.mu.Lock()
 	defer world.mu.Unlock()
@@ -165,7 +170,8 @@ func World() (Comm, error) {
 		return nil, errors.New("mpi: World called after Finalize")
 	}
 	if world.c == nil && world.err == nil {
-		world.c, world.err = newWorld()
+		mainThread.start()
+		mainThread.do(func() { world.c, world.err = newWorld() })
 	}
 	if world.err != nil {
 		return nil, world.err
@@ -175,9 +181,11 @@ func World() (Comm, error) {
 
 // Finalize completes the use of MPI: it stops the background goroutine,
 // frees World's communicator and calls MPI_Finalize if World initialised
-// MPI. It must be called once by every rank, after every Request was
-// waited for, and no Comm method may be called afterwards. Finalize
-// without a prior World does nothing and returns nil.
+// MPI, on the OS thread that called MPI_Init_thread (mainThread), from
+// whichever goroutine Finalize is called. It must be called once by every
+// rank, after every Request was waited for, and no Comm method may be
+// called afterwards. Finalize without a prior World does nothing and
+// returns nil.
 func Finalize() error {
 	world.mu.Lock()
 	defer world.mu.Unlock()
@@ -194,7 +202,79 @@ func Finalize() error {
 	if !world.initHere {
 		return nil
 	}
-	return callError("MPI_Finalize", C.cm_finalize(&c.p2p))
+	var err error
+	mainThread.do(func() {
+		if !isMainThread() {
+			err = errors.New("mpi: MPI_Finalize: not on the thread that called MPI_Init_thread")
+			return
+		}
+		err = callError("MPI_Finalize", C.cm_finalize(&c.p2p))
+	})
+	mainThread.stop()
+	return err
+}
+
+// mainThread is the OS thread on which World calls MPI_Init_thread and
+// Finalize calls MPI_Finalize. MPI calls the thread that initialised it
+// the main thread, and MPI_Finalize must be called on it. Go moves
+// goroutines between OS threads at will, and main.main is not locked to
+// the process's first thread, so a program whose main goroutine calls
+// World and, later, Finalize would in general make the two calls on
+// different threads. Locking the caller (runtime.LockOSThread in World)
+// would pin the program's main goroutine to one thread for the whole run
+// and still break when Finalize is called from another goroutine (a test
+// binary calls World in a test's goroutine and Finalize in TestMain).
+// Instead a goroutine of this package locks itself to a thread for the
+// life of MPI and runs both calls there; the only cost is one OS thread
+// that sleeps in between. Every other MPI call may come from any thread:
+// World requires MPI_THREAD_SERIALIZED or MPI_THREAD_MULTIPLE, not
+// MPI_THREAD_FUNNELED.
+var mainThread locked
+
+// locked runs functions on one goroutine locked to its OS thread.
+type locked struct {
+	run chan func()
+}
+
+// start starts the goroutine, if it is not running.
+func (l *locked) start() {
+	if l.run != nil {
+		return
+	}
+	l.run = make(chan func())
+	go func(run chan func()) {
+		// Never unlocked: when the goroutine returns, its thread exits.
+		runtime.LockOSThread()
+		for f := range run {
+			f()
+		}
+	}(l.run)
+}
+
+// do runs f on the locked thread and returns when f has returned.
+func (l *locked) do(f func()) {
+	done := make(chan struct{})
+	l.run <- func() {
+		defer close(done)
+		f()
+	}
+	<-done
+}
+
+// stop ends the goroutine, and with it its thread.
+func (l *locked) stop() {
+	close(l.run)
+	l.run = nil
+}
+
+// isMainThread reports whether the calling thread is MPI's main thread
+// (MPI_Is_thread_main).
+func isMainThread() bool {
+	var flag C.int
+	if C.cm_is_thread_main(&flag) != C.MPI_SUCCESS {
+		return false
+	}
+	return flag != 0
 }
 
 var world struct {

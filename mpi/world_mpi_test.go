@@ -4,6 +4,7 @@ package mpi
 
 import (
 	"os"
+	"runtime"
 	"slices"
 	"syscall"
 	"testing"
@@ -132,5 +133,25 @@ func TestWorldOverlap(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// TestWorldMainThread: MPI_Init_thread ran on the package's locked thread,
+// which MPI_Is_thread_main recognises, and a test goroutine's thread is
+// not MPI's main thread. (Finalize, called from TestMain's goroutine, runs
+// MPI_Finalize on the locked thread and fails if MPI disagrees.)
+func TestWorldMainThread(t *testing.T) {
+	if os.Getenv("OMPI_COMM_WORLD_SIZE") == "" {
+		t.Skip("not launched by mpirun (OMPI_COMM_WORLD_SIZE unset)")
+	}
+	if _, err := World(); err != nil {
+		t.Fatal(err)
+	}
+	var main bool
+	mainThread.do(func() { main = isMainThread() })
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if here := isMainThread(); !main || here {
+		t.Errorf("MPI_Is_thread_main: %v on the init thread, %v on a test goroutine's thread; want true, false", main, here)
 	}
 }
