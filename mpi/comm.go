@@ -14,7 +14,10 @@
 // communicator must call it, in the same order, with buffer lengths that
 // follow the stated layout. A method panics with an "mpi: ..." message on
 // local misuse (wrong lengths, a rank out of range) before it communicates.
-// Communication failures are returned as errors.
+// Communication failures are returned as errors. Such an error may reach
+// only some of the ranks, leaving the others waiting: code that cannot
+// bring every rank to the same error hands it to Fail, which by default
+// ends the job (see fail.go for the policy).
 package mpi
 
 // Op is a reduction operator for Allreduce.
