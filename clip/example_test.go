@@ -46,8 +46,8 @@ func Example() {
 	}
 	after, _ := tr.Evaluate(val)
 	fmt.Printf("%d steps of %d pairs\n", tr.Steps(), tr.GlobalBatch())
-	fmt.Println("recall@1 before, near chance (1/500):", before.ImageToText[0] < 0.01)
-	fmt.Println("recall@1 after, above 0.5:", after.ImageToText[0] > 0.5, after.TextToImage[0] > 0.5)
+	fmt.Println("recall@1 before, near chance (1/500):", before.ImageToText.R[0] < 0.01)
+	fmt.Println("recall@1 after, above 0.5:", after.ImageToText.R[0] > 0.5, after.TextToImage.R[0] > 0.5)
 	// Output:
 	// 64 steps of 512 pairs
 	// recall@1 before, near chance (1/500): true

@@ -463,9 +463,10 @@ func run[T blas.Float](comm mpi.Comm, o *options) error {
 	sum := summary{
 		Steps: tr.TotalSteps(), StepsRun: trainSteps, GlobalBatch: tr.GlobalBatch(), World: w,
 		WallS: wall, TrainS: trainTime.Seconds(), Epochs: o.epochs,
-		RecallI2T1: after.ImageToText[0], RecallT2I1: after.TextToImage[0],
-		RecallI2T1Before: before.ImageToText[0], RecallT2I1Before: before.TextToImage[0],
-		RecallI2T: after.ImageToText, RecallT2I: after.TextToImage,
+		RecallI2T1: after.ImageToText.R[0], RecallT2I1: after.TextToImage.R[0],
+		RecallI2T1Before: before.ImageToText.R[0], RecallT2I1Before: before.TextToImage.R[0],
+		RecallI2T: after.ImageToText.R, RecallT2I: after.TextToImage.R,
+		ValMetrics: after.Map(), ValMetricsBefore: before.Map(),
 		ValRows: val.Total, TrainRows: train.Total, ChanceAt1: 1 / float64(val.Total),
 		Head: head.String(), Mode: loss.ClipOptions{LocalLoss: o.localLoss, GatherWithGrad: o.gatherWithGrad}.Mode(),
 		Algorithm: o.algo, DType: o.dtype, BLAS: blas.Backend(), BLASThreads: blas.Threads(), MPI: mpi.Enabled,
@@ -484,12 +485,8 @@ func run[T blas.Float](comm mpi.Comm, o *options) error {
 	if err := clip.Agree(comm, outErr); err != nil {
 		return err
 	}
-	say("\n%-22s %10s %10s\n", "held-out recall", "before", "after")
-	for i, k := range clip.RecallK {
-		say("%-22s %10.4f %10.4f\n", fmt.Sprintf("image→text R@%d", k), before.ImageToText[i], after.ImageToText[i])
-	}
-	for i, k := range clip.RecallK {
-		say("%-22s %10.4f %10.4f\n", fmt.Sprintf("text→image R@%d", k), before.TextToImage[i], after.TextToImage[i])
+	if rank == 0 {
+		printMetrics(before, after)
 	}
 	if trainSteps > 0 {
 		say("final loss %.4f, logit scale %.2f; %d steps of %d pairs in %.1f s of training (%.0f samples/s), %.1f s in all\n",

@@ -32,17 +32,22 @@ type summary struct {
 	Epochs           int        `json:"epochs"`
 	RecallI2T        [3]float64 `json:"recall_i2t_at1_5_10"`
 	RecallT2I        [3]float64 `json:"recall_t2i_at1_5_10"`
-	ChanceAt1        float64    `json:"chance_at1"`
-	ValRows          int        `json:"val_rows"`
-	TrainRows        int        `json:"train_rows"`
-	LogitScale       float64    `json:"logit_scale"`
-	Head             string     `json:"head"`
-	Mode             string     `json:"mode"`
-	Algorithm        string     `json:"algorithm"`
-	DType            string     `json:"dtype"`
-	BLAS             string     `json:"blas"`
-	BLASThreads      int        `json:"blas_threads"`
-	MPI              bool       `json:"mpi"`
+	// ValMetrics and ValMetricsBefore are the held-out metrics after and
+	// before training under OpenCLIP's names (clip.MetricNames): recall,
+	// mean and median rank per direction, clip_val_loss.
+	ValMetrics       map[string]float64 `json:"val_metrics"`
+	ValMetricsBefore map[string]float64 `json:"val_metrics_before"`
+	ChanceAt1        float64            `json:"chance_at1"`
+	ValRows          int                `json:"val_rows"`
+	TrainRows        int                `json:"train_rows"`
+	LogitScale       float64            `json:"logit_scale"`
+	Head             string             `json:"head"`
+	Mode             string             `json:"mode"`
+	Algorithm        string             `json:"algorithm"`
+	DType            string             `json:"dtype"`
+	BLAS             string             `json:"blas"`
+	BLASThreads      int                `json:"blas_threads"`
+	MPI              bool               `json:"mpi"`
 }
 
 // row is one line of metrics.csv: a training step (split "train") or an
@@ -52,11 +57,14 @@ type row struct {
 	step, epoch int
 	loss, lr    float64
 	scale, sps  float64
-	i2t, t2i    [3]float64
+	val         clip.Metrics
 }
 
-var csvHeader = []string{"split", "step", "epoch", "loss", "lr", "logit_scale", "samples_per_s",
-	"recall_i2t_at1", "recall_i2t_at5", "recall_i2t_at10", "recall_t2i_at1", "recall_t2i_at5", "recall_t2i_at10"}
+// csvHeader are the columns of metrics.csv: a training step fills loss..
+// samples_per_s, an evaluation the held-out metrics under OpenCLIP's names.
+var csvHeader = append([]string{"split", "step", "epoch", "loss", "lr", "logit_scale", "samples_per_s"}, clip.MetricNames...)
+
+const csvTrainCols = 7
 
 type metrics struct{ rows []row }
 
@@ -64,8 +72,8 @@ func (m *metrics) addStep(st clip.StepStats, sps float64) {
 	m.rows = append(m.rows, row{split: "train", step: st.Step, epoch: st.Epoch, loss: st.Loss, lr: st.LR, scale: st.Scale, sps: sps})
 }
 
-func (m *metrics) addEval(step, epoch int, r clip.Recall) {
-	m.rows = append(m.rows, row{split: "val", step: step, epoch: epoch, i2t: r.ImageToText, t2i: r.TextToImage})
+func (m *metrics) addEval(step, epoch int, r clip.Metrics) {
+	m.rows = append(m.rows, row{split: "val", step: step, epoch: epoch, val: r})
 }
 
 // load keeps the rows of an earlier run's metrics.csv up to step (a resumed
@@ -90,9 +98,11 @@ func (m *metrics) load(path string, step int) {
 		x.epoch, _ = strconv.Atoi(r[2])
 		f := func(i int) float64 { v, _ := strconv.ParseFloat(r[i], 64); return v }
 		x.loss, x.lr, x.scale, x.sps = f(3), f(4), f(5), f(6)
-		for k := range 3 {
-			x.i2t[k], x.t2i[k] = f(7+k), f(10+k)
+		v := make([]float64, len(clip.MetricNames))
+		for k := range v {
+			v[k] = f(csvTrainCols + k)
 		}
+		x.val = metricsFromValues(v)
 		// The resumed run evaluates again at its first step.
 		if x.step < step || (x.split == "train" && x.step == step) {
 			m.rows = append(m.rows, x)
@@ -110,12 +120,13 @@ func (m *metrics) writeCSV(path string) error {
 	w.Write(csvHeader)
 	g := func(v float64) string { return strconv.FormatFloat(v, 'g', 8, 64) }
 	for _, r := range m.rows {
-		rec := []string{r.split, strconv.Itoa(r.step), strconv.Itoa(r.epoch), "", "", "", "", "", "", "", "", "", ""}
+		rec := make([]string, len(csvHeader))
+		rec[0], rec[1], rec[2] = r.split, strconv.Itoa(r.step), strconv.Itoa(r.epoch)
 		if r.split == "train" {
 			rec[3], rec[4], rec[5], rec[6] = g(r.loss), g(r.lr), g(r.scale), g(r.sps)
 		} else {
-			for k := range 3 {
-				rec[7+k], rec[10+k] = g(r.i2t[k]), g(r.t2i[k])
+			for k, v := range r.val.Values() {
+				rec[csvTrainCols+k] = g(v)
 			}
 		}
 		w.Write(rec)
@@ -130,6 +141,17 @@ func (m *metrics) writeCSV(path string) error {
 		return err
 	}
 	return f.Close()
+}
+
+// metricsFromValues is the inverse of clip.Metrics.Values.
+func metricsFromValues(v []float64) clip.Metrics {
+	var m clip.Metrics
+	for d, r := range []*clip.Retrieval{&m.ImageToText, &m.TextToImage} {
+		r.MeanRank, r.MedianRank = v[5*d], v[5*d+1]
+		copy(r.R[:], v[5*d+2:5*d+5])
+	}
+	m.Loss = v[10]
+	return m
 }
 
 // writeOutputs writes metrics.csv and curves.png under --logs and the
@@ -209,5 +231,15 @@ func (d *display) done() {
 	if d.bar != nil {
 		d.bar.Finish()
 		fmt.Fprintln(os.Stderr)
+	}
+}
+
+// printMetrics prints the held-out metrics before and after training as a
+// table, under OpenCLIP's names.
+func printMetrics(before, after clip.Metrics) {
+	fmt.Printf("\n%-28s %10s %10s\n", fmt.Sprintf("held-out (n=%d)", after.N), "before", "after")
+	b, a := before.Values(), after.Values()
+	for i, name := range clip.MetricNames {
+		fmt.Printf("%-28s %10.4f %10.4f\n", name, b[i], a[i])
 	}
 }

@@ -23,7 +23,8 @@ func writePlot(path string, m *metrics) error {
 			loss = append(loss, plotter.XY{X: float64(r.step), Y: r.loss})
 			continue
 		}
-		for i, v := range []float64{r.i2t[0], r.t2i[0], r.i2t[1], r.t2i[1]} {
+		i2t, t2i := r.val.ImageToText.R, r.val.TextToImage.R
+		for i, v := range []float64{i2t[0], t2i[0], i2t[1], t2i[1]} {
 			rec[i] = append(rec[i], plotter.XY{X: float64(r.step), Y: v})
 		}
 	}
