@@ -2,7 +2,10 @@
 // interface with three implementations:
 //
 //   - World: the real MPI_COMM_WORLD (build tag mpi, cgo OpenMPI through
-//     github.com/emer/empi plus our own cgo for what empi lacks);
+//     github.com/emer/empi plus our own cgo for what empi lacks), and
+//     CommFromFortran, a duplicate of any MPI communicator given by its
+//     Fortran handle (MPI_Comm_c2f, mpi4py's py2f()), for callers that
+//     own MPI (the C ABI in capi/);
 //   - Self: a one-rank communicator that copies where MPI would;
 //   - NewGroup: W goroutine ranks in one process, for plain go test.
 //

@@ -454,3 +454,95 @@ func TestWorld(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestWorldFortran runs the conformance suite on CommFromFortran over
+// MPI_COMM_WORLD's Fortran handle under mpirun, in every point-to-point
+// mode, and checks that its traffic stays apart from World's, that Free
+// releases it, and that an invalid handle is an error.
+func TestWorldFortran(t *testing.T) {
+	if !mpi.Enabled {
+		if _, err := mpi.CommFromFortran(0); err == nil || !strings.Contains(err.Error(), "-tags mpi") {
+			t.Errorf("CommFromFortran without MPI: %v, want an error asking for -tags mpi", err)
+		}
+		if _, err := mpi.WorldFortran(); err == nil {
+			t.Error("WorldFortran without MPI: no error")
+		}
+	}
+	if !mpi.Enabled || !underMpirun() {
+		t.Skip("needs -tags mpi and mpirun: go test -c -tags mpi -o /tmp/mpi.test ./mpi && mpirun -np 2 /tmp/mpi.test -test.run TestWorldFortran")
+	}
+	world, err := mpi.World()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := mpi.WorldFortran()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := mpi.CommFromFortran(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Rank() != world.Rank() || c.Size() != world.Size() {
+		t.Fatalf("CommFromFortran(%d): rank %d of %d, World says %d of %d", f, c.Rank(), c.Size(), world.Rank(), world.Size())
+	}
+	mpitest.Conformance(t, c)
+	for _, mode := range mpi.P2PModes {
+		if mode != "isend" && !mpi.ThreadMultiple(c) {
+			continue
+		}
+		t.Run("p2p="+mode, func(t *testing.T) {
+			defer mpi.SetP2PMode(c, mpi.SetP2PMode(c, mode))
+			mpitest.Conformance(t, c)
+			lengthMismatch(t, c, -1)
+		})
+	}
+	// The same ring shift on both communicators at once, World's started
+	// first and waited last: each must receive its own values.
+	w, r := c.Size(), c.Rank()
+	right, left := (r+1)%w, (r+w-1)%w
+	srcW, srcC := []float64{float64(r), 1}, []float64{float64(r), 2}
+	dstW, dstC := make([]float64, 2), make([]float64, 2)
+	qW, err := world.IsendrecvF64(dstW, left, srcW, right)
+	if err != nil {
+		t.Fatal(err)
+	}
+	qC, err := c.IsendrecvF64(dstC, left, srcC, right)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := qC.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if err := qW.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if dstW[0] != float64(left) || dstW[1] != 1 || dstC[0] != float64(left) || dstC[1] != 2 {
+		t.Errorf("rank %d: World received %v, CommFromFortran %v; want [%d 1] and [%d 2]", r, dstW, dstC, left, left)
+	}
+	if err := mpi.Free(c); err != nil {
+		t.Errorf("Free: %v", err)
+	}
+	if err := mpi.Free(c); err != nil {
+		t.Errorf("second Free: %v", err)
+	}
+	if err := mpi.Free(world); err != nil {
+		t.Errorf("Free(World): %v", err)
+	}
+	// A second duplicate, left for Finalize to free.
+	c2, err := mpi.CommFromFortran(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := []float64{1}
+	if err := c2.AllreduceF64(mpi.Sum, x, x); err != nil || x[0] != float64(w) {
+		t.Errorf("Allreduce on a second duplicate: %v, %v; want %d", x, err, w)
+	}
+	for _, bad := range []int{-1, 1 << 30} {
+		if _, err := mpi.CommFromFortran(bad); err == nil || !strings.HasPrefix(err.Error(), "mpi: ") {
+			t.Errorf("CommFromFortran(%d): error %v, want one starting with mpi:", bad, err)
+		} else if r == 0 {
+			t.Logf("CommFromFortran(%d): %v", bad, err)
+		}
+	}
+}

@@ -35,23 +35,54 @@ static int cm_setup(MPI_Comm *p2p) {
 	return MPI_Comm_set_errhandler(*p2p, MPI_ERRORS_RETURN);
 }
 
+// cm_dup_fortran duplicates the communicator whose Fortran handle is f
+// (MPI_COMM_WORLD if f < 0) into *out, which returns errors: the caller's
+// communicator and its error handler are left as they are.
+static int cm_dup_fortran(int f, MPI_Comm *out) {
+	MPI_Comm c = f < 0 ? MPI_COMM_WORLD : MPI_Comm_f2c((MPI_Fint)f);
+	if (c == MPI_COMM_NULL) return MPI_ERR_COMM;
+	int rc = MPI_Comm_dup(c, out);
+	if (rc != MPI_SUCCESS) return rc;
+	return MPI_Comm_set_errhandler(*out, MPI_ERRORS_RETURN);
+}
+
+static int cm_world_fortran(void) { return (int)MPI_Comm_c2f(MPI_COMM_WORLD); }
+
+static int cm_comm_info(MPI_Comm c, int *rank, int *size) {
+	int rc = MPI_Comm_rank(c, rank);
+	if (rc != MPI_SUCCESS) return rc;
+	return MPI_Comm_size(c, size);
+}
+
+static int cm_comm_free(MPI_Comm *c) { return MPI_Comm_free(c); }
+
+static int cm_finalized(void) {
+	int flag = 0;
+	MPI_Finalized(&flag);
+	return flag;
+}
+
+static int cm_barrier(MPI_Comm c) { return MPI_Barrier(c); }
+
+static MPI_Comm cm_comm_world(void) { return MPI_COMM_WORLD; }
+
 static int cm_error_string(int code, char *buf, int *len) {
 	return MPI_Error_string(code, buf, len);
 }
 
 static MPI_Datatype cm_type(int f64) { return f64 ? MPI_DOUBLE : MPI_FLOAT; }
 
-static int cm_allgather(void *dst, void *src, int n, int f64) {
-	return MPI_Allgather(src, n, cm_type(f64), dst, n, cm_type(f64), MPI_COMM_WORLD);
+static int cm_allgather(void *dst, void *src, int n, int f64, MPI_Comm c) {
+	return MPI_Allgather(src, n, cm_type(f64), dst, n, cm_type(f64), c);
 }
 
-static int cm_reduce_scatter(void *dst, void *src, int n, int f64) {
-	return MPI_Reduce_scatter_block(src, dst, n, cm_type(f64), MPI_SUM, MPI_COMM_WORLD);
+static int cm_reduce_scatter(void *dst, void *src, int n, int f64, MPI_Comm c) {
+	return MPI_Reduce_scatter_block(src, dst, n, cm_type(f64), MPI_SUM, c);
 }
 
-static int cm_allreduce(void *dst, void *src, int n, int f64, int max, int inplace) {
+static int cm_allreduce(void *dst, void *src, int n, int f64, int max, int inplace, MPI_Comm c) {
 	return MPI_Allreduce(inplace ? MPI_IN_PLACE : src, dst, n, cm_type(f64),
-		max ? MPI_MAX : MPI_SUM, MPI_COMM_WORLD);
+		max ? MPI_MAX : MPI_SUM, c);
 }
 
 // cm_isendrecv starts a receive of ndst values from rank from into dst and
@@ -103,15 +134,11 @@ static int cm_sendrecv(void *dst, int ndst, int from, void *src, int nsrc, int t
 	return MPI_Get_count(&st, cm_type(f64), got);
 }
 
-static int cm_abort(int code) { return MPI_Abort(MPI_COMM_WORLD, code); }
+static int cm_abort(MPI_Comm c, int code) { return MPI_Abort(c, code); }
 
 static int cm_is_thread_main(int *flag) { return MPI_Is_thread_main(flag); }
 
-static int cm_finalize(MPI_Comm *p2p) {
-	int rc = MPI_Comm_free(p2p);
-	if (rc != MPI_SUCCESS) return rc;
-	return MPI_Finalize();
-}
+static int cm_finalize(void) { return MPI_Finalize(); }
 */
 import "C"
 
@@ -170,8 +197,7 @@ func World() (Comm, error) {
 		return nil, errors.New("mpi: World called after Finalize")
 	}
 	if world.c == nil && world.err == nil {
-		mainThread.start()
-		mainThread.do(func() { world.c, world.err = newWorld() })
+		world.c, world.err = newWorld()
 	}
 	if world.err != nil {
 		return nil, world.err
@@ -179,42 +205,59 @@ func World() (Comm, error) {
 	return world.c, nil
 }
 
-// Finalize completes the use of MPI: it stops the background goroutine,
-// frees World's communicator and calls MPI_Finalize if World initialised
-// MPI, on the OS thread that called MPI_Init_thread (mainThread), from
-// whichever goroutine Finalize is called. It must be called once by every
-// rank, after every Request was waited for, and no Comm method may be
-// called afterwards. Finalize without a prior World does nothing and
-// returns nil.
+// Finalize completes the use of MPI: it stops the background goroutines,
+// frees the communicators of CommFromFortran that Free has not freed
+// (newest first) and World's, and calls MPI_Finalize if this package
+// initialised MPI, on the OS thread that called MPI_Init_thread
+// (mainThread), from whichever goroutine Finalize is called. It must be
+// called once by every rank, after every
+// Request was waited for, and no Comm method may be called afterwards.
+// Finalize before any World or CommFromFortran does nothing and returns
+// nil; so does a Finalize after MPI was finalised by someone else, apart
+// from stopping the goroutines.
 func Finalize() error {
 	world.mu.Lock()
 	defer world.mu.Unlock()
-	c := world.c
-	if c == nil || world.finalized {
+	if !world.initDone || world.finalized {
 		return nil
 	}
 	world.finalized = true
-	if c.work != nil {
-		close(c.work)
-		<-c.stopped
-	}
-	c.pins.release()
-	if !world.initHere {
-		return nil
-	}
+	gone := C.cm_finalized() != 0
 	var err error
+	for i := len(world.dups) - 1; i >= 0; i-- {
+		if e := world.dups[i].free(gone); err == nil {
+			err = e
+		}
+	}
+	world.dups = nil
+	if c := world.c; c != nil {
+		c.stop()
+	}
+	if !world.initHere || gone {
+		return err
+	}
+	if world.c != nil {
+		if e := callError("MPI_Comm_free", C.cm_comm_free(&world.c.p2p)); err == nil {
+			err = e
+		}
+	}
 	mainThread.do(func() {
 		if !isMainThread() {
-			err = errors.New("mpi: MPI_Finalize: not on the thread that called MPI_Init_thread")
+			if err == nil {
+				err = errors.New("mpi: MPI_Finalize: not on the thread that called MPI_Init_thread")
+			}
 			return
 		}
-		err = callError("MPI_Finalize", C.cm_finalize(&c.p2p))
+		if e := callError("MPI_Finalize", C.cm_finalize()); err == nil {
+			err = e
+		}
 	})
 	mainThread.stop()
 	return err
 }
 
-// mainThread is the OS thread on which World calls MPI_Init_thread and
+// mainThread is the OS thread on which World or CommFromFortran calls
+// MPI_Init_thread (when MPI is not yet initialised) and
 // Finalize calls MPI_Finalize. MPI calls the thread that initialised it
 // the main thread, and MPI_Finalize must be called on it. Go moves
 // goroutines between OS threads at will, and main.main is not locked to
@@ -282,7 +325,133 @@ var world struct {
 	c         *worldComm
 	err       error
 	finalized bool
-	initHere  bool // World called MPI_Init_thread
+	initDone  bool         // initMPI ran
+	initErr   error        // what it returned
+	initHere  bool         // initMPI called MPI_Init_thread
+	provided  C.int        // the thread level MPI provides
+	dups      []*worldComm // live communicators of CommFromFortran, oldest first
+}
+
+// initMPI initialises MPI once (MPI_Init_thread asking for
+// MPI_THREAD_MULTIPLE) unless someone else did, and checks the thread
+// level. world.mu must be held.
+func initMPI() error {
+	if world.finalized {
+		return errors.New("mpi: MPI used after Finalize")
+	}
+	if world.initDone {
+		return world.initErr
+	}
+	world.initDone = true
+	var provided, here C.int
+	var rc C.int
+	mainThread.start()
+	mainThread.do(func() { rc = C.cm_init(&provided, &here) })
+	if here == 0 {
+		mainThread.stop() // someone else initialised MPI and finalises it
+	}
+	if rc != C.MPI_SUCCESS {
+		world.initErr = callError("MPI_Init_thread", rc)
+		return world.initErr
+	}
+	world.initHere = here != 0
+	world.provided = provided
+	if provided < C.cm_thread_serialized() {
+		world.initErr = fmt.Errorf("mpi: MPI_Init_thread: MPI provides thread level %d, need MPI_THREAD_SERIALIZED (%d) or better",
+			provided, C.cm_thread_serialized())
+	}
+	return world.initErr
+}
+
+// WorldFortran returns the Fortran handle of MPI_COMM_WORLD
+// (MPI_Comm_c2f), initialising MPI as World does if nobody has.
+func WorldFortran() (int, error) {
+	world.mu.Lock()
+	defer world.mu.Unlock()
+	if err := initMPI(); err != nil {
+		return 0, err
+	}
+	return int(C.cm_world_fortran()), nil
+}
+
+// CommFromFortran returns a communicator over a duplicate of the MPI
+// communicator whose Fortran handle is f: what MPI_Comm_c2f returns in C,
+// mpi4py's Comm.py2f() in Python. It is collective over that
+// communicator (MPI_Comm_dup). It initialises MPI as World does if nobody
+// has; if MPI is already initialised, it must provide
+// MPI_THREAD_SERIALIZED or better, as for World.
+//
+// The duplicate returns errors (MPI_ERRORS_RETURN) and carries all of the
+// Comm's traffic, so it never matches the caller's messages on f; the
+// caller's communicator and its error handler are left as they are, and f
+// may be freed once CommFromFortran has returned. The Comm behaves as
+// World's does (threading, Requests, errors), and Abort calls MPI_Abort on
+// the duplicate, which ends the whole job. Free releases it; Finalize
+// releases those still live. It returns an error if f is not a valid
+// handle (MPI_Comm_f2c gives MPI_COMM_NULL) or MPI fails.
+func CommFromFortran(f int) (Comm, error) {
+	world.mu.Lock()
+	defer world.mu.Unlock()
+	if err := initMPI(); err != nil {
+		return nil, err
+	}
+	if f < 0 || f > math.MaxInt32 {
+		return nil, fmt.Errorf("mpi: %d is not a Fortran communicator handle", f)
+	}
+	var dup C.MPI_Comm
+	if rc := C.cm_dup_fortran(C.int(f), &dup); rc != C.MPI_SUCCESS {
+		return nil, callError("MPI_Comm_dup", rc)
+	}
+	var rank, size C.int
+	if rc := C.cm_comm_info(dup, &rank, &size); rc != C.MPI_SUCCESS {
+		C.cm_comm_free(&dup)
+		return nil, callError("MPI_Comm_rank", rc)
+	}
+	c := newComm(dup, dup, nil, int(rank), int(size))
+	c.dup = true
+	world.dups = append(world.dups, c)
+	return c, nil
+}
+
+// Free releases a communicator that CommFromFortran returned: it stops
+// its background goroutine and frees its duplicate (MPI_Comm_free, which
+// is collective). Any other Comm, or one already freed, is left alone and
+// Free returns nil. No Request of c may be outstanding, and c may not be
+// used afterwards.
+func Free(c Comm) error {
+	wc, ok := c.(*worldComm)
+	if !ok || !wc.dup {
+		return nil
+	}
+	world.mu.Lock()
+	defer world.mu.Unlock()
+	for i, d := range world.dups {
+		if d == wc {
+			world.dups = append(world.dups[:i], world.dups[i+1:]...)
+			return wc.free(C.cm_finalized() != 0)
+		}
+	}
+	return nil
+}
+
+// free stops c's goroutine and, unless MPI is finalised (gone), frees its
+// duplicate.
+func (c *worldComm) free(gone bool) error {
+	c.stop()
+	if gone {
+		return nil
+	}
+	return callError("MPI_Comm_free", C.cm_comm_free(&c.comm))
+}
+
+// stop ends c's background goroutine, if any, and unpins its buffers.
+func (c *worldComm) stop() {
+	if c.work != nil {
+		close(c.work)
+		<-c.stopped
+		c.work = nil
+	}
+	c.pins.release()
 }
 
 // p2pMode is how IsendrecvF32 and Wait drive MPI.
@@ -337,17 +506,11 @@ func (m p2pMode) String() string {
 var p2pDefault = modeWaitall
 
 func newWorld() (*worldComm, error) {
-	var provided, here C.int
-	if rc := C.cm_init(&provided, &here); rc != C.MPI_SUCCESS {
-		return nil, callError("MPI_Init_thread", rc)
+	if err := initMPI(); err != nil {
+		return nil, err
 	}
-	world.initHere = here != 0
-	if provided < C.cm_thread_serialized() {
-		return nil, fmt.Errorf("mpi: MPI_Init_thread: MPI provides thread level %d, need MPI_THREAD_SERIALIZED (%d) or better",
-			provided, C.cm_thread_serialized())
-	}
-	c := &worldComm{serial: provided < C.cm_thread_multiple()}
-	if rc := C.cm_setup(&c.p2p); rc != C.MPI_SUCCESS {
+	var p2p C.MPI_Comm
+	if rc := C.cm_setup(&p2p); rc != C.MPI_SUCCESS {
 		return nil, callError("MPI_Comm_dup", rc)
 	}
 	empi.LogErrors = false
@@ -355,8 +518,15 @@ func newWorld() (*worldComm, error) {
 	if err != nil {
 		return nil, empiError("MPI_Comm_group", err)
 	}
-	c.e = e
-	c.rank, c.size = e.Rank(), e.Size()
+	return newComm(C.cm_comm_world(), p2p, e, e.Rank(), e.Size()), nil
+}
+
+// newComm returns a Comm whose collectives run on comm (through e when
+// not nil) and point-to-point transfers on p2p, and starts its background
+// goroutine with MPI_THREAD_MULTIPLE.
+func newComm(comm, p2p C.MPI_Comm, e *empi.Comm, rank, size int) *worldComm {
+	c := &worldComm{e: e, comm: comm, p2p: p2p, rank: rank, size: size,
+		serial: world.provided < C.cm_thread_multiple()}
 	c.mode = modeIsend
 	if !c.serial {
 		c.mode = p2pDefault
@@ -368,11 +538,16 @@ func newWorld() (*worldComm, error) {
 		c.reqs[i].c = c
 		c.reqs[i].done = make(chan struct{}, 1)
 	}
-	return c, nil
+	return c
 }
 
+// worldComm is World's communicator (collectives through emer/empi on
+// MPI_COMM_WORLD, e != nil) or one of CommFromFortran (every call through
+// this package's cgo on the duplicate, dup set).
 type worldComm struct {
-	e          *empi.Comm
+	e          *empi.Comm // nil: call MPI on comm directly
+	comm       C.MPI_Comm // the collectives' communicator
+	dup        bool       // comm is a duplicate made by CommFromFortran
 	rank, size int
 	p2p        C.MPI_Comm
 	serial     bool       // only MPI_THREAD_SERIALIZED: mu guards every MPI call
@@ -460,14 +635,17 @@ func (c *worldComm) Size() int { return c.size }
 func (c *worldComm) Barrier() error {
 	c.lock()
 	defer c.unlock()
+	if c.e == nil {
+		return callError("MPI_Barrier", C.cm_barrier(c.comm))
+	}
 	return empiError("MPI_Barrier", c.e.Barrier())
 }
 
 func (c *worldComm) AllgatherF32(dst, src []float32) error {
 	checkAllgather(c.size, dst, src)
 	checkCount(len(src))
-	if len(src) == 0 {
-		return worldAllgatherEmpty[float32](c)
+	if len(src) == 0 || c.e == nil {
+		return worldAllgather(c, dst, src)
 	}
 	c.lock()
 	defer c.unlock()
@@ -477,20 +655,25 @@ func (c *worldComm) AllgatherF32(dst, src []float32) error {
 func (c *worldComm) AllgatherF64(dst, src []float64) error {
 	checkAllgather(c.size, dst, src)
 	checkCount(len(src))
-	if len(src) == 0 {
-		return worldAllgatherEmpty[float64](c)
+	if len(src) == 0 || c.e == nil {
+		return worldAllgather(c, dst, src)
 	}
 	c.lock()
 	defer c.unlock()
 	return empiError("MPI_Allgather", c.e.AllGatherF64(dst, src))
 }
 
-// worldAllgatherEmpty still calls MPI_Allgather (with count 0), so that
-// ranks that disagree on the length get an MPI error rather than a hang.
-func worldAllgatherEmpty[T float](c *worldComm) error {
+// worldAllgather calls MPI_Allgather itself: on a communicator of
+// CommFromFortran, or with empty buffers, which emer/empi cannot do (an
+// empty src still calls MPI_Allgather, with count 0, so that ranks that
+// disagree on the length get an MPI error rather than a hang).
+func worldAllgather[T float](c *worldComm, dst, src []T) error {
 	c.lock()
 	defer c.unlock()
-	return callError("MPI_Allgather", C.cm_allgather(nil, nil, 0, isF64[T]()))
+	rc := C.cm_allgather(ptr(dst), ptr(src), C.int(len(src)), isF64[T](), c.comm)
+	runtime.KeepAlive(dst)
+	runtime.KeepAlive(src)
+	return callError("MPI_Allgather", rc)
 }
 
 func (c *worldComm) ReduceScatterF32(dst, src []float32) error {
@@ -506,7 +689,7 @@ func worldReduceScatter[T float](c *worldComm, dst, src []T) error {
 	checkCount(len(dst))
 	c.lock()
 	defer c.unlock()
-	rc := C.cm_reduce_scatter(ptr(dst), ptr(src), C.int(len(dst)), isF64[T]())
+	rc := C.cm_reduce_scatter(ptr(dst), ptr(src), C.int(len(dst)), isF64[T](), c.comm)
 	runtime.KeepAlive(dst)
 	runtime.KeepAlive(src)
 	return callError("MPI_Reduce_scatter_block", rc)
@@ -515,7 +698,7 @@ func worldReduceScatter[T float](c *worldComm, dst, src []T) error {
 func (c *worldComm) AllreduceF32(op Op, dst, src []float32) error {
 	inPlace := checkAllreduce(op, dst, src)
 	checkCount(len(dst))
-	if inPlace || len(dst) == 0 {
+	if inPlace || len(dst) == 0 || c.e == nil {
 		return worldAllreduce(c, op, dst, src, inPlace)
 	}
 	c.lock()
@@ -526,7 +709,7 @@ func (c *worldComm) AllreduceF32(op Op, dst, src []float32) error {
 func (c *worldComm) AllreduceF64(op Op, dst, src []float64) error {
 	inPlace := checkAllreduce(op, dst, src)
 	checkCount(len(dst))
-	if inPlace || len(dst) == 0 {
+	if inPlace || len(dst) == 0 || c.e == nil {
 		return worldAllreduce(c, op, dst, src, inPlace)
 	}
 	c.lock()
@@ -541,8 +724,9 @@ func empiOp(op Op) empi.Op {
 	return empi.OpSum
 }
 
-// worldAllreduce calls MPI_Allreduce itself: in place (MPI_IN_PLACE) or
-// with empty buffers, which emer/empi cannot do.
+// worldAllreduce calls MPI_Allreduce itself: on a communicator of
+// CommFromFortran, in place (MPI_IN_PLACE) or with empty buffers, which
+// emer/empi cannot do.
 func worldAllreduce[T float](c *worldComm, op Op, dst, src []T, inPlace bool) error {
 	var max, in C.int
 	if op == Max {
@@ -553,7 +737,7 @@ func worldAllreduce[T float](c *worldComm, op Op, dst, src []T, inPlace bool) er
 	}
 	c.lock()
 	defer c.unlock()
-	rc := C.cm_allreduce(ptr(dst), ptr(src), C.int(len(dst)), isF64[T](), max, in)
+	rc := C.cm_allreduce(ptr(dst), ptr(src), C.int(len(dst)), isF64[T](), max, in, c.comm)
 	runtime.KeepAlive(dst)
 	runtime.KeepAlive(src)
 	return callError("MPI_Allreduce", rc)
@@ -765,11 +949,12 @@ func (r *worldRequest) checkGot(got C.int) error {
 	return nil
 }
 
-// Abort calls MPI_Abort on MPI_COMM_WORLD, which ends every rank with exit
-// status code (1 if code is 0 mod 256). It does not return.
+// Abort calls MPI_Abort on the communicator (MPI_COMM_WORLD for World),
+// which ends every rank with exit status code (1 if code is 0 mod 256);
+// Open MPI ends every process of the job. It does not return.
 func (c *worldComm) Abort(code int) {
 	status := exitStatus(code)
 	fmt.Fprintf(os.Stderr, "mpi: rank %d calls MPI_Abort(%d)\n", c.rank, status)
-	C.cm_abort(C.int(status))
+	C.cm_abort(c.comm, C.int(status))
 	os.Exit(status)
 }

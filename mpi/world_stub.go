@@ -2,7 +2,10 @@
 
 package mpi
 
-import "fmt"
+import (
+	"errors"
+	"fmt"
+)
 
 // Enabled reports whether this package was built with MPI (build tag mpi).
 const Enabled = false
@@ -21,3 +24,14 @@ func World() (Comm, error) {
 
 // Finalize shuts MPI down. Without MPI it does nothing and returns nil.
 func Finalize() error { return nil }
+
+// WorldFortran needs MPI: this build returns an error.
+func WorldFortran() (int, error) { return 0, errNoMPI }
+
+// CommFromFortran needs MPI: this build returns an error.
+func CommFromFortran(f int) (Comm, error) { return nil, errNoMPI }
+
+// Free does nothing without MPI and returns nil.
+func Free(c Comm) error { return nil }
+
+var errNoMPI = errors.New("mpi: an MPI communicator handle needs MPI; rebuild with -tags mpi")
