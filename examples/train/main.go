@@ -376,7 +376,7 @@ func run[T blas.Float](comm mpi.Comm, o *options) error {
 			return err
 		}
 	}
-	mt := &metrics{}
+	resumeAt := -1
 	if o.resume != "" {
 		path := o.resume
 		if path == "latest" {
@@ -389,10 +389,21 @@ func run[T blas.Float](comm mpi.Comm, o *options) error {
 			return err
 		}
 		say("resumed from %s at step %d of %d\n", path, tr.Steps(), tr.TotalSteps())
-		if o.logs != "" && rank == 0 {
-			mt.load(filepath.Join(o.logs, "metrics.csv"), tr.Steps())
+		resumeAt = tr.Steps()
+	}
+	// Rank 0 appends every row to LOGS/metrics.csv as it comes.
+	mt := &metrics{}
+	if rank == 0 && o.logs != "" {
+		var note string
+		mt, note, err = openMetrics(filepath.Join(o.logs, "metrics.csv"), resumeAt)
+		if note != "" {
+			say("%s\n", note)
 		}
 	}
+	if err = clip.Agree(comm, err); err != nil {
+		return err
+	}
+	defer mt.close()
 
 	before, err := tr.Evaluate(val)
 	if err != nil {

@@ -2,9 +2,12 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/csv"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -66,81 +69,204 @@ var csvHeader = append([]string{"split", "step", "epoch", "loss", "lr", "logit_s
 
 const csvTrainCols = 7
 
-type metrics struct{ rows []row }
-
-func (m *metrics) addStep(st clip.StepStats, sps float64) {
-	m.rows = append(m.rows, row{split: "train", step: st.Step, epoch: st.Epoch, loss: st.Loss, lr: st.LR, scale: st.Scale, sps: sps})
+// metrics holds the rows of metrics.csv. On rank 0 with --logs it also
+// appends each row to the file as it is produced and flushes it to the
+// operating system at once, so that a run that is killed keeps its history
+// up to its last step. A write error is kept and reported at the end (err):
+// the ranks learn it there, with the other outputs.
+type metrics struct {
+	rows []row
+	f    *os.File
+	w    *csv.Writer
+	err  error
 }
 
-func (m *metrics) addEval(step, epoch int, r clip.Metrics) {
-	m.rows = append(m.rows, row{split: "val", step: step, epoch: epoch, val: r})
-}
-
-// load keeps the rows of an earlier run's metrics.csv up to step (a resumed
-// run continues its curves); a missing or unreadable file is ignored.
-func (m *metrics) load(path string, step int) {
-	f, err := os.Open(path)
+// openMetrics starts metrics.csv at path, on rank 0. A new run (resume < 0)
+// truncates the file and writes the header. A run resumed at step resume
+// continues the file: it keeps the earlier run's training rows up to that
+// step and its evaluations before it (the resumed run evaluates again at
+// its first step), drops what the killed run wrote after the checkpoint
+// and a last line it did not finish, and rewrites the file atomically
+// before appending to it; columns are matched by name. note says what it
+// found, for the log; a missing file starts afresh.
+func openMetrics(path string, resume int) (m *metrics, note string, err error) {
+	m = &metrics{}
+	if path == "" {
+		return m, "", nil
+	}
+	if resume >= 0 {
+		var kept int
+		kept, note, err = m.load(path, resume)
+		if err != nil {
+			return nil, "", err
+		}
+		if note == "" {
+			note = fmt.Sprintf("%s: continued from step %d (%d earlier rows kept)", path, resume, kept)
+		}
+	}
+	// Write the header and the kept rows to a new file and rename it onto
+	// path: a kill meanwhile leaves the old file whole.
+	tmp := path + ".tmp"
+	f, err := os.Create(tmp)
 	if err != nil {
-		return
-	}
-	defer f.Close()
-	recs, err := csv.NewReader(f).ReadAll()
-	if err != nil || len(recs) < 1 {
-		return
-	}
-	for _, r := range recs[1:] {
-		if len(r) != len(csvHeader) {
-			return
-		}
-		var x row
-		x.split = r[0]
-		x.step, _ = strconv.Atoi(r[1])
-		x.epoch, _ = strconv.Atoi(r[2])
-		f := func(i int) float64 { v, _ := strconv.ParseFloat(r[i], 64); return v }
-		x.loss, x.lr, x.scale, x.sps = f(3), f(4), f(5), f(6)
-		v := make([]float64, len(clip.MetricNames))
-		for k := range v {
-			v[k] = f(csvTrainCols + k)
-		}
-		x.val = metricsFromValues(v)
-		// The resumed run evaluates again at its first step.
-		if x.step < step || (x.split == "train" && x.step == step) {
-			m.rows = append(m.rows, x)
-		}
-	}
-}
-
-func (m *metrics) writeCSV(path string) error {
-	f, err := os.Create(path)
-	if err != nil {
-		return err
+		return nil, "", err
 	}
 	bw := bufio.NewWriter(f)
 	w := csv.NewWriter(bw)
 	w.Write(csvHeader)
-	g := func(v float64) string { return strconv.FormatFloat(v, 'g', 8, 64) }
 	for _, r := range m.rows {
-		rec := make([]string, len(csvHeader))
-		rec[0], rec[1], rec[2] = r.split, strconv.Itoa(r.step), strconv.Itoa(r.epoch)
-		if r.split == "train" {
-			rec[3], rec[4], rec[5], rec[6] = g(r.loss), g(r.lr), g(r.scale), g(r.sps)
-		} else {
-			for k, v := range r.val.Values() {
-				rec[csvTrainCols+k] = g(v)
-			}
-		}
-		w.Write(rec)
+		w.Write(r.record())
 	}
 	w.Flush()
-	if err := w.Error(); err != nil {
-		f.Close()
-		return err
+	if err = w.Error(); err == nil {
+		err = bw.Flush()
 	}
-	if err := bw.Flush(); err != nil {
-		f.Close()
-		return err
+	if err == nil {
+		err = f.Sync()
 	}
-	return f.Close()
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return nil, "", fmt.Errorf("writing %s: %w", path, err)
+	}
+	if m.f, err = os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0); err != nil {
+		return nil, "", err
+	}
+	m.w = csv.NewWriter(m.f)
+	return m, note, nil
+}
+
+func (m *metrics) addStep(st clip.StepStats, sps float64) {
+	m.add(row{split: "train", step: st.Step, epoch: st.Epoch, loss: st.Loss, lr: st.LR, scale: st.Scale, sps: sps})
+}
+
+func (m *metrics) addEval(step, epoch int, r clip.Metrics) {
+	m.add(row{split: "val", step: step, epoch: epoch, val: r})
+}
+
+// add keeps a row and appends it to the file, flushed at once (one write
+// per row: csv.Writer buffers the record, Flush hands it to the file).
+func (m *metrics) add(r row) {
+	m.rows = append(m.rows, r)
+	if m.w == nil || m.err != nil {
+		return
+	}
+	m.w.Write(r.record())
+	m.w.Flush()
+	if err := m.w.Error(); err != nil {
+		m.err = fmt.Errorf("writing metrics: %w", err)
+	}
+}
+
+// close closes the file and returns the first error met writing it.
+func (m *metrics) close() error {
+	if m.f == nil {
+		return m.err
+	}
+	err := m.f.Close()
+	m.f, m.w = nil, nil
+	if m.err == nil && err != nil {
+		m.err = fmt.Errorf("writing metrics: %w", err)
+	}
+	return m.err
+}
+
+// record is the row as metrics.csv holds it. Loss, learning rate, logit
+// scale and the held-out metrics are written exactly (the shortest decimal
+// that reads back as the same float64), so that runs can be compared.
+func (r row) record() []string {
+	g := func(v float64) string { return strconv.FormatFloat(v, 'g', -1, 64) }
+	rec := make([]string, len(csvHeader))
+	rec[0], rec[1], rec[2] = r.split, strconv.Itoa(r.step), strconv.Itoa(r.epoch)
+	if r.split == "train" {
+		rec[3], rec[4], rec[5] = g(r.loss), g(r.lr), g(r.scale)
+		rec[6] = strconv.FormatFloat(r.sps, 'f', 0, 64)
+	} else {
+		for k, v := range r.val.Values() {
+			rec[csvTrainCols+k] = g(v)
+		}
+	}
+	return rec
+}
+
+// load reads the rows of an earlier run's metrics.csv at path that a run
+// resumed at step keeps (see openMetrics) and returns how many it kept. A
+// missing file is not an error (note says so); a file that is not a
+// metrics.csv is.
+func (m *metrics) load(path string, step int) (kept int, note string, err error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, fmt.Sprintf("%s: no earlier file; its rows start at step %d", path, step), nil
+	}
+	if err != nil {
+		return 0, "", err
+	}
+	// A kill may have cut the last line short: drop it.
+	cut := ""
+	if i := bytes.LastIndexByte(b, '\n'); i+1 < len(b) {
+		b = b[:i+1]
+		cut = "; an unfinished last line dropped"
+	}
+	rd := csv.NewReader(bytes.NewReader(b))
+	rd.FieldsPerRecord = -1
+	recs, err := rd.ReadAll()
+	if err != nil || len(recs) == 0 {
+		return 0, "", fmt.Errorf("%s: not a metrics.csv: %v", path, err)
+	}
+	col := make(map[string]int)
+	for i, name := range recs[0] {
+		col[name] = i
+	}
+	for _, name := range []string{"split", "step", "epoch"} {
+		if _, ok := col[name]; !ok {
+			return 0, "", fmt.Errorf("%s: not a metrics.csv: no column %q (move it away to start afresh)", path, name)
+		}
+	}
+	missing := 0
+	last := 0
+	for n, r := range recs[1:] {
+		if len(r) != len(recs[0]) {
+			return 0, "", fmt.Errorf("%s: line %d has %d fields, the header %d", path, n+2, len(r), len(recs[0]))
+		}
+		get := func(name string) float64 {
+			i, ok := col[name]
+			if !ok || r[i] == "" {
+				return 0
+			}
+			v, _ := strconv.ParseFloat(r[i], 64)
+			return v
+		}
+		var x row
+		x.split = r[col["split"]]
+		x.step, _ = strconv.Atoi(r[col["step"]])
+		x.epoch, _ = strconv.Atoi(r[col["epoch"]])
+		x.loss, x.lr, x.scale, x.sps = get("loss"), get("lr"), get("logit_scale"), get("samples_per_s")
+		v := make([]float64, len(clip.MetricNames))
+		for k, name := range clip.MetricNames {
+			v[k] = get(name)
+		}
+		x.val = metricsFromValues(v)
+		if x.step < step || (x.split == "train" && x.step == step) {
+			if x.split == "train" {
+				if x.step != last+1 {
+					missing++
+				}
+				last = x.step
+			}
+			m.rows = append(m.rows, x)
+		}
+	}
+	if last != step || missing > 0 {
+		note = fmt.Sprintf("%s: the earlier rows end at step %d with %d gaps, not at step %d: the file lacks steps%s", path, last, missing, step, cut)
+	} else if cut != "" {
+		note = fmt.Sprintf("%s: continued from step %d (%d earlier rows kept%s)", path, step, len(m.rows), cut)
+	}
+	return len(m.rows), note, nil
 }
 
 // metricsFromValues is the inverse of clip.Metrics.Values.
@@ -154,13 +280,13 @@ func metricsFromValues(v []float64) clip.Metrics {
 	return m
 }
 
-// writeOutputs writes metrics.csv and curves.png under --logs and the
+// writeOutputs closes metrics.csv, writes curves.png under --logs and the
 // --summary JSON.
 func writeOutputs(o *options, m *metrics, s *summary) error {
+	if err := m.close(); err != nil {
+		return err
+	}
 	if o.logs != "" {
-		if err := m.writeCSV(filepath.Join(o.logs, "metrics.csv")); err != nil {
-			return fmt.Errorf("writing metrics: %w", err)
-		}
 		if err := writePlot(filepath.Join(o.logs, "curves.png"), m); err != nil {
 			return fmt.Errorf("writing the plot: %w", err)
 		}
