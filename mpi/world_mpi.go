@@ -40,7 +40,9 @@ static int cm_setup(MPI_Comm *p2p) {
 // communicator and its error handler are left as they are.
 static int cm_dup_fortran(int f, MPI_Comm *out) {
 	MPI_Comm c = f < 0 ? MPI_COMM_WORLD : MPI_Comm_f2c((MPI_Fint)f);
-	if (c == MPI_COMM_NULL) return MPI_ERR_COMM;
+	// An invalid handle gives an invalid C handle without calling an
+	// error handler (MPI 4.1, 19.3.4); Open MPI's is NULL.
+	if (c == MPI_COMM_NULL || c == NULL) return MPI_ERR_COMM;
 	int rc = MPI_Comm_dup(c, out);
 	if (rc != MPI_SUCCESS) return rc;
 	return MPI_Comm_set_errhandler(*out, MPI_ERRORS_RETURN);
