@@ -52,6 +52,7 @@ SUITES += race
 SUITES += test-mpi
 SUITES += test-golden
 SUITES += test-train
+SUITES += test-capi
 SUITES += test-slurm
 SUITES += test-multihost
 
@@ -193,3 +194,41 @@ test-slurm: $(BIN)/train $(BIN)/faultprog $(BIN)/clustertool
 
 test-multihost: $(BIN)/train $(BIN)/faultprog $(BIN)/clustertool $(BIN)/golden.test
 	@timeout --foreground -k 30 420 scripts/cluster/multihost.sh $(BIN)
+
+# The C ABI (capi/; the documented header is capi/clipmpi.h): `make lib`
+# builds lib/libclipmpi.so and writes include/clipmpi.h; python/clipmpi
+# loads the library. test-capi runs the C program capi/ctest/golden.c
+# (mpicc) on every golden case under mpirun -np W for each W among the
+# cases, with MPI initialised by the program and, at NP ranks, by the
+# library; and checks that MPI_Init's MPI_THREAD_SINGLE is refused.
+.PHONY: lib test-capi
+LIBCLIPMPI := $(CURDIR)/lib/libclipmpi.so
+
+lib: deps $(LIBCLIPMPI)
+
+$(LIBCLIPMPI): FORCE
+	$(GO) build $(GOTAGS) -buildmode=c-shared -o $@ ./capi
+	@rm -f $(CURDIR)/lib/libclipmpi.h
+	@mkdir -p $(CURDIR)/include && cp capi/clipmpi.h $(CURDIR)/include/clipmpi.h
+
+$(BIN)/capi-golden: lib capi/ctest/golden.c capi/ctest/json.c capi/ctest/json.h
+	@mkdir -p $(BIN)
+	mpicc -O2 -Wall -Wextra -I$(CURDIR)/include capi/ctest/golden.c capi/ctest/json.c \
+		-L$(CURDIR)/lib -lclipmpi -Wl,-rpath,$(CURDIR)/lib -lm -o $@
+
+test-capi: $(BIN)/capi-golden $(BIN)/golden.test
+	@worlds=$$(cd test && $(BIN)/golden.test -golden.worlds) || exit 1; \
+	for w in $$worlds; do \
+	  echo "== mpirun -np $$w capi-golden (MPI initialised by the program)"; \
+	  $(MPIRUN_TEST) $$w $(BIN)/capi-golden $(CLIPMPI_GOLDEN) > $(BIN)/capi-np$$w.log 2>&1; rc=$$?; \
+	  grep -E '^(  |[0-9]+ case files|float32|PASS|FAIL|rank [0-9]+: FAIL)' $(BIN)/capi-np$$w.log | head -40; \
+	  [ $$rc = 0 ] || { tail -30 $(BIN)/capi-np$$w.log; exit 1; }; \
+	done
+	@echo "== mpirun -np $(NP) capi-golden --lib-init (MPI initialised and finalised by the library)"
+	@$(MPIRUN_TEST) $(NP) $(BIN)/capi-golden --lib-init $(CLIPMPI_GOLDEN) > $(BIN)/capi-libinit.log 2>&1; rc=$$?; \
+	grep -E '^([0-9]+ case files|PASS|FAIL|rank [0-9]+: FAIL)' $(BIN)/capi-libinit.log; \
+	[ $$rc = 0 ] || { tail -30 $(BIN)/capi-libinit.log; exit 1; }
+	@echo "== mpirun -np $(NP) capi-golden --init-single (MPI_Init: the library must refuse MPI_THREAD_SINGLE)"
+	@$(MPIRUN_TEST) $(NP) $(BIN)/capi-golden --init-single > $(BIN)/capi-single.log 2>&1; rc=$$?; \
+	grep -E '^(MPI_Init|PASS|FAIL)' $(BIN)/capi-single.log; \
+	[ $$rc = 0 ] || { tail -30 $(BIN)/capi-single.log; exit 1; }
