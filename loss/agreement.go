@@ -39,7 +39,9 @@ const (
 // check validates a call: it panics if len(img) != len(txt) or the length is
 // not a multiple of the dimension; then it agrees with the other ranks on
 // the batch size, dimension, element type, options (opts, a number that
-// identifies them), logit scale and bias, and on finiteness.
+// identifies them), logit scale and bias, and on finiteness. Its errors are
+// the same on every rank, but for a failure of the all-reduce itself, which
+// goes to mpi.Fail.
 func check[T blas.Float](a *agreement, img, txt []T, lg Logit, opts float64, backward bool) (*clipStep, error) {
 	if len(img) != len(txt) {
 		panic(errLenMatch)
@@ -79,7 +81,9 @@ func check[T blas.Float](a *agreement, img, txt []T, lg Logit, opts float64, bac
 	pair(agreeBias, bias)
 	v[agreeFixed+rank] = bad
 	if err := a.comm.AllreduceF64(mpi.Max, v, v); err != nil {
-		return nil, fmt.Errorf("loss: agreeing on shapes: %w", err)
+		// The ranks did not agree: some may have the answer, this one
+		// has none.
+		return nil, mpi.Fail(a.comm, fmt.Errorf("loss: agreeing on shapes: %w", err))
 	}
 	differ := func(at int) bool { return v[at] != -v[at+1] }
 	switch {

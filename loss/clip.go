@@ -105,14 +105,20 @@ func (l *ClipLoss[T]) Options() ClipOptions { return l.opt }
 // It panics if len(img) != len(txt) or the length is not a multiple of dim.
 // It returns an error, the same on every rank, if the ranks disagree on b,
 // dim, the element type, the options or the logit parameters, if b = 0, or
-// if any rank's input is not finite.
+// if any rank's input is not finite. A failed collective or transfer, which
+// may reach only some ranks, goes to mpi.Fail: by default the job ends with
+// the cause printed once; with a hook that returns (mpi.WithFailHook),
+// Forward returns the *mpi.Failure and the caller must end the job.
 func (l *ClipLoss[T]) Forward(img, txt []T, lg Logit) (float64, error) {
 	st, err := l.check(img, txt, lg, false)
 	if err != nil {
 		return 0, err
 	}
 	r, err := l.impl.run(nil, nil, img, txt, lg, st)
-	return r.Loss, err
+	if err != nil {
+		return 0, mpi.Fail(l.comm, err)
+	}
+	return r.Loss, nil
 }
 
 // ForwardBackward computes this rank's loss and writes the gradients of its
@@ -129,7 +135,11 @@ func (l *ClipLoss[T]) ForwardBackward(dImg, dTxt, img, txt []T, lg Logit) (Resul
 	if err != nil {
 		return Result{}, err
 	}
-	return l.impl.run(dImg, dTxt, img, txt, lg, st)
+	r, err := l.impl.run(dImg, dTxt, img, txt, lg, st)
+	if err != nil {
+		return Result{}, mpi.Fail(l.comm, err)
+	}
+	return r, nil
 }
 
 // check is the shared agreement check plus the effective mode: with W = 1

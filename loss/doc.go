@@ -17,9 +17,18 @@
 // Misuse (lengths that do not fit, a nil communicator) panics with a
 // "loss: ..." message before any communication. What a caller can act on —
 // ranks that disagree on shapes, element type, options or logit parameters,
-// an empty batch, NaN or Inf on any rank, a failed collective — is returned
-// as an error, the same on every rank: a call first agrees on all of it with
-// one all-reduce.
+// an empty batch, NaN or Inf on any rank — is returned as an error, the same
+// on every rank: a call first agrees on all of it with one all-reduce.
+//
+// A collective or transfer that fails inside a call may fail on some ranks
+// only, and the others would wait for ever; Forward and ForwardBackward hand
+// such an error to mpi.Fail, which by default prints "mpi: rank R of W:
+// CAUSE" once and ends the job (MPI_Abort; on an in-process group, whose
+// Abort returns, the failing rank's call returns a *mpi.Failure and every
+// other rank's mpi.ErrAborted). A library caller that wants the error back
+// installs a hook that returns (mpi.WithFailHook(comm, mpi.ReturnFailure)):
+// the failing rank's call then returns a *mpi.Failure and nothing ends;
+// the other ranks may still be blocked, so the caller must end the job.
 //
 // The references are OpenCLIP's src/open_clip/loss.py (the semantics, checked
 // against its outputs in ../test), FlashAttention's and Inf-CL's online

@@ -138,7 +138,10 @@ func (l *SigLipLoss[T]) Forward(img, txt []T, lg Logit) (float64, error) {
 		return 0, err
 	}
 	r, err := l.run(nil, nil, img, txt, lg, st)
-	return r.Loss, err
+	if err != nil {
+		return 0, mpi.Fail(l.comm, err)
+	}
+	return r.Loss, nil
 }
 
 // ForwardBackward computes this rank's loss and writes its image and text
@@ -152,7 +155,11 @@ func (l *SigLipLoss[T]) ForwardBackward(dImg, dTxt, img, txt []T, lg Logit) (Res
 	if err != nil {
 		return Result{}, err
 	}
-	return l.run(dImg, dTxt, img, txt, lg, st)
+	r, err := l.run(dImg, dTxt, img, txt, lg, st)
+	if err != nil {
+		return Result{}, mpi.Fail(l.comm, err)
+	}
+	return r, nil
 }
 
 func (l *SigLipLoss[T]) run(dImg, dTxt, img, txt []T, lg Logit, st *clipStep) (Result, error) {

@@ -20,7 +20,7 @@
 // Communication failures are returned as errors. Such an error may reach
 // only some of the ranks, leaving the others waiting: code that cannot
 // bring every rank to the same error hands it to Fail, which by default
-// ends the job (see fail.go for the policy).
+// ends the job (see Fail for the policy).
 package mpi
 
 // Op is a reduction operator for Allreduce.

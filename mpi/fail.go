@@ -8,30 +8,6 @@ import (
 	"runtime/debug"
 )
 
-// The failure policy: an error that not every rank sees ends the job; it
-// never leaves the other ranks waiting.
-//
-// Some errors are met by every rank at the same point of the program: the
-// ranks decide them together (one all-reduce of what each rank saw, as the
-// loss's shape check and clip.Agree do) and every rank returns the same
-// error. Those stay ordinary errors; the program decides what to do.
-//
-// Every other error may be met by a subset of the ranks only: a collective
-// or transfer that failed on this rank, a read that failed mid-step on this
-// rank's data, a panic. The other ranks are then inside, or on their way
-// into, a collective that this rank will never join, and would wait for it
-// forever. Code that meets such an error calls Fail, which applies the
-// communicator's FailHook; the default, AbortJob, prints "mpi: rank R of
-// W: CAUSE" once on standard error and ends every rank with Abort (under
-// mpirun: MPI_Abort, which ends the whole job within about a second).
-//
-// A library whose caller wants error codes instead of a process exit (a C
-// ABI, a Python extension) replaces the hook with WithFailHook(c,
-// ReturnFailure): Fail then returns a *Failure and nothing ends. The ranks
-// are out of step at that point, so the caller must end the job itself
-// (Abort, MPI_Abort, or exiting every process); calling another
-// collective on the communicator may hang.
-
 // Failure is an error that rank Rank met where the other ranks may not
 // have: they may be blocked in a collective that Rank will not join. Fail
 // returns it when its hook returns.
@@ -91,6 +67,30 @@ type hookComm struct {
 // and that the other ranks may not have: by default (AbortJob) it prints
 // the cause, naming the rank, and ends the job. It returns what the hook
 // returns, if the hook returns; nil if err is nil.
+//
+// The policy: an error that not every rank sees ends the job; it
+// never leaves the other ranks waiting.
+//
+// Some errors are met by every rank at the same point of the program: the
+// ranks decide them together (one all-reduce of what each rank saw, as the
+// loss's shape check and clip.Agree do) and every rank returns the same
+// error. Those stay ordinary errors; the program decides what to do.
+//
+// Every other error may be met by a subset of the ranks only: a collective
+// or transfer that failed on this rank, a read that failed mid-step on this
+// rank's data, a panic. The other ranks are then inside, or on their way
+// into, a collective that this rank will never join, and would wait for it
+// forever. Code that meets such an error calls Fail, which applies the
+// communicator's FailHook; the default, AbortJob, prints "mpi: rank R of
+// W: CAUSE" once on standard error and ends every rank with Abort (under
+// mpirun: MPI_Abort, which ends the whole job within about a second).
+//
+// A library whose caller wants error codes instead of a process exit (a C
+// ABI, a Python extension) replaces the hook with WithFailHook(c,
+// ReturnFailure): Fail then returns a *Failure and nothing ends. The ranks
+// are out of step at that point, so the caller must end the job itself
+// (Abort, MPI_Abort, or exiting every process); calling another
+// collective on the communicator may hang.
 //
 // An err that already went through Fail (it wraps a *Failure) or that
 // reports an aborted communicator (ErrAborted: another rank failed first
