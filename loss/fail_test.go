@@ -8,85 +8,8 @@ import (
 	"time"
 
 	"github.com/clipmpi/clipmpi/mpi"
+	"github.com/clipmpi/clipmpi/mpi/mpitest"
 )
-
-// errInjected is the communication failure faultComm injects.
-var errInjected = errors.New("injected: the network ate this message")
-
-// faultComm counts the communicating calls of one rank (every collective but
-// Barrier, and every Isendrecv) and makes call number failAt (from 1) fail
-// without communicating, as a broken link would on this rank only. With
-// failAt = 0 nothing fails; calls then holds the count.
-type faultComm struct {
-	mpi.Comm
-	failAt, calls int
-}
-
-func (c *faultComm) fail() bool {
-	c.calls++
-	return c.calls == c.failAt
-}
-
-// failedRequest is the Request returned with an injected error.
-type failedRequest struct{}
-
-func (failedRequest) Wait() error { return errInjected }
-
-func (c *faultComm) AllgatherF32(dst, src []float32) error {
-	if c.fail() {
-		return errInjected
-	}
-	return c.Comm.AllgatherF32(dst, src)
-}
-
-func (c *faultComm) AllgatherF64(dst, src []float64) error {
-	if c.fail() {
-		return errInjected
-	}
-	return c.Comm.AllgatherF64(dst, src)
-}
-
-func (c *faultComm) ReduceScatterF32(dst, src []float32) error {
-	if c.fail() {
-		return errInjected
-	}
-	return c.Comm.ReduceScatterF32(dst, src)
-}
-
-func (c *faultComm) ReduceScatterF64(dst, src []float64) error {
-	if c.fail() {
-		return errInjected
-	}
-	return c.Comm.ReduceScatterF64(dst, src)
-}
-
-func (c *faultComm) AllreduceF32(op mpi.Op, dst, src []float32) error {
-	if c.fail() {
-		return errInjected
-	}
-	return c.Comm.AllreduceF32(op, dst, src)
-}
-
-func (c *faultComm) AllreduceF64(op mpi.Op, dst, src []float64) error {
-	if c.fail() {
-		return errInjected
-	}
-	return c.Comm.AllreduceF64(op, dst, src)
-}
-
-func (c *faultComm) IsendrecvF32(dst []float32, from int, src []float32, to int) (mpi.Request, error) {
-	if c.fail() {
-		return failedRequest{}, errInjected
-	}
-	return c.Comm.IsendrecvF32(dst, from, src, to)
-}
-
-func (c *faultComm) IsendrecvF64(dst []float64, from int, src []float64, to int) (mpi.Request, error) {
-	if c.fail() {
-		return failedRequest{}, errInjected
-	}
-	return c.Comm.IsendrecvF64(dst, from, src, to)
-}
 
 // faultCase is a loss, by name, and whether the call is ForwardBackward.
 type faultCase struct {
@@ -136,9 +59,9 @@ func runFault(t *testing.T, fc faultCase, w, bad, failAt int) (errs []error, see
 	}
 	var wg sync.WaitGroup
 	for r, g := range mpi.NewGroup(w) {
-		fcomm := &faultComm{Comm: g}
+		fcomm := &mpitest.FaultComm{Comm: g}
 		if r == bad {
-			fcomm.failAt = failAt
+			fcomm.FailAt = failAt
 		}
 		c := mpi.WithFailHook(fcomm, hook)
 		wg.Add(1)
@@ -152,7 +75,7 @@ func runFault(t *testing.T, fc faultCase, w, bad, failAt int) (errs []error, see
 			} else {
 				_, errs[r] = l.Forward(img, txt, p.lg)
 			}
-			calls[r] = fcomm.calls
+			calls[r] = fcomm.Calls
 		}()
 	}
 	done := make(chan struct{})
@@ -187,7 +110,7 @@ func TestFailureEndsEveryRank(t *testing.T) {
 					for k := 1; k <= calls[bad]; k++ {
 						errs, seen, _ := runFault(t, fc, w, bad, k)
 						var f *mpi.Failure
-						if len(seen) != 1 || seen[0].Rank != bad || !errors.Is(seen[0], errInjected) {
+						if len(seen) != 1 || seen[0].Rank != bad || !errors.Is(seen[0], mpitest.ErrInjected) {
 							t.Errorf("rank %d failing call %d of %d: Fail called with %v, want once with rank %d's injected error", bad, k, calls[bad], seen, bad)
 						}
 						for r, err := range errs {
