@@ -198,8 +198,8 @@ func (t *Trainer[T]) Load(path string) error {
 	if err = Agree(t.comm, err); err != nil {
 		return err
 	}
-	if err := broadcast(t.comm, state); err != nil {
-		return fmt.Errorf("clip: sharing checkpoint %s: %w", path, err)
+	if err := broadcast(t.comm, "checkpoint "+path, state); err != nil {
+		return err
 	}
 	t.step, t.opt.t = int(state[0]), int(state[1])
 	for i, v := range [][]T{t.model.params, t.opt.m, t.opt.v} {

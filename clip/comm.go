@@ -47,12 +47,16 @@ const maxMessage = 1024
 
 // Agree is collective: every rank passes its own outcome, and every rank
 // returns nil if all passed nil, and otherwise the error of the lowest rank
-// that failed, as a *RankError (with one rank, err itself). It costs two
+// that failed, as a *RankError (with one rank, err itself). An err that
+// mpi.OutOfStep recognises (a failure that went through mpi.Fail, whose
+// hook returned) is returned at once: the ranks are out of step, and
+// agreeing could wait for ever. It costs two
 // all-reduces when some rank failed, one otherwise. If the communication
-// itself fails, that error is returned and the ranks may be out of step:
-// the caller should abort.
+// itself fails, the ranks are out of step, and the error goes to mpi.Fail
+// (by default the job ends; Agree returns only if comm's FailHook returns,
+// with its error).
 func Agree(comm mpi.Comm, err error) error {
-	if comm.Size() == 1 {
+	if comm.Size() == 1 || mpi.OutOfStep(err) {
 		return err
 	}
 	w, r := comm.Size(), comm.Rank()
@@ -62,7 +66,7 @@ func Agree(comm mpi.Comm, err error) error {
 		flag[0] = float64(w - r)
 	}
 	if cerr := comm.AllreduceF64(mpi.Max, flag, flag); cerr != nil {
-		return fmt.Errorf("clip: agreeing on an error: %w", cerr)
+		return mpi.Fail(comm, fmt.Errorf("clip: agreeing on an error: %w", cerr))
 	}
 	if flag[0] == 0 {
 		return nil
@@ -88,7 +92,7 @@ func Agree(comm mpi.Comm, err error) error {
 		}
 	}
 	if cerr := comm.AllreduceF64(mpi.Sum, msg, msg); cerr != nil {
-		return fmt.Errorf("clip: agreeing on an error: %w", cerr)
+		return mpi.Fail(comm, fmt.Errorf("clip: agreeing on an error: %w", cerr))
 	}
 	if r == first {
 		return &RankError{Rank: first, Err: err}
@@ -118,7 +122,8 @@ func agreeInts(comm mpi.Comm, what string, names []string, vals []int) error {
 // first value that is NaN on some rank, else the first on which the ranks
 // disagree (names[i] for vals[i]), and nil if every rank passed the same
 // values, none of them NaN. Every rank returns the same answer. It costs
-// one all-reduce (with one rank, none: only NaN is checked).
+// one all-reduce (with one rank, none: only NaN is checked), whose failure
+// goes to mpi.Fail.
 //
 // The ranks compare max(v) with −max(−v); a NaN would make MPI's maximum
 // depend on the order of the operands, so it is flagged apart and takes
@@ -135,7 +140,7 @@ func agreeValues(comm mpi.Comm, what string, names []string, vals []float64) err
 	}
 	if comm.Size() > 1 {
 		if err := comm.AllreduceF64(mpi.Max, buf, buf); err != nil {
-			return fmt.Errorf("clip: comparing %s across ranks: %w", what, err)
+			return mpi.Fail(comm, fmt.Errorf("clip: comparing %s across ranks: %w", what, err))
 		}
 	}
 	for i := range n {
@@ -152,13 +157,17 @@ func agreeValues(comm mpi.Comm, what string, names []string, vals []float64) err
 }
 
 // broadcast is collective: every rank's buf becomes rank 0's, exactly
-// (the other ranks contribute zeros to a sum, and x + 0 = x).
-func broadcast[T blas.Float](comm mpi.Comm, buf []T) error {
+// (the other ranks contribute zeros to a sum, and x + 0 = x). A failure,
+// which may reach some ranks only, goes to mpi.Fail with what.
+func broadcast[T blas.Float](comm mpi.Comm, what string, buf []T) error {
 	if comm.Size() == 1 {
 		return nil
 	}
 	if comm.Rank() != 0 {
 		clear(buf)
 	}
-	return mpi.Allreduce(comm, mpi.Sum, buf, buf)
+	if err := mpi.Allreduce(comm, mpi.Sum, buf, buf); err != nil {
+		return mpi.Fail(comm, fmt.Errorf("clip: sharing %s: %w", what, err))
+	}
+	return nil
 }

@@ -35,5 +35,7 @@
 // Conventions are the repository's: destination first; misuse panics with a
 // "clip: ..." message before any work; conditions a caller can act on (bad
 // files, NaN rows, mismatched checkpoints, ranks that disagree) are errors
-// that every rank returns, decided collectively, never a hang.
+// that every rank returns, decided collectively (Agree), never a hang. A
+// collective that fails may fail on some ranks only; such errors go to
+// mpi.Fail, whose default ends the job with the cause printed once.
 package clip

@@ -151,10 +151,10 @@ func Evaluate[T blas.Float](comm mpi.Comm, m *Model[T], val *Pairs) (Metrics, er
 	}
 	allI, allT := make([]T, w*mb*e), make([]T, w*mb*e)
 	if err := mpi.Allgather(comm, allI, zi); err != nil {
-		return Metrics{}, fmt.Errorf("clip: gathering features: %w", err)
+		return Metrics{}, mpi.Fail(comm, fmt.Errorf("clip: gathering features: %w", err))
 	}
 	if err := mpi.Allgather(comm, allT, zt); err != nil {
-		return Metrics{}, fmt.Errorf("clip: gathering features: %w", err)
+		return Metrics{}, mpi.Fail(comm, fmt.Errorf("clip: gathering features: %w", err))
 	}
 	// global[p] is the global row of padded slot p, -1 for padding.
 	global := make([]int, w*mb)
@@ -207,10 +207,10 @@ func Evaluate[T blas.Float](comm mpi.Comm, m *Model[T], val *Pairs) (Metrics, er
 	}
 	all := make([]float64, 2*w*mb)
 	if err := mpi.Allgather(comm, all, ranks); err != nil {
-		return Metrics{}, fmt.Errorf("clip: gathering ranks: %w", err)
+		return Metrics{}, mpi.Fail(comm, fmt.Errorf("clip: gathering ranks: %w", err))
 	}
 	if err := comm.AllreduceF64(mpi.Sum, lossSum, lossSum); err != nil {
-		return Metrics{}, fmt.Errorf("clip: summing the validation loss: %w", err)
+		return Metrics{}, mpi.Fail(comm, fmt.Errorf("clip: summing the validation loss: %w", err))
 	}
 	n := float64(val.Total)
 	met := Metrics{N: val.Total, Loss: (lossSum[0] + lossSum[1]) / (2 * n)}

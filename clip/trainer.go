@@ -152,8 +152,8 @@ func NewTrainer[T blas.Float](comm mpi.Comm, cfg Config, l Loss[T], train *Pairs
 	if err = Agree(comm, err); err != nil {
 		return nil, err
 	}
-	if err := broadcast(comm, m.params); err != nil {
-		return nil, fmt.Errorf("clip: sharing the initial weights: %w", err)
+	if err := broadcast(comm, "the initial weights", m.params); err != nil {
+		return nil, err
 	}
 	e := mc.EmbedDim
 	t := &Trainer[T]{
@@ -331,7 +331,7 @@ func (t *Trainer[T]) Gradients(img, txt []T) (float64, error) {
 	t.red[p] = T(res.Loss)
 	if w := t.comm.Size(); w > 1 {
 		if err := mpi.Allreduce(t.comm, mpi.Sum, t.red, t.red); err != nil {
-			return 0, fmt.Errorf("clip: averaging gradients: %w", err)
+			return 0, mpi.Fail(t.comm, fmt.Errorf("clip: averaging gradients: %w", err))
 		}
 		inv := 1 / float64(w)
 		for i, v := range t.red {
@@ -367,7 +367,7 @@ func (t *Trainer[T]) Loss(img, txt []T) (float64, error) {
 	v := t.lossSum[:]
 	v[0] = l
 	if err := t.comm.AllreduceF64(mpi.Sum, v, v); err != nil {
-		return 0, err
+		return 0, mpi.Fail(t.comm, fmt.Errorf("clip: averaging the loss: %w", err))
 	}
 	return v[0] / float64(t.comm.Size()), nil
 }

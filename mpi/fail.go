@@ -100,15 +100,24 @@ func Fail(c Comm, err error) error {
 	if err == nil {
 		return nil
 	}
-	var f *Failure
-	if errors.As(err, &f) || errors.Is(err, ErrAborted) {
+	if OutOfStep(err) {
 		return err
 	}
-	f = &Failure{Rank: c.Rank(), Size: c.Size(), Err: err}
+	f := &Failure{Rank: c.Rank(), Size: c.Size(), Err: err}
 	if hc, ok := c.(*hookComm); ok {
 		return hc.hook(c, f)
 	}
 	return AbortJob(c, f)
+}
+
+// OutOfStep reports whether err went through Fail (it wraps a *Failure) or
+// reports an aborted communicator (ErrAborted): the ranks are out of step,
+// and no collective may follow; code that would agree with the other ranks
+// on err must return it instead (with a FailHook that returns, another
+// collective could wait for ever).
+func OutOfStep(err error) bool {
+	var f *Failure
+	return errors.As(err, &f) || errors.Is(err, ErrAborted)
 }
 
 // PanicError is a panic turned into an error by AbortOnPanic: the value

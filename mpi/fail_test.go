@@ -91,7 +91,7 @@ func TestFailAbortsGroup(t *testing.T) {
 }
 
 // TestFailPassesOn: nil stays nil; an error that went through Fail once
-// is not handled again.
+// is not handled again, and OutOfStep recognises it.
 func TestFailPassesOn(t *testing.T) {
 	out := captureFailOutput(t)
 	c := NewGroup(1)[0]
@@ -102,6 +102,9 @@ func TestFailPassesOn(t *testing.T) {
 	wrapped := errors.Join(errors.New("context"), first)
 	if got := Fail(c, wrapped); got != wrapped {
 		t.Errorf("Fail of a wrapped *Failure = %v, want it unchanged", got)
+	}
+	if !OutOfStep(first) || !OutOfStep(wrapped) || !OutOfStep(errors.Join(ErrAborted)) || OutOfStep(errors.New("x")) {
+		t.Error("OutOfStep does not recognise a *Failure and ErrAborted, and only them")
 	}
 	if strings.Count(out.String(), "\n") != 1 {
 		t.Errorf("printed %q, want one line", out.String())
