@@ -53,6 +53,7 @@ SUITES += test-mpi
 SUITES += test-golden
 SUITES += test-train
 SUITES += test-capi
+SUITES += test-python
 SUITES += test-slurm
 SUITES += test-multihost
 
@@ -232,3 +233,43 @@ test-capi: $(BIN)/capi-golden $(BIN)/golden.test
 	@$(MPIRUN_TEST) $(NP) $(BIN)/capi-golden --init-single > $(BIN)/capi-single.log 2>&1; rc=$$?; \
 	grep -E '^(MPI_Init|PASS|FAIL)' $(BIN)/capi-single.log; \
 	[ $$rc = 0 ] || { tail -30 $(BIN)/capi-single.log; exit 1; }
+
+# The Python package (python/clipmpi: ctypes over lib/libclipmpi.so, and
+# clipmpi.torch) with Debian's PyTorch: PYTHON_TORCH is the interpreter
+# whose packages scripts/deps-python.sh installs (python3-torch,
+# python3-pytest, python3-mpi4py). test-python runs python/tests under
+# mpirun (python/tests/pytest-rank.sh: ranks other than 0 write to
+# bin/pytest-*/rank<r>.log, shown when a suite fails): every
+# golden case at each world size, the error paths and the DDP training
+# equivalence at NP ranks, the mpi4py communicators (mpi4py initialises
+# MPI), and the launch checks (plain pytest: it starts its own processes).
+.PHONY: deps-python test-python
+PYTHON_TORCH ?= /usr/bin/python3
+PYTEST_ARGS := -p no:cacheprovider -q -rs --color=no
+
+deps-python:
+	@scripts/deps-python.sh $(PYTHON_TORCH)
+
+# $(call pytest_mpi,NP,NAME,FILES): pytest FILES under mpirun -np NP.
+define pytest_mpi
+	@echo "== mpirun -np $(1) pytest $(3)"
+	@rm -rf $(BIN)/pytest-$(2); \
+	PYTHONPATH=$(CURDIR)/python CLIPMPI_PYTEST_LOGS=$(BIN)/pytest-$(2) OMP_NUM_THREADS=1 PYTHON_TORCH=$(PYTHON_TORCH) \
+	$(MPIRUN_TEST) $(1) -x PYTHONPATH -x CLIPMPI_PYTEST_LOGS -x OMP_NUM_THREADS -x PYTHON_TORCH \
+	  python/tests/pytest-rank.sh $(PYTEST_ARGS) $(3); rc=$$?; \
+	if [ $$rc != 0 ]; then for f in $(BIN)/pytest-$(2)/rank*.log; do echo "-- $$f"; tail -40 $$f; done; exit 1; fi
+endef
+
+test-python: lib deps-python $(BIN)/golden.test
+	@worlds=$$(cd test && $(BIN)/golden.test -golden.worlds) || exit 1; \
+	for w in $$worlds; do \
+	  $(MAKE) --no-print-directory test-python-golden PYTEST_NP=$$w || exit 1; \
+	done
+	$(call pytest_mpi,$(NP),errors-train,python/tests/test_errors.py python/tests/test_train.py)
+	$(call pytest_mpi,$(NP),mpi4py,python/tests/test_mpi4py.py)
+	@echo "== pytest python/tests/test_launch.py (its own processes)"
+	@PYTHONPATH=$(CURDIR)/python $(PYTHON_TORCH) -m pytest $(PYTEST_ARGS) python/tests/test_launch.py
+
+.PHONY: test-python-golden
+test-python-golden:
+	$(call pytest_mpi,$(PYTEST_NP),golden-np$(PYTEST_NP),python/tests/test_golden.py)
