@@ -104,3 +104,171 @@ func checkFinite(src Source, p *Pairs, first int) error {
 	}
 	return nil
 }
+
+// RowReader is a Source that reads rows given in any order at once; Npy
+// sorts them by file and offset and reads runs of consecutive rows with
+// one pread each.
+type RowReader interface {
+	// ReadRows writes row rows[i] of the source into row i of img
+	// (len(rows)×ImageDim) and of txt (len(rows)×TextDim). It panics if a
+	// row is out of bounds or a buffer has the wrong length, and returns
+	// an error wrapping ErrData if the rows cannot be read.
+	ReadRows(img, txt []float32, rows []int) error
+}
+
+// ReadRows writes row rows[i] of src into row i of img (len(rows)×ImageDim)
+// and of txt (len(rows)×TextDim): with src's own ReadRows if it is a
+// RowReader, else row by row with Read. It panics if a row is out of bounds
+// or a buffer has the wrong length.
+func ReadRows(src Source, img, txt []float32, rows []int) error {
+	di, dt := src.ImageDim(), src.TextDim()
+	if len(img) != len(rows)*di || len(txt) != len(rows)*dt {
+		panic(errBufLen)
+	}
+	if rr, ok := src.(RowReader); ok {
+		return rr.ReadRows(img, txt, rows)
+	}
+	for i, r := range rows {
+		if err := src.Read(img[i*di:(i+1)*di], txt[i*dt:(i+1)*dt], r, r+1); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Range returns rows lo..hi-1 of src as a Source of hi−lo rows (row i is
+// row lo+i of src): the training rows when the held-out rows are the last
+// ones of the same files. It panics if the range is out of bounds. Like
+// src, it is not safe for concurrent use.
+func Range(src Source, lo, hi int) Source {
+	if lo < 0 || hi < lo || hi > src.Rows() {
+		panic(errRows)
+	}
+	if lo == 0 && hi == src.Rows() {
+		return src
+	}
+	return &rangeSource{src: src, lo: lo, hi: hi}
+}
+
+type rangeSource struct {
+	src    Source
+	lo, hi int
+	rows   []int
+}
+
+func (r *rangeSource) Rows() int     { return r.hi - r.lo }
+func (r *rangeSource) ImageDim() int { return r.src.ImageDim() }
+func (r *rangeSource) TextDim() int  { return r.src.TextDim() }
+func (r *rangeSource) String() string {
+	return fmt.Sprintf("%s rows %d..%d", r.src, r.lo, r.hi-1)
+}
+
+func (r *rangeSource) Read(img, txt []float32, lo, hi int) error {
+	if lo < 0 || hi < lo || hi > r.Rows() {
+		panic(errRows)
+	}
+	return r.src.Read(img, txt, r.lo+lo, r.lo+hi)
+}
+
+func (r *rangeSource) ReadRows(img, txt []float32, rows []int) error {
+	r.rows = r.rows[:0]
+	for _, i := range rows {
+		if i < 0 || i >= r.Rows() {
+			panic(errRows)
+		}
+		r.rows = append(r.rows, r.lo+i)
+	}
+	return ReadRows(r.src, img, txt, r.rows)
+}
+
+func (r *rangeSource) locate(row int, image bool) string {
+	if l, ok := r.src.(locator); ok {
+		return l.locate(r.lo+row, image)
+	}
+	return fmt.Sprintf("%s: row %d", r.src, r.lo+row)
+}
+
+// checkRows returns an ErrData error naming the first of the rows (global
+// rows of src, read into img and txt) that holds NaN or ±Inf.
+func checkRows(src Source, img, txt []float32, rows []int) error {
+	di, dt := src.ImageDim(), src.TextDim()
+	for i, r := range rows {
+		for _, part := range []struct {
+			name string
+			row  []float32
+		}{
+			{"image", img[i*di : (i+1)*di]},
+			{"text", txt[i*dt : (i+1)*dt]},
+		} {
+			for j, v := range part.row {
+				if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+					where := fmt.Sprintf("%s: row %d", src, r)
+					if l, ok := src.(locator); ok {
+						where = l.locate(r, part.name == "image")
+					}
+					return fmt.Errorf("%w: %s of the %s embeddings holds %v (column %d); drop or repair the row", ErrData, where, part.name, v, j)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// Memory is a paired data set held in memory, as a Source: row i is
+// Image[i·ImageDim : (i+1)·ImageDim] with Text[i·TextDim : (i+1)·TextDim].
+type Memory struct {
+	img, txt          []float32
+	imageDim, textDim int
+}
+
+// NewMemory returns the rows of img (n×imageDim) and txt (n×textDim),
+// row-major, as a Source; it keeps the slices, not copies. It panics if
+// the lengths do not describe the same number of rows or a width is not
+// positive.
+func NewMemory(img, txt []float32, imageDim, textDim int) *Memory {
+	if imageDim < 1 || textDim < 1 || len(img)%imageDim != 0 || len(txt)%textDim != 0 || len(img)/imageDim != len(txt)/textDim {
+		panic(errBufLen)
+	}
+	return &Memory{img: img, txt: txt, imageDim: imageDim, textDim: textDim}
+}
+
+// Rows returns the number of rows.
+func (m *Memory) Rows() int { return len(m.img) / m.imageDim }
+
+// ImageDim returns the width of the image embeddings.
+func (m *Memory) ImageDim() int { return m.imageDim }
+
+// TextDim returns the width of the text embeddings.
+func (m *Memory) TextDim() int { return m.textDim }
+
+func (m *Memory) String() string {
+	return fmt.Sprintf("memory(%d rows, image %d, text %d)", m.Rows(), m.imageDim, m.textDim)
+}
+
+// Read implements Source; it never fails.
+func (m *Memory) Read(img, txt []float32, lo, hi int) error {
+	if lo < 0 || hi < lo || hi > m.Rows() {
+		panic(errRows)
+	}
+	if len(img) != (hi-lo)*m.imageDim || len(txt) != (hi-lo)*m.textDim {
+		panic(errBufLen)
+	}
+	copy(img, m.img[lo*m.imageDim:hi*m.imageDim])
+	copy(txt, m.txt[lo*m.textDim:hi*m.textDim])
+	return nil
+}
+
+// ReadRows implements RowReader; it never fails.
+func (m *Memory) ReadRows(img, txt []float32, rows []int) error {
+	if len(img) != len(rows)*m.imageDim || len(txt) != len(rows)*m.textDim {
+		panic(errBufLen)
+	}
+	for i, r := range rows {
+		if r < 0 || r >= m.Rows() {
+			panic(errRows)
+		}
+		copy(img[i*m.imageDim:(i+1)*m.imageDim], m.img[r*m.imageDim:(r+1)*m.imageDim])
+		copy(txt[i*m.textDim:(i+1)*m.textDim], m.txt[r*m.textDim:(r+1)*m.textDim])
+	}
+	return nil
+}

@@ -2,22 +2,21 @@ package clip
 
 import (
 	"bufio"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
-
-	"codeberg.org/sbinet/npyio/npy"
-	"codeberg.org/sbinet/npyio/npy/float16"
 )
 
 // Npy is a paired data set stored as .npy files of shape [n, d], dtype
-// float32 or float16 (either byte order, C order): one image file and one
+// float32 or float16 (either byte order, C order; see NpyArray): one image file and one
 // text file of the same n, or a directory of shards. A shard is a pair of
 // files whose names differ only in "image"/"text" (what the train program's
 // gen-data writes: image-00000.npy, text-00000.npy, ...) or in
@@ -25,26 +24,20 @@ import (
 // text_emb/text_emb_0.npy). The rows of the set are the shards' rows in the
 // order of their names (numbers compared as numbers).
 //
-// Opening reads only the headers; Read reads only the requested rows.
+// Opening reads only the headers; Read and ReadRows read only the requested
+// rows. An Npy is not safe for concurrent use.
 type Npy struct {
 	path           string
 	shards         []npyShard
 	rows           int
 	imgDim, txtDim int
+	order          []int  // ReadRows' scratch
+	buf            []byte // ReadRows' read buffer
 }
 
 type npyShard struct {
-	image, text npyFile
+	image, text *NpyArray
 	first       int // global index of the shard's first row
-}
-
-// npyFile is a checked .npy header: rows×dim elements of 2 or 4 bytes from
-// byte offset data on.
-type npyFile struct {
-	path      string
-	rows, dim int
-	esize     int
-	data      int64
 }
 
 // OpenNpy opens a paired data set: "IMAGE.npy,TEXT.npy" or a directory of
@@ -70,11 +63,11 @@ func OpenNpy(path string) (*Npy, error) {
 		}
 	}
 	for _, p := range pairs {
-		img, err := openNpyFile(p[0])
+		img, err := OpenNpyArray(p[0])
 		if err != nil {
 			return nil, err
 		}
-		txt, err := openNpyFile(p[1])
+		txt, err := OpenNpyArray(p[1])
 		if err != nil {
 			return nil, err
 		}
@@ -152,100 +145,135 @@ func digitPrefix(s string) string {
 	return s[:i]
 }
 
-// swapReader lets an npy.Reader parse a header from one reader and then
-// decode data from another (a section of the file).
-type swapReader struct{ io.Reader }
-
-// readHeader parses the header of the .npy file f with npyio and returns it
-// with the offset of the data.
-func readHeader(f *os.File, sr *swapReader) (*npy.Reader, int64, error) {
-	sr.Reader = f
-	r, err := npy.NewReader(sr)
-	if err != nil {
-		return nil, 0, err
-	}
-	off, err := f.Seek(0, io.SeekCurrent)
-	return r, off, err
+// NpyArray is one .npy file holding a 2-D array [rows, dim] of float32 or
+// float16, in either byte order, in C order (or in Fortran order when it
+// has one row or one column, which is the same layout). Opening reads only
+// the header; Read reads only the bytes of the rows asked for (pread), and
+// decodes them to float32. An NpyArray holds no open file; it is safe for
+// concurrent use.
+type NpyArray struct {
+	path      string
+	rows, dim int
+	dtype     npyDType
+	data      int64 // byte offset of row 0
 }
 
-func openNpyFile(path string) (npyFile, error) {
-	nf := npyFile{path: path}
+// OpenNpyArray opens one .npy file. It returns an error wrapping ErrData
+// if the file is missing or unreadable, its header is malformed (see
+// readNpyHeader), its dtype is not float32 or float16 with a byte order, it
+// is not 2-D with at least one column, it is in Fortran order (and not a
+// single row or column), or it is shorter than its header says.
+func OpenNpyArray(path string) (*NpyArray, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nf, fmt.Errorf("%w: %v", ErrData, err)
+		return nil, fmt.Errorf("%w: %v", ErrData, err)
 	}
 	defer f.Close()
-	r, off, err := readHeader(f, &swapReader{})
-	if err != nil {
-		return nf, fmt.Errorf("%w: %s: not a .npy file: %v", ErrData, path, err)
-	}
-	h := r.Header.Descr
-	h.Type = strings.Trim(h.Type, "'\"")
-	switch strings.TrimLeft(h.Type, "<>=|") {
-	case "f4":
-		nf.esize = 4
-	case "f2":
-		nf.esize = 2
-	default:
-		return nf, fmt.Errorf("%w: %s: dtype %s is not supported: want float32 or float16 (numpy: a.astype(np.float32))", ErrData, path, h.Type)
-	}
-	if h.Fortran {
-		return nf, fmt.Errorf("%w: %s: Fortran (column-major) order is not supported (numpy: np.ascontiguousarray(a))", ErrData, path)
-	}
-	if len(h.Shape) != 2 || h.Shape[0] < 0 || h.Shape[1] < 1 {
-		return nf, fmt.Errorf("%w: %s: shape %v: want [rows, dim]", ErrData, path, h.Shape)
-	}
-	nf.rows, nf.dim, nf.data = h.Shape[0], h.Shape[1], off
 	st, err := f.Stat()
 	if err != nil {
-		return nf, fmt.Errorf("%w: %v", ErrData, err)
+		return nil, fmt.Errorf("%w: %v", ErrData, err)
 	}
-	if want := off + int64(nf.rows*nf.dim*nf.esize); st.Size() < want {
-		return nf, fmt.Errorf("%w: %s is truncated: %d bytes, its header (%v %s) needs %d", ErrData, path, st.Size(), h.Shape, h.Type, want)
+	h, err := readNpyHeader(f, st.Size())
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: not a .npy file we can read: %v", ErrData, path, err)
 	}
-	return nf, nil
+	dt, err := parseNpyDType(h.Descr)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrData, path, err)
+	}
+	if len(h.Shape) != 2 || h.Shape[1] < 1 {
+		return nil, fmt.Errorf("%w: %s: shape %v: want [rows, dim]", ErrData, path, h.Shape)
+	}
+	a := &NpyArray{path: path, rows: h.Shape[0], dim: h.Shape[1], dtype: dt, data: h.Data}
+	if h.Fortran && a.rows > 1 && a.dim > 1 {
+		return nil, fmt.Errorf("%w: %s: Fortran (column-major) order is not supported: a row's values are not contiguous (numpy: np.save(path, np.ascontiguousarray(a)))", ErrData, path)
+	}
+	if a.dim > 1<<31 {
+		return nil, fmt.Errorf("%w: %s: shape %v: rows of more than 2^31 values are not embeddings", ErrData, path, h.Shape)
+	}
+	// The data need rows·dim·size bytes; compared without overflow.
+	avail := st.Size() - h.Data
+	if int64(a.rows) > avail/(int64(a.dim)*int64(dt.size)) {
+		return nil, fmt.Errorf("%w: %s is truncated: %d bytes of data after its header, which says %v %s (%d bytes a row)",
+			ErrData, path, avail, h.Shape, h.Descr, a.dim*dt.size)
+	}
+	return a, nil
 }
 
-// read decodes rows lo..hi-1 of the file into dst ((hi−lo)×dim) with
-// npyio, reading only those rows.
-func (nf npyFile) read(dst []float32, lo, hi int) error {
-	f, err := os.Open(nf.path)
+// Path returns the file's path.
+func (a *NpyArray) Path() string { return a.path }
+
+// Rows returns the number of rows.
+func (a *NpyArray) Rows() int { return a.rows }
+
+// Dim returns the number of columns.
+func (a *NpyArray) Dim() int { return a.dim }
+
+// Read writes rows lo..hi-1 into dst ((hi−lo)×Dim). It panics if the range
+// is out of bounds or dst has the wrong length, and returns an error
+// wrapping ErrData if the rows cannot be read.
+func (a *NpyArray) Read(dst []float32, lo, hi int) error {
+	if lo < 0 || hi < lo || hi > a.rows {
+		panic(errRows)
+	}
+	if len(dst) != (hi-lo)*a.dim {
+		panic(errBufLen)
+	}
+	if lo == hi {
+		return nil
+	}
+	f, err := os.Open(a.path)
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrData, err)
 	}
 	defer f.Close()
-	sr := &swapReader{}
-	r, _, err := readHeader(f, sr)
-	if err != nil {
-		return fmt.Errorf("%w: %s: %v", ErrData, nf.path, err)
+	var buf []byte
+	rows := make([]int, hi-lo)
+	order := make([]int, hi-lo)
+	for i := range rows {
+		rows[i], order[i] = lo+i, i
 	}
-	rowBytes := int64(nf.dim * nf.esize)
-	sr.Reader = bufio.NewReaderSize(io.NewSectionReader(f, nf.data+int64(lo)*rowBytes, int64(hi-lo)*rowBytes), 1<<20)
-	var arr npy.Array
-	if err := r.Read(&arr); err != nil {
-		return fmt.Errorf("%w: %s: rows %d..%d: %v", ErrData, nf.path, lo, hi-1, err)
-	}
-	switch v := arr.Data().(type) {
-	case []float32:
-		if len(v) != len(dst) {
-			return fmt.Errorf("%w: %s: rows %d..%d: read %d values, want %d", ErrData, nf.path, lo, hi-1, len(v), len(dst))
+	return a.readRuns(f, dst, rows, order, 0, &buf)
+}
+
+// npyChunk bounds the bytes of one pread.
+const npyChunk = 1 << 20
+
+// readRuns reads the rows rows[order[0]], rows[order[1]], ... (ascending;
+// minus first, rows of a) from f into dst, row rows[k] into dst's row k,
+// reading each run of consecutive rows with one pread of at most npyChunk
+// bytes into *buf.
+func (a *NpyArray) readRuns(f *os.File, dst []float32, rows, order []int, first int, buf *[]byte) error {
+	rowBytes := a.dim * a.dtype.size
+	per := max(1, npyChunk/rowBytes)
+	for i := 0; i < len(order); {
+		r0 := rows[order[i]] - first
+		j := i + 1
+		for j < len(order) && j-i < per && rows[order[j]]-first == r0+(j-i) {
+			j++
 		}
-		copy(dst, v)
-	case []float16.Num:
-		if len(v) != len(dst) {
-			return fmt.Errorf("%w: %s: rows %d..%d: read %d values, want %d", ErrData, nf.path, lo, hi-1, len(v), len(dst))
+		n := (j - i) * rowBytes
+		if cap(*buf) < n {
+			*buf = make([]byte, n)
 		}
-		for i, h := range v {
-			dst[i] = halfToFloat32(h.Uint16())
+		b := (*buf)[:n]
+		if _, err := f.ReadAt(b, a.data+int64(r0)*int64(rowBytes)); err != nil {
+			if err == io.EOF {
+				err = errors.New("the file ends early (shortened after it was opened?)")
+			}
+			return fmt.Errorf("%w: %s: rows %d..%d: %v", ErrData, a.path, r0, r0+j-i-1, err)
 		}
-	default:
-		return fmt.Errorf("%w: %s: decoded %T, want float32 or float16", ErrData, nf.path, v)
+		for k := i; k < j; k++ {
+			o := order[k]
+			a.dtype.decode(dst[o*a.dim:(o+1)*a.dim], b[(k-i)*rowBytes:])
+		}
+		i = j
 	}
 	return nil
 }
 
 // halfToFloat32 converts IEEE 754 binary16 bits to float32 exactly,
-// subnormals included (npyio's float16.Num.Float32 flushes them).
+// subnormals included.
 func halfToFloat32(h uint16) float32 {
 	sign := uint32(h>>15) << 31
 	exp := uint32(h>>10) & 0x1f
@@ -280,20 +308,51 @@ func (d *Npy) Read(img, txt []float32, lo, hi int) error {
 	if lo < 0 || hi < lo || hi > d.rows {
 		panic(errRows)
 	}
-	if len(img) != (hi-lo)*d.imgDim || len(txt) != (hi-lo)*d.txtDim {
+	rows := make([]int, hi-lo)
+	for i := range rows {
+		rows[i] = lo + i
+	}
+	return d.ReadRows(img, txt, rows)
+}
+
+// ReadRows implements RowReader: it reads the rows in any order, sorted by
+// file and offset, each run of consecutive rows with one pread, opening
+// each shard's files once per call. It is not safe for concurrent use.
+func (d *Npy) ReadRows(img, txt []float32, rows []int) error {
+	if len(img) != len(rows)*d.imgDim || len(txt) != len(rows)*d.txtDim {
 		panic(errBufLen)
 	}
-	for _, s := range d.shards {
-		a, b := max(lo, s.first), min(hi, s.first+s.image.rows)
-		if a >= b {
-			continue
+	d.order = d.order[:0]
+	for i, r := range rows {
+		if r < 0 || r >= d.rows {
+			panic(errRows)
 		}
-		if err := s.image.read(img[(a-lo)*d.imgDim:(b-lo)*d.imgDim], a-s.first, b-s.first); err != nil {
-			return err
+		d.order = append(d.order, i)
+	}
+	slices.SortFunc(d.order, func(a, b int) int { return rows[a] - rows[b] })
+	for i := 0; i < len(d.order); {
+		r := rows[d.order[i]]
+		s := sort.Search(len(d.shards), func(k int) bool { return d.shards[k].first+d.shards[k].image.rows > r })
+		sh := d.shards[s]
+		j := i + 1
+		for j < len(d.order) && rows[d.order[j]] < sh.first+sh.image.rows {
+			j++
 		}
-		if err := s.text.read(txt[(a-lo)*d.txtDim:(b-lo)*d.txtDim], a-s.first, b-s.first); err != nil {
-			return err
+		for _, part := range []struct {
+			a   *NpyArray
+			dst []float32
+		}{{sh.image, img}, {sh.text, txt}} {
+			f, err := os.Open(part.a.path)
+			if err != nil {
+				return fmt.Errorf("%w: %v", ErrData, err)
+			}
+			err = part.a.readRuns(f, part.dst, rows, d.order[i:j], sh.first, &d.buf)
+			f.Close()
+			if err != nil {
+				return err
+			}
 		}
+		i = j
 	}
 	return nil
 }
@@ -312,16 +371,12 @@ func (d *Npy) locate(row int, image bool) string {
 	return fmt.Sprintf("%s: row %d", d.path, row)
 }
 
-// WriteNpy writes a rows×dim row-major matrix to path as a .npy file of
-// dtype float32 (through npyio) or, with half, float16 (npyio cannot write
-// float16; the header is written here, as NEP 1 specifies). Values are
-// rounded to the nearest float16, ties to even.
+// WriteNpy writes a rows×dim row-major matrix to path as a .npy file
+// (version 1.0, C order, little-endian) of dtype float32 or, with half,
+// float16: values rounded to the nearest float16, ties to even.
 func WriteNpy(path string, data []float32, rows, dim int, half bool) (err error) {
 	if rows < 0 || dim < 1 || len(data) != rows*dim {
 		panic(errBufLen)
-	}
-	if rows == 0 && !half {
-		return errors.New("clip: WriteNpy: npyio cannot write an empty float32 matrix")
 	}
 	f, err := os.Create(path)
 	if err != nil {
@@ -333,31 +388,84 @@ func WriteNpy(path string, data []float32, rows, dim int, half bool) (err error)
 		}
 	}()
 	w := bufio.NewWriterSize(f, 1<<20)
-	if !half {
-		m := make([][]float32, rows)
-		for i := range m {
-			m[i] = data[i*dim : (i+1)*dim : (i+1)*dim]
-		}
-		if err := npy.Write(w, m); err != nil {
-			return err
-		}
-	} else {
-		dict := fmt.Sprintf("{'descr': '<f2', 'fortran_order': False, 'shape': (%d, %d), }", rows, dim)
-		// magic (6) + version (2) + length (2) + dict + padding + '\n'
-		// is a multiple of 64.
-		pad := 63 - (10+len(dict))%64
-		hdr := dict + strings.Repeat(" ", pad) + "\n"
-		w.WriteString("\x93NUMPY\x01\x00")
-		w.Write([]byte{byte(len(hdr)), byte(len(hdr) >> 8)})
-		w.WriteString(hdr)
-		var b [2]byte
-		for _, v := range data {
-			h := float32ToHalf(v)
-			b[0], b[1] = byte(h), byte(h>>8)
+	descr := "<f4"
+	if half {
+		descr = "<f2"
+	}
+	w.Write(npyHeaderBytes(descr, rows, dim))
+	var b [4]byte
+	for _, v := range data {
+		if half {
+			binary.LittleEndian.PutUint16(b[:], float32ToHalf(v))
+			w.Write(b[:2])
+		} else {
+			binary.LittleEndian.PutUint32(b[:], math.Float32bits(v))
 			w.Write(b[:])
 		}
 	}
 	return w.Flush()
+}
+
+// CreateNpy creates (or replaces) path as a .npy file of a rows×dim float32
+// matrix (version 1.0, C order, little-endian) whose values are zero until
+// WriteNpyRows fills them: the file has its full size at once, so that
+// several processes can write their rows into it concurrently.
+func CreateNpy(path string, rows, dim int) error {
+	if rows < 0 || dim < 1 {
+		panic(errBufLen)
+	}
+	hdr := npyHeaderBytes("<f4", rows, dim)
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(hdr); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Truncate(int64(len(hdr)) + 4*int64(rows)*int64(dim)); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// WriteNpyRows writes data (n×dim float32 values, row-major) into the .npy
+// file that CreateNpy made at path, as its rows lo..lo+n-1. It returns an
+// error if path is not a float32 .npy file of dim columns that has those
+// rows. It panics if len(data) is not a multiple of dim or lo is negative.
+func WriteNpyRows(path string, lo int, data []float32, dim int) error {
+	if dim < 1 || len(data)%dim != 0 || lo < 0 {
+		panic(errBufLen)
+	}
+	a, err := OpenNpyArray(path)
+	if err != nil {
+		return err
+	}
+	if a.dim != dim || a.dtype != (npyDType{size: 4}) || lo+len(data)/dim > a.rows {
+		return fmt.Errorf("clip: %s holds %d rows of %d values, dtype %d bytes: cannot write %d rows of %d float32 values from row %d",
+			path, a.rows, a.dim, a.dtype.size, len(data)/dim, dim, lo)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	b := make([]byte, 0, min(len(data)*4, npyChunk))
+	off := a.data + 4*int64(lo)*int64(dim)
+	for len(data) > 0 {
+		n := min(len(data), npyChunk/4)
+		b = b[:0]
+		for _, v := range data[:n] {
+			b = binary.LittleEndian.AppendUint32(b, math.Float32bits(v))
+		}
+		if _, err := f.WriteAt(b, off); err != nil {
+			f.Close()
+			return err
+		}
+		off += int64(len(b))
+		data = data[n:]
+	}
+	return f.Close()
 }
 
 // float32ToHalf rounds a float32 to the nearest binary16, ties to even;

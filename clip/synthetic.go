@@ -86,18 +86,34 @@ func (s *Synthetic) Read(img, txt []float32, lo, hi int) error {
 	if len(img) != (hi-lo)*c.ImageDim || len(txt) != (hi-lo)*c.TextDim {
 		panic(errBufLen)
 	}
-	z := make([]float64, c.Latent)
-	pcg := rand.NewPCG(0, 0)
-	rng := rand.New(pcg)
+	g := s.newGen()
 	for i := lo; i < hi; i++ {
-		pcg.Seed(c.Seed, uint64(s.start+i))
-		for j := range z {
-			z[j] = rng.NormFloat64()
-		}
-		mix(img[(i-lo)*c.ImageDim:(i-lo+1)*c.ImageDim], s.a, z, c.Noise, rng)
-		mix(txt[(i-lo)*c.TextDim:(i-lo+1)*c.TextDim], s.b, z, c.Noise, rng)
+		s.row(g, img[(i-lo)*c.ImageDim:(i-lo+1)*c.ImageDim], txt[(i-lo)*c.TextDim:(i-lo+1)*c.TextDim], i)
 	}
 	return nil
+}
+
+// synthGen is the scratch of row.
+type synthGen struct {
+	z   []float64
+	pcg *rand.PCG
+	rng *rand.Rand
+}
+
+func (s *Synthetic) newGen() *synthGen {
+	pcg := rand.NewPCG(0, 0)
+	return &synthGen{z: make([]float64, s.cfg.Latent), pcg: pcg, rng: rand.New(pcg)}
+}
+
+// row writes row i of the set into img and txt.
+func (s *Synthetic) row(g *synthGen, img, txt []float32, i int) {
+	c := s.cfg
+	g.pcg.Seed(c.Seed, uint64(s.start+i))
+	for j := range g.z {
+		g.z[j] = g.rng.NormFloat64()
+	}
+	mix(img, s.a, g.z, c.Noise, g.rng)
+	mix(txt, s.b, g.z, c.Noise, g.rng)
 }
 
 // mix writes dst = m·z + noise·ε.
@@ -110,4 +126,20 @@ func mix(dst []float32, m, z []float64, noise float64, rng *rand.Rand) {
 		}
 		dst[r] = float32(v + noise*rng.NormFloat64())
 	}
+}
+
+// ReadRows implements RowReader; it never fails.
+func (s *Synthetic) ReadRows(img, txt []float32, rows []int) error {
+	c := s.cfg
+	if len(img) != len(rows)*c.ImageDim || len(txt) != len(rows)*c.TextDim {
+		panic(errBufLen)
+	}
+	g := s.newGen()
+	for i, r := range rows {
+		if r < 0 || r >= s.n {
+			panic(errRows)
+		}
+		s.row(g, img[i*c.ImageDim:(i+1)*c.ImageDim], txt[i*c.TextDim:(i+1)*c.TextDim], r)
+	}
+	return nil
 }
