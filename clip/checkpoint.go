@@ -15,6 +15,7 @@ import (
 	"strings"
 
 	"github.com/clipmpi/clipmpi/blas"
+	"github.com/clipmpi/clipmpi/mpi"
 )
 
 // A checkpoint file is
@@ -26,14 +27,21 @@ import (
 // little-endian. The header records the run (model, data layout, schedule)
 // and its progress (step, optimizer steps; see ckptProgress).
 //
-// Version 2 dropped the progress fields rng_epoch and rng_batch of version
-// 1, which no reader used; a version-1 file reads as version 2, those
-// fields ignored.
+// Version 3 added global_batch and order: the data order became a
+// function of the seed, the epoch and the global batch (dataOrder), no
+// longer of the world size, so a checkpoint resumes on any number of ranks
+// that divides its global batch. Version 2 dropped the progress fields
+// rng_epoch and rng_batch of version 1, which no reader used. Versions 1
+// and 2 still load: their global batch is world·batch_size·accum_freq,
+// and a run resumed from them continues in the version-3 order (not the
+// order of the program that wrote them).
 const (
 	ckptMagic   = "CLIPCKPT"
-	ckptVersion = 2
+	ckptVersion = 3
 	// ckptOldest is the oldest version Load reads.
 	ckptOldest = 1
+	// ckptOrder names the data order of version 3 (dataOrder).
+	ckptOrder = "blocks-v1"
 )
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
@@ -41,18 +49,23 @@ var crcTable = crc32.MakeTable(crc32.Castagnoli)
 // ckptHeader is the JSON header of a checkpoint. Every field but those of
 // ckptProgress must equal the resuming run's.
 type ckptHeader struct {
-	DType      string       `json:"dtype"`
-	Model      ModelConfig  `json:"model"`
-	Params     []ckptParam  `json:"params"`
-	World      int          `json:"world"`
-	BatchSize  int          `json:"batch_size"`
-	AccumFreq  int          `json:"accum_freq"`
-	Epochs     int          `json:"epochs"`
-	TrainRows  int          `json:"train_rows"`
-	Seed       uint64       `json:"seed"`
-	Optim      OptimConfig  `json:"optim"`
-	TotalSteps int          `json:"total_steps"`
-	Progress   ckptProgress `json:"progress"`
+	DType  string      `json:"dtype"`
+	Model  ModelConfig `json:"model"`
+	Params []ckptParam `json:"params"`
+	// World, BatchSize and AccumFreq describe the run that wrote the
+	// checkpoint; a resumed run may differ in them as long as its global
+	// batch is GlobalBatch.
+	World       int          `json:"world"`
+	BatchSize   int          `json:"batch_size"`
+	AccumFreq   int          `json:"accum_freq"`
+	GlobalBatch int          `json:"global_batch"`
+	Order       string       `json:"order"`
+	Epochs      int          `json:"epochs"`
+	TrainRows   int          `json:"train_rows"`
+	Seed        uint64       `json:"seed"`
+	Optim       OptimConfig  `json:"optim"`
+	TotalSteps  int          `json:"total_steps"`
+	Progress    ckptProgress `json:"progress"`
 }
 
 type ckptParam struct {
@@ -60,11 +73,9 @@ type ckptParam struct {
 	Shape []int  `json:"shape"`
 }
 
-// ckptProgress is where the run stands. The shuffle needs no state of its
-// own: the order of epoch e on rank r is drawn afresh from
-// PCG(Seed ^ 0x9e3779b97f4a7c15, e<<32 | r) (Trainer.shuffle), and the step
-// gives the epoch, step / StepsPerEpoch, and the batch within it,
-// step % StepsPerEpoch.
+// ckptProgress is where the run stands. The data order needs no state of
+// its own: the rows of every global batch follow from the seed, the
+// number of training rows, the global batch and the step (dataOrder).
 type ckptProgress struct {
 	Step      int `json:"step"`
 	AdamSteps int `json:"adam_steps"`
@@ -80,8 +91,8 @@ func dtypeName[T blas.Float]() string {
 func (t *Trainer[T]) header() ckptHeader {
 	h := ckptHeader{
 		DType: dtypeName[T](), Model: t.cfg.Model, World: t.comm.Size(),
-		BatchSize: t.cfg.BatchSize, AccumFreq: t.cfg.AccumFreq, Epochs: t.cfg.Epochs,
-		TrainRows: t.train.Total, Seed: t.cfg.Seed, Optim: t.cfg.Optim, TotalSteps: t.total,
+		BatchSize: t.cfg.BatchSize, AccumFreq: t.cfg.AccumFreq, GlobalBatch: t.GlobalBatch(), Order: ckptOrder,
+		Epochs: t.cfg.Epochs, TrainRows: t.rows, Seed: t.cfg.Seed, Optim: t.cfg.Optim, TotalSteps: t.total,
 		Progress: ckptProgress{Step: t.step, AdamSteps: t.opt.t},
 	}
 	for _, p := range t.model.layout {
@@ -183,11 +194,18 @@ func writeAtomic(path string, data []byte) error {
 
 // Load is collective: rank 0 reads the checkpoint at path and every rank
 // takes its weights, optimizer state and step, so that the run continues
-// exactly as the one that wrote it (same losses, step for step). It returns
-// an error wrapping ErrCheckpoint on every rank if the file is missing, not
-// a checkpoint, truncated or corrupt (its CRC-32C does not match), or was
-// written by a run whose model, data layout, element type or schedule
-// differs from this trainer's (every differing field is named).
+// as the one that wrote it (the same losses, step for step, up to the
+// rounding of another distribution of the rows over ranks). The
+// checkpoint may come from another number of ranks: what must match is
+// the global batch (W·BatchSize·AccumFreq), since the data order depends
+// on it and not on W (see Trainer); ReadCheckpointInfo and
+// CheckpointInfo.BatchSizeFor give the batch size per rank that keeps it.
+//
+// It returns an error wrapping ErrCheckpoint on every rank if the file is
+// missing, not a checkpoint, truncated or corrupt (its CRC-32C does not
+// match), or was written by a run whose model, data, global batch, element
+// type or schedule differs from this trainer's (every differing field is
+// named).
 func (t *Trainer[T]) Load(path string) error {
 	p := len(t.model.params)
 	state := make([]float64, 2+3*p)
@@ -207,68 +225,241 @@ func (t *Trainer[T]) Load(path string) error {
 			v[j] = T(state[2+i*p+j])
 		}
 	}
-	t.permEpoch = -1
 	return nil
+}
+
+// parseCheckpoint checks the bytes of a checkpoint file (magic string,
+// version, lengths, CRC-32C, JSON header, finite values) and returns its
+// header and values. Errors wrap ErrCheckpoint. It allocates no more than
+// len(b) bytes beyond the header's decoded JSON.
+func parseCheckpoint(b []byte) (ckptHeader, []float64, error) {
+	var h ckptHeader
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("%w: %s", ErrCheckpoint, fmt.Sprintf(format, a...))
+	}
+	le := binary.LittleEndian
+	if len(b) < len(ckptMagic)+8 || string(b[:len(ckptMagic)]) != ckptMagic {
+		return h, nil, bad("not a clipmpi checkpoint")
+	}
+	v := le.Uint32(b[8:])
+	if v < ckptOldest || v > ckptVersion {
+		return h, nil, bad("format version %d, this program reads versions %d to %d", v, ckptOldest, ckptVersion)
+	}
+	n := uint64(le.Uint32(b[12:]))
+	if uint64(len(b)) < 16+n+8+4 {
+		return h, nil, bad("truncated (%d bytes; its header length is %d)", len(b), n)
+	}
+	m := le.Uint64(b[16+n:])
+	if m > uint64(len(b))/8 || uint64(len(b)) != 16+n+8+8*m+4 {
+		return h, nil, bad("truncated or padded: %d bytes, its header promises %d", len(b), 16+n+8+8*min(m, uint64(len(b)))+4)
+	}
+	body, sum := b[:len(b)-4], le.Uint32(b[len(b)-4:])
+	if got := crc32.Checksum(body, crcTable); got != sum {
+		return h, nil, bad("corrupt: CRC-32C of the contents is %08x, the file says %08x", got, sum)
+	}
+	if err := json.Unmarshal(b[16:16+n], &h); err != nil {
+		return h, nil, bad("corrupt header: %v", err)
+	}
+	if v < 3 {
+		h.GlobalBatch, h.Order = h.World*h.BatchSize*h.AccumFreq, ckptOrder
+	}
+	vals := make([]float64, m)
+	for i := range vals {
+		vals[i] = math.Float64frombits(le.Uint64(b[16+n+8+8*uint64(i):]))
+	}
+	if !isFinite(vals) {
+		return h, nil, bad("holds NaN or Inf values")
+	}
+	return h, vals, nil
 }
 
 // read checks the checkpoint at path against this trainer and writes
 // [step, adam steps, params, m, v] into state.
 func (t *Trainer[T]) read(path string, state []float64) error {
-	bad := func(format string, a ...any) error {
-		return fmt.Errorf("%w: %s: %s", ErrCheckpoint, path, fmt.Sprintf(format, a...))
-	}
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrCheckpoint, err)
 	}
-	le := binary.LittleEndian
-	if len(b) < len(ckptMagic)+8 || string(b[:len(ckptMagic)]) != ckptMagic {
-		return bad("not a clipmpi checkpoint")
+	h, vals, err := parseCheckpoint(b)
+	if err != nil {
+		return fmt.Errorf("%w (%s)", err, path)
 	}
-	if v := le.Uint32(b[8:]); v < ckptOldest || v > ckptVersion {
-		return bad("format version %d, this program reads versions %d to %d", v, ckptOldest, ckptVersion)
-	}
-	n := int(le.Uint32(b[12:]))
-	if len(b) < 16+n+8+4 {
-		return bad("truncated (%d bytes)", len(b))
-	}
-	m := le.Uint64(b[16+n:])
-	if m > uint64(len(b)) || len(b) != 16+n+8+8*int(m)+4 {
-		return bad("truncated or padded: %d bytes, its header promises %d", len(b), 16+n+8+8*int(min(m, uint64(len(b))))+4)
-	}
-	body, sum := b[:len(b)-4], le.Uint32(b[len(b)-4:])
-	if got := crc32.Checksum(body, crcTable); got != sum {
-		return bad("corrupt: CRC-32C of the contents is %08x, the file says %08x", got, sum)
-	}
-	var h ckptHeader
-	if err := json.Unmarshal(b[16:16+n], &h); err != nil {
-		return bad("corrupt header: %v", err)
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("%w: %s: %s", ErrCheckpoint, path, fmt.Sprintf(format, a...))
 	}
 	if diff := diffHeaders(h, t.header()); len(diff) > 0 {
 		return bad("written by a different run (checkpoint vs this run): %s", strings.Join(diff, "; "))
 	}
-	if int(m) != len(state)-2 {
-		return bad("holds %d values, this model needs %d", m, len(state)-2)
+	if len(vals) != len(state)-2 {
+		return bad("holds %d values, this model needs %d", len(vals), len(state)-2)
 	}
 	pr := h.Progress
 	if pr.Step < 0 || pr.Step > t.total || pr.AdamSteps != pr.Step {
 		return bad("inconsistent progress: step %d of %d, %d optimizer steps", pr.Step, t.total, pr.AdamSteps)
 	}
 	state[0], state[1] = float64(pr.Step), float64(pr.AdamSteps)
-	vals := b[16+n+8 : len(b)-4]
-	for i := range int(m) {
-		state[2+i] = math.Float64frombits(le.Uint64(vals[8*i:]))
+	copy(state[2:], vals)
+	return nil
+}
+
+// CheckpointInfo is what a checkpoint says about the run that wrote it.
+type CheckpointInfo struct {
+	// Version is the file format's version.
+	Version int
+	// DType is the element type of the run, "float32" or "float64".
+	DType string
+	Model ModelConfig
+	// World, BatchSize and AccumFreq are those of the run that wrote it;
+	// GlobalBatch is World·BatchSize·AccumFreq.
+	World, BatchSize, AccumFreq, GlobalBatch int
+	Epochs, TrainRows                        int
+	Seed                                     uint64
+	Optim                                    OptimConfig
+	// Step is the steps taken, of TotalSteps.
+	Step, TotalSteps int
+}
+
+func (h ckptHeader) info(version int) CheckpointInfo {
+	return CheckpointInfo{
+		Version: version, DType: h.DType, Model: h.Model,
+		World: h.World, BatchSize: h.BatchSize, AccumFreq: h.AccumFreq, GlobalBatch: h.GlobalBatch,
+		Epochs: h.Epochs, TrainRows: h.TrainRows, Seed: h.Seed, Optim: h.Optim,
+		Step: h.Progress.Step, TotalSteps: h.TotalSteps,
 	}
-	if !isFinite(state) {
-		return bad("holds NaN or Inf values")
+}
+
+// BatchSizeFor returns the rows per rank of a micro-batch with which w ranks
+// and accum micro-batches per step keep the checkpoint's global batch:
+// GlobalBatch / (w·accum). It returns an ErrCheckpoint error naming both
+// numbers if the global batch does not divide by w·accum. It panics if w
+// or accum is not positive.
+func (c CheckpointInfo) BatchSizeFor(w, accum int) (int, error) {
+	if w < 1 || accum < 1 {
+		panic(errBatch)
+	}
+	if c.GlobalBatch%(w*accum) != 0 {
+		if accum == 1 {
+			return 0, fmt.Errorf("%w: the checkpoint's global batch of %d rows does not divide by %d ranks: resume on a number of ranks that divides %d",
+				ErrCheckpoint, c.GlobalBatch, w, c.GlobalBatch)
+		}
+		return 0, fmt.Errorf("%w: the checkpoint's global batch of %d rows does not divide by %d ranks × accum freq %d = %d",
+			ErrCheckpoint, c.GlobalBatch, w, accum, w*accum)
+	}
+	return c.GlobalBatch / (w * accum), nil
+}
+
+// ReadCheckpointInfo is collective: rank 0 reads and checks the checkpoint
+// at path (as Load does), and every rank returns what its header says. It
+// returns an error wrapping ErrCheckpoint on every rank if the file is
+// missing, not a checkpoint, truncated or corrupt.
+func ReadCheckpointInfo(comm mpi.Comm, path string) (CheckpointInfo, error) {
+	info, _, err := readCheckpoint(comm, path, false)
+	return info, err
+}
+
+// LoadModel is collective: rank 0 reads the checkpoint at path, and every
+// rank returns the model it holds (its trained weights; the optimizer
+// state is not kept) and what its header says. The model's element type T
+// need not be the checkpoint's. It returns an error wrapping ErrCheckpoint
+// on every rank if the file is missing, not a checkpoint, truncated or
+// corrupt, or holds values that do not fit its model configuration.
+func LoadModel[T blas.Float](comm mpi.Comm, path string) (*Model[T], CheckpointInfo, error) {
+	info, params, err := readCheckpoint(comm, path, true)
+	if err != nil {
+		return nil, info, err
+	}
+	m := NewModel[T](info.Model, 0)
+	for i, v := range params {
+		m.params[i] = T(v)
+	}
+	return m, info, nil
+}
+
+// readCheckpoint is ReadCheckpointInfo and, with params, LoadModel's
+// parameters.
+func readCheckpoint(comm mpi.Comm, path string, params bool) (CheckpointInfo, []float64, error) {
+	var hdr []byte
+	var vals []float64
+	var err error
+	if comm.Rank() == 0 {
+		var b []byte
+		if b, err = os.ReadFile(path); err != nil {
+			err = fmt.Errorf("%w: %v", ErrCheckpoint, err)
+		} else {
+			var h ckptHeader
+			if h, vals, err = parseCheckpoint(b); err != nil {
+				err = fmt.Errorf("%w (%s)", err, path)
+			} else {
+				info := h.info(int(binary.LittleEndian.Uint32(b[8:])))
+				hdr, err = json.Marshal(info)
+				if err == nil && params {
+					err = checkModelValues(path, info.Model, vals)
+				}
+			}
+		}
+	}
+	if err = Agree(comm, err); err != nil {
+		return CheckpointInfo{}, nil, err
+	}
+	// Rank 0's header, then its parameters, to every rank.
+	size := []float64{float64(len(hdr))}
+	if err := broadcast(comm, "checkpoint "+path, size); err != nil {
+		return CheckpointInfo{}, nil, err
+	}
+	buf := make([]float64, int(size[0]))
+	for i, c := range hdr {
+		buf[i] = float64(c)
+	}
+	if err := broadcast(comm, "checkpoint "+path, buf); err != nil {
+		return CheckpointInfo{}, nil, err
+	}
+	hdr = make([]byte, len(buf))
+	for i, v := range buf {
+		hdr[i] = byte(v)
+	}
+	var info CheckpointInfo
+	if err := json.Unmarshal(hdr, &info); err != nil {
+		return CheckpointInfo{}, nil, fmt.Errorf("clip: sharing checkpoint %s: %w", path, err)
+	}
+	if !params {
+		return info, nil, nil
+	}
+	p := NewModel[float64](info.Model, 0).params
+	if comm.Rank() == 0 {
+		copy(p, vals)
+	}
+	if err := broadcast(comm, "checkpoint "+path, p); err != nil {
+		return CheckpointInfo{}, nil, err
+	}
+	return info, p, nil
+}
+
+// checkModelValues checks that a checkpoint of a model configuration holds
+// its parameters and their two AdamW moments, and that the configuration
+// is one NewModel accepts.
+func checkModelValues(path string, mc ModelConfig, vals []float64) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("%w: %s: invalid model configuration %+v: %v", ErrCheckpoint, path, mc, p)
+		}
+	}()
+	if mc.ImageDim > 1<<24 || mc.TextDim > 1<<24 || mc.EmbedDim > 1<<24 || mc.Hidden > 1<<24 {
+		return fmt.Errorf("%w: %s: model configuration %+v has widths beyond 2^24", ErrCheckpoint, path, mc)
+	}
+	n := len(NewModel[float64](mc, 0).params)
+	if len(vals) != 3*n {
+		return fmt.Errorf("%w: %s: holds %d values, its model (%d parameters) needs %d", ErrCheckpoint, path, len(vals), n, 3*n)
 	}
 	return nil
 }
 
-// diffHeaders lists the fields, other than the progress, in which two
-// headers differ, as "name: a vs b".
+// diffHeaders lists the fields in which two headers differ, as "name: a
+// vs b", other than the progress and the world size, batch size and accum
+// freq (a run may resume with others that keep the global batch).
 func diffHeaders(a, b ckptHeader) []string {
 	a.Progress, b.Progress = ckptProgress{}, ckptProgress{}
+	a.World, a.BatchSize, a.AccumFreq = 0, 0, 0
+	b.World, b.BatchSize, b.AccumFreq = 0, 0, 0
 	fa, fb := flatJSON(a), flatJSON(b)
 	keys := make(map[string]bool)
 	for k := range fa {

@@ -18,7 +18,7 @@ import (
 
 func newTestTrainer(t *testing.T, comm mpi.Comm, cfg Config, data *Pairs) *Trainer[float32] {
 	t.Helper()
-	tr, err := NewTrainer[float32](comm, cfg, loss.NewClipLoss[float32](comm, cfg.Model.EmbedDim, loss.ClipOptions{LocalLoss: true, GatherWithGrad: true}), data)
+	tr, err := NewTrainer[float32](comm, cfg, loss.NewClipLoss[float32](comm, cfg.Model.EmbedDim, loss.ClipOptions{LocalLoss: true, GatherWithGrad: true}), memOf(data))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,7 +124,8 @@ func TestCheckpointStaleTemp(t *testing.T) {
 }
 
 // asVersion1 rewrites a checkpoint as version 1 wrote it: the version
-// field 1 and the progress fields rng_epoch and rng_batch in the header.
+// field 1, the progress fields rng_epoch and rng_batch in the header, and
+// no global_batch or order (version 3's).
 func asVersion1(t *testing.T, b []byte, perEpoch int) []byte {
 	t.Helper()
 	le := binary.LittleEndian
@@ -138,6 +139,8 @@ func asVersion1(t *testing.T, b []byte, perEpoch int) []byte {
 	pr := hdr["progress"].(map[string]any)
 	step, _ := pr["step"].(json.Number).Int64()
 	pr["rng_epoch"], pr["rng_batch"] = int(step)/perEpoch, int(step)%perEpoch
+	delete(hdr, "global_batch")
+	delete(hdr, "order")
 	h, err := json.Marshal(hdr)
 	if err != nil {
 		t.Fatal(err)
@@ -213,14 +216,15 @@ func TestCheckpointErrors(t *testing.T) {
 		{"flipped byte", variant("flip", func(b []byte) []byte { b[len(b)-40] ^= 1; return b }), cfg, 1, "corrupt: CRC-32C"},
 		{"truncated", variant("trunc", func(b []byte) []byte { return b[:len(b)-9] }), cfg, 1, "truncated"},
 		{"not a checkpoint", variant("junk", func([]byte) []byte { return []byte("PK\x03\x04 a zip file") }), cfg, 1, "not a clipmpi checkpoint"},
-		{"newer version", variant("v3", func(b []byte) []byte { b[8] = ckptVersion + 1; return b }), cfg, 1, "format version 3, this program reads versions 1 to 2"},
+		{"newer version", variant("v4", func(b []byte) []byte { b[8] = ckptVersion + 1; return b }), cfg, 1, "format version 4, this program reads versions 1 to 3"},
 		{"missing", filepath.Join(dir, "none.ckpt"), cfg, 1, "no such file"},
 		{"other model", good, other, 1, `model.embed_dim: 4 vs 5`},
-		{"other world", good, cfg, 2, "world: 1 vs 2"},
+		// Two ranks with the same batch size: another global batch.
+		{"other global batch", good, cfg, 2, "global_batch: 6 vs 12"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			errs := onRanks(c.w, func(comm mpi.Comm) error {
-				tr, err := NewTrainer[float32](comm, c.cfg, loss.NewClipLoss[float32](comm, c.cfg.Model.EmbedDim, loss.ClipOptions{}), testPairs(c.cfg.Model, 12))
+				tr, err := NewTrainer[float32](comm, c.cfg, loss.NewClipLoss[float32](comm, c.cfg.Model.EmbedDim, loss.ClipOptions{}), memOf(testPairs(c.cfg.Model, 12)))
 				if err != nil {
 					return err
 				}
@@ -240,7 +244,7 @@ func TestSaveErrorOnEveryRank(t *testing.T) {
 	cfg := testConfig(Linear, false)
 	path := filepath.Join(t.TempDir(), "no", "such", "dir", "x.ckpt")
 	errs := onRanks(2, func(comm mpi.Comm) error {
-		tr, err := NewTrainer[float32](comm, cfg, loss.NewClipLoss[float32](comm, 4, loss.ClipOptions{}), testPairs(cfg.Model, 12))
+		tr, err := NewTrainer[float32](comm, cfg, loss.NewClipLoss[float32](comm, 4, loss.ClipOptions{}), memOf(testPairs(cfg.Model, 12)))
 		if err != nil {
 			return err
 		}

@@ -55,7 +55,7 @@ func TestTrainerConfigMismatch(t *testing.T) {
 		if c.Rank() == 1 {
 			cfg.BatchSize = 3
 		}
-		_, err := NewTrainer[float64](c, cfg, nilLoss{}, testPairs(cfg.Model, 24))
+		_, err := NewTrainer[float64](c, cfg, nilLoss{}, memOf(testPairs(cfg.Model, 24)))
 		return err
 	})
 	for r, err := range errs {

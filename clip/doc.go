@@ -18,19 +18,29 @@
 // through its own rows, and averages the parameter gradients over ranks
 // before AdamW (OpenCLIP's exclusion of gains, biases and the logit scale
 // from weight decay) under a cosine schedule with linear warmup. In the
-// gather_with_grad modes, W ranks with b rows each therefore take exactly
-// the step one process takes with W·b rows. Gradient accumulation is
+// gather_with_grad modes, W ranks with b rows each therefore take the step
+// one process takes with W·b rows, up to the rounding of sums taken in
+// another order (the tests bound weights and losses after several steps by
+// 1e-11 in float64 and 1e-5 in float32). Gradient accumulation is
 // GradCache-style: features of all micro-batches are computed first without
 // keeping activations, the loss gradient with respect to the features is
 // taken once over the whole batch, and each micro-batch's heads are re-run
 // and back-propagated, so an accumulated step equals the full-batch step.
 //
-// Data are paired embeddings (Pairs): .npy files (float32 or float16, shape
-// [n, d]; a pair of files or a directory of shards) of which each rank reads
-// only its own rows, or the built-in Synthetic set with a known alignment.
-// Evaluate computes image→text and text→image recall@1/5/10 across ranks.
-// Save and Load checkpoint everything a run needs to continue as if never
-// stopped: weights, optimizer state, step, schedule and the shuffle RNG.
+// Training data are a Source of paired embeddings: .npy files (Npy:
+// float32 or float16 of either byte order, shape [n, d]; a pair of files or
+// a directory of shards), the built-in Synthetic set with a known
+// alignment, or Memory. The order of the rows is a function of the seed,
+// the epoch and the global batch only (blocks of rows in a random order,
+// shuffled again within each global batch); each step, a rank reads only
+// its slice of the global batch. Held-out rows are split over the ranks
+// (LoadShard, Pairs), and Evaluate computes OpenCLIP's retrieval metrics
+// (recall@1/5/10, mean and median rank, ties counted against the pair) and
+// the validation loss across ranks. Save and Load checkpoint everything a
+// run needs to continue as if never stopped: weights, optimizer state,
+// step and schedule; since the data order does not depend on the number
+// of ranks, a checkpoint resumes on any number of ranks that divides its
+// global batch. LoadModel reads a checkpoint's model alone.
 //
 // Conventions are the repository's: destination first; misuse panics with a
 // "clip: ..." message before any work; conditions a caller can act on (bad

@@ -9,16 +9,13 @@ import (
 )
 
 // Train linear heads on the built-in synthetic set in one process. Under
-// mpirun, pass mpi.World() instead of mpi.Self(): each rank loads only its
-// block of the rows, and the steps are those of one process with all of
-// them.
+// mpirun, pass mpi.World() instead of mpi.Self(): each rank reads only the
+// rows of its slice of each global batch, and holds only its block of the
+// held-out rows, and the steps are those of one process with all of them.
 func Example() {
 	comm := mpi.Self()
 	cfg := clip.DefaultSynthetic
-	train, err := clip.LoadShard(comm, clip.NewSynthetic(cfg, 0, 4096), 0, 4096)
-	if err != nil {
-		panic(err)
-	}
+	train := clip.NewSynthetic(cfg, 0, 4096) // or clip.OpenNpy("DIR")
 	val, err := clip.LoadShard(comm, clip.NewSynthetic(cfg, 4096, 500), 0, 500)
 	if err != nil {
 		panic(err)

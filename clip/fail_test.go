@@ -28,7 +28,7 @@ func trainSession(c mpi.Comm, l Loss[float32], dir string) error {
 	if err != nil {
 		return err
 	}
-	tr, err := NewTrainer(c, cfg, l, train)
+	tr, err := NewTrainer(c, cfg, l, Range(src, 0, 30))
 	if err != nil {
 		return err
 	}

@@ -96,3 +96,6 @@ func maxAbs(v []float64) float64 {
 	}
 	return m
 }
+
+// memOf returns all rows of p (Rows = Total) as a Source.
+func memOf(p *Pairs) Source { return NewMemory(p.Image, p.Text, p.ImageDim, p.TextDim) }

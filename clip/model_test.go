@@ -28,7 +28,7 @@ func TestGradientsFiniteDifferences(t *testing.T) {
 					if bias {
 						l = loss.NewSigLipLoss[float64](mpi.Self(), cfg.Model.EmbedDim, loss.SigLipOptions{})
 					}
-					tr, err := NewTrainer[float64](mpi.Self(), cfg, l, data)
+					tr, err := NewTrainer[float64](mpi.Self(), cfg, l, memOf(data))
 					if err != nil {
 						t.Fatal(err)
 					}
@@ -195,7 +195,7 @@ func TestInitBounds(t *testing.T) {
 func TestClampScale(t *testing.T) {
 	cfg := testConfig(Linear, false)
 	data := testPairs(cfg.Model, 6)
-	tr, err := NewTrainer[float64](mpi.Self(), cfg, loss.NewClipLoss[float64](mpi.Self(), 4, loss.ClipOptions{}), data)
+	tr, err := NewTrainer[float64](mpi.Self(), cfg, loss.NewClipLoss[float64](mpi.Self(), 4, loss.ClipOptions{}), memOf(data))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,7 +3,6 @@ package clip
 import (
 	"fmt"
 	"math"
-	"math/rand/v2"
 
 	"github.com/clipmpi/clipmpi/blas"
 	"github.com/clipmpi/clipmpi/loss"
@@ -58,12 +57,17 @@ type StepStats struct {
 
 // Trainer trains a Model data-parallel over the ranks of a communicator.
 //
-// Rank r holds its block of the training rows (LoadShard). Each epoch it
-// shuffles its block with a generator seeded by (Seed, epoch, r) and takes
-// BatchSize·AccumFreq rows per step, dropping the remainder; the steps per
-// epoch are those of the smallest block, the same on every rank. A step is
-// Gradients, then AdamW at the cosine schedule's learning rate, then the
-// clamp of the logit scale.
+// Every rank is given the same training Source of N rows and reads from it
+// only the rows it uses. A step takes a global batch of G =
+// W·BatchSize·AccumFreq rows in the order that the seed, the epoch and G
+// alone decide (see dataOrder: blocks of rows in a random order, shuffled
+// again within each global batch), rank r taking the r-th slice of
+// BatchSize·AccumFreq rows; an epoch is ⌊N/G⌋ steps. The rows a rank reads
+// are checked for NaN and ±Inf, and a read error or a non-finite row on
+// any rank is an error on every rank (one small all-reduce per step). A
+// step is Gradients, then AdamW at the cosine schedule's learning rate,
+// then the clamp of the logit scale. Since the order does not depend on W,
+// a checkpoint resumes on any number of ranks that divides G (see Load).
 //
 // A Trainer is not safe for concurrent use; its methods that take a step,
 // evaluate or checkpoint are collective.
@@ -73,33 +77,36 @@ type Trainer[T blas.Float] struct {
 	model    *Model[T]
 	loss     Loss[T]
 	opt      *AdamW[T]
-	train    *Pairs
+	train    Source
+	rows     int // training rows N
 	perEpoch int
 	total    int
 	step     int
 
-	permEpoch int
-	perm      []int
-	img, txt  []T // a step's input rows
-	zi, zt    []T // its features
-	dzi, dzt  []T // their gradients
-	zs        []T // one micro-batch's recomputed features
-	red       []T // gradients and loss, all-reduced
-	lossSum   [1]float64
+	order    *dataOrder
+	global   []int     // the global batch's rows
+	xi, xt   []float32 // this rank's rows as read
+	img, txt []T       // a step's input rows
+	zi, zt   []T       // its features
+	dzi, dzt []T       // their gradients
+	zs       []T       // one micro-batch's recomputed features
+	red      []T       // gradients and loss, all-reduced
+	lossSum  [1]float64
 }
 
 // NewTrainer is collective: it returns a trainer of a new model
 // (NewModel(cfg.Model, cfg.Seed)) whose weights are rank 0's on every rank,
-// over the rank's training rows train, with the loss l.
+// over the training rows train (the same set on every rank), with the loss
+// l.
 //
 // It returns an error (ErrConfig) if the ranks pass configurations that
 // differ in any field the run uses (model, optimizer, schedule, seed; the
-// initial logit bias only with LogitBias) or different row counts, or if a
-// setting is NaN; and one wrapping ErrData if the training rows do not
-// match the model's input widths or give no full step. It panics if comm,
-// l or train is nil, BatchSize, AccumFreq or Epochs is not positive, or the
-// model configuration is invalid (see NewModel).
-func NewTrainer[T blas.Float](comm mpi.Comm, cfg Config, l Loss[T], train *Pairs) (*Trainer[T], error) {
+// initial logit bias only with LogitBias) or sets of different shapes, or
+// if a setting is NaN; and one wrapping ErrData if the training rows do
+// not match the model's input widths or hold fewer than one global batch.
+// It panics if comm, l or train is nil, BatchSize, AccumFreq or Epochs is
+// not positive, or the model configuration is invalid (see NewModel).
+func NewTrainer[T blas.Float](comm mpi.Comm, cfg Config, l Loss[T], train Source) (*Trainer[T], error) {
 	if comm == nil {
 		panic(errNilComm)
 	}
@@ -129,25 +136,27 @@ func NewTrainer[T blas.Float](comm mpi.Comm, cfg Config, l Loss[T], train *Pairs
 	// The seed is compared as two 32-bit halves, each exact in float64.
 	err := agreeValues(comm, "trainer", []string{
 		"image dim", "text dim", "embed dim", "head", "hidden", "logit bias",
-		"batch size", "accum freq", "epochs", "warmup", "training rows", "parameters",
+		"batch size", "accum freq", "epochs", "warmup", "training rows", "training image dim", "training text dim", "parameters",
 		"seed (high 32 bits)", "seed (low 32 bits)", "init logit scale", "init logit bias",
 		"lr", "wd", "beta1", "beta2", "eps",
 	}, []float64{
 		float64(mc.ImageDim), float64(mc.TextDim), float64(mc.EmbedDim), float64(mc.Head), float64(mc.Hidden), float64(bias),
-		float64(cfg.BatchSize), float64(cfg.AccumFreq), float64(cfg.Epochs), float64(oc.Warmup), float64(train.Total), float64(len(m.params)),
+		float64(cfg.BatchSize), float64(cfg.AccumFreq), float64(cfg.Epochs), float64(oc.Warmup),
+		float64(train.Rows()), float64(train.ImageDim()), float64(train.TextDim()), float64(len(m.params)),
 		float64(cfg.Seed >> 32), float64(cfg.Seed & (1<<32 - 1)), mc.InitLogitScale, initBias,
 		oc.LR, oc.WD, oc.Beta1, oc.Beta2, oc.Eps,
 	})
-	if err == nil && (train.ImageDim != mc.ImageDim || train.TextDim != mc.TextDim) {
+	if err == nil && (train.ImageDim() != mc.ImageDim || train.TextDim() != mc.TextDim) {
 		err = fmt.Errorf("%w: the training rows have image and text widths %d and %d, the model %d and %d",
-			ErrData, train.ImageDim, train.TextDim, mc.ImageDim, mc.TextDim)
+			ErrData, train.ImageDim(), train.TextDim(), mc.ImageDim, mc.TextDim)
 	}
 	w := comm.Size()
 	rows := cfg.BatchSize * cfg.AccumFreq
-	perEpoch := (train.Total / w) / rows // the smallest block's steps
+	g := w * rows
+	perEpoch := train.Rows() / g
 	if err == nil && perEpoch == 0 {
-		err = fmt.Errorf("%w: %d training rows over %d ranks give a rank %d rows, fewer than one step's %d (batch size %d × accum freq %d)",
-			ErrData, train.Total, w, train.Total/w, rows, cfg.BatchSize, cfg.AccumFreq)
+		err = fmt.Errorf("%w: %d training rows are fewer than one global batch of %d (%d ranks × batch size %d × accum freq %d)",
+			ErrData, train.Rows(), g, w, cfg.BatchSize, cfg.AccumFreq)
 	}
 	if err = Agree(comm, err); err != nil {
 		return nil, err
@@ -157,13 +166,16 @@ func NewTrainer[T blas.Float](comm mpi.Comm, cfg Config, l Loss[T], train *Pairs
 	}
 	e := mc.EmbedDim
 	t := &Trainer[T]{
-		comm: comm, cfg: cfg, model: m, loss: l, train: train,
+		comm: comm, cfg: cfg, model: m, loss: l, train: train, rows: train.Rows(),
 		opt:      NewAdamW[T](cfg.Optim, len(m.params)),
 		perEpoch: perEpoch, total: perEpoch * cfg.Epochs,
-		permEpoch: -1,
-		img:       make([]T, rows*mc.ImageDim),
-		txt:       make([]T, rows*mc.TextDim),
-		zi:        make([]T, rows*e), zt: make([]T, rows*e),
+		order:  newDataOrder(cfg.Seed, train.Rows(), g),
+		global: make([]int, g),
+		xi:     make([]float32, rows*mc.ImageDim),
+		xt:     make([]float32, rows*mc.TextDim),
+		img:    make([]T, rows*mc.ImageDim),
+		txt:    make([]T, rows*mc.TextDim),
+		zi:     make([]T, rows*e), zt: make([]T, rows*e),
 		dzi: make([]T, rows*e), dzt: make([]T, rows*e),
 		zs:  make([]T, cfg.BatchSize*e),
 		red: make([]T, len(m.params)+1),
@@ -191,45 +203,45 @@ func (t *Trainer[T]) GlobalBatch() int {
 	return t.comm.Size() * t.cfg.BatchSize * t.cfg.AccumFreq
 }
 
-// Step takes the next step of the schedule on the next rows of this rank's
-// shuffled block. It returns ErrDone once TotalSteps steps are taken, and
-// Gradients' errors.
+// Step takes the next step of the schedule: this rank reads its slice of
+// the next global batch (see Trainer) and calls StepBatch. It returns
+// ErrDone once TotalSteps steps are taken; an error wrapping ErrData,
+// the same on every rank, if some rank cannot read its rows or finds NaN
+// or ±Inf in them (naming the file and row); and Gradients' errors.
 func (t *Trainer[T]) Step() (StepStats, error) {
 	if t.step >= t.total {
 		return StepStats{}, ErrDone
 	}
-	epoch, k := t.step/t.perEpoch, t.step%t.perEpoch
-	if t.permEpoch != epoch {
-		t.shuffle(epoch)
+	n := t.cfg.BatchSize * t.cfg.AccumFreq
+	rows := t.BatchRows(t.step)[t.comm.Rank()*n : (t.comm.Rank()+1)*n]
+	err := ReadRows(t.train, t.xi, t.xt, rows)
+	if err == nil {
+		err = checkRows(t.train, t.xi, t.xt, rows)
 	}
-	rows := t.cfg.BatchSize * t.cfg.AccumFreq
-	p, di, dt := t.train, t.train.ImageDim, t.train.TextDim
-	for i, src := range t.perm[k*rows : (k+1)*rows] {
-		for j, v := range p.Image[src*di : (src+1)*di] {
-			t.img[i*di+j] = T(v)
-		}
-		for j, v := range p.Text[src*dt : (src+1)*dt] {
-			t.txt[i*dt+j] = T(v)
-		}
+	if err = Agree(t.comm, err); err != nil {
+		return StepStats{}, err
+	}
+	for i, v := range t.xi {
+		t.img[i] = T(v)
+	}
+	for i, v := range t.xt {
+		t.txt[i] = T(v)
 	}
 	return t.StepBatch(t.img, t.txt)
 }
 
-// shuffle draws the order of this rank's rows for an epoch. The generator
-// depends only on (Seed, epoch, rank): this is the shuffle's whole RNG
-// state, and a checkpoint's step restores it.
-func (t *Trainer[T]) shuffle(epoch int) {
-	n := t.train.Rows
-	if cap(t.perm) < n {
-		t.perm = make([]int, n)
+// BatchRows returns the training rows of the global batch of a step
+// (0-based), in the batch's order: rank r's rows are the r-th of W equal
+// slices. The order depends only on the seed, the epoch, the number of
+// training rows and the global batch (see Trainer). The slice is the
+// trainer's and changes with the next call. It panics if step is outside
+// [0, TotalSteps).
+func (t *Trainer[T]) BatchRows(step int) []int {
+	if step < 0 || step >= t.total {
+		panic("clip: step outside the schedule")
 	}
-	t.perm = t.perm[:n]
-	for i := range t.perm {
-		t.perm[i] = i
-	}
-	rng := rand.New(rand.NewPCG(t.cfg.Seed^0x9e3779b97f4a7c15, uint64(epoch)<<32|uint64(t.comm.Rank())))
-	rng.Shuffle(n, func(i, j int) { t.perm[i], t.perm[j] = t.perm[j], t.perm[i] })
-	t.permEpoch = epoch
+	t.order.batch(t.global, step/t.perEpoch, step%t.perEpoch)
+	return t.global
 }
 
 // StepBatch takes the next step of the schedule on the given rows: img

@@ -43,7 +43,7 @@ func TestTrainerConfigAgreement(t *testing.T) {
 					c.change(&cfg)
 				}
 				l := loss.NewClipLoss[float64](comm, cfg.Model.EmbedDim, loss.ClipOptions{})
-				_, err := NewTrainer[float64](comm, cfg, l, testPairs(cfg.Model, 12))
+				_, err := NewTrainer[float64](comm, cfg, l, memOf(testPairs(cfg.Model, 12)))
 				return err
 			})
 			for r, err := range errs {
@@ -57,7 +57,7 @@ func TestTrainerConfigAgreement(t *testing.T) {
 	cfg := testConfig(Linear, false)
 	cfg.Optim.Eps = math.NaN()
 	l := loss.NewClipLoss[float64](mpi.Self(), cfg.Model.EmbedDim, loss.ClipOptions{})
-	if _, err := NewTrainer[float64](mpi.Self(), cfg, l, testPairs(cfg.Model, 12)); !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "eps is NaN") {
+	if _, err := NewTrainer[float64](mpi.Self(), cfg, l, memOf(testPairs(cfg.Model, 12))); !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "eps is NaN") {
 		t.Errorf("NaN eps on one rank: %v, want ErrConfig saying eps is NaN", err)
 	}
 }
@@ -68,7 +68,7 @@ func TestTrainerConfigAgreement(t *testing.T) {
 func TestTrainerLossAllocs(t *testing.T) {
 	cfg := testConfig(MLP, false)
 	data := testPairs(cfg.Model, 12)
-	tr, err := NewTrainer[float64](mpi.Self(), cfg, loss.NewClipLoss[float64](mpi.Self(), cfg.Model.EmbedDim, loss.ClipOptions{}), data)
+	tr, err := NewTrainer[float64](mpi.Self(), cfg, loss.NewClipLoss[float64](mpi.Self(), cfg.Model.EmbedDim, loss.ClipOptions{}), memOf(data))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -64,14 +64,11 @@ func NewTrainLoss[T blas.Float](comm mpi.Comm, dim int, name string) (clip.Loss[
 	return loss.NewClipLoss[T](comm, dim, opt), nil
 }
 
-// RunTrain is collective: it loads comm's rows of the spec's data, trains
+// RunTrain is collective: it trains on rows 0..Rows-1 of the spec's data
 // every step of the schedule (with a checkpoint and a fresh trainer at
 // ResumeAt) and returns the losses and the final weights.
 func RunTrain[T blas.Float](comm mpi.Comm, s TrainSpec) (*TrainResult, error) {
-	data, err := clip.LoadShard(comm, s.Src, 0, s.Rows)
-	if err != nil {
-		return nil, err
-	}
+	data := clip.Range(s.Src, 0, s.Rows)
 	newTrainer := func() (*clip.Trainer[T], error) {
 		l, err := NewTrainLoss[T](comm, s.Cfg.Model.EmbedDim, s.Loss)
 		if err != nil {
@@ -192,27 +189,34 @@ func TrainDataCases(rows int) []TrainDataCase {
 		}, 2, "has 10 rows but"},
 		{"too few rows for the batch", func(dir string) (string, error) {
 			return dir, write(dir, nil)
-		}, rows, "fewer than one step's"},
+		}, rows, "fewer than one global batch"},
 		{"no such directory", func(dir string) (string, error) {
 			return filepath.Join(dir, "missing"), nil
 		}, 2, "no such file or directory"},
 	}
 }
 
-// RunTrainData is collective: it opens path, loads comm's rows and makes a
-// trainer, as the train program does, and returns the first error.
+// RunTrainData is collective: it opens path, makes a trainer and takes
+// the steps of one epoch, as the train program does, and returns the first
+// error.
 func RunTrainData(comm mpi.Comm, path string, batch int) error {
 	src, err := clip.OpenNpy(path)
 	if err = clip.Agree(comm, err); err != nil {
 		return err
 	}
-	data, err := clip.LoadShard(comm, src, 0, src.Rows())
+	cfg := TrainSmall(clip.Linear, batch, 1)
+	tr, err := clip.NewTrainer(comm, cfg, loss.NewClipLoss[float32](comm, cfg.Model.EmbedDim, loss.ClipOptions{}), src)
 	if err != nil {
 		return err
 	}
-	cfg := TrainSmall(clip.Linear, batch, 1)
-	_, err = clip.NewTrainer(comm, cfg, loss.NewClipLoss[float32](comm, cfg.Model.EmbedDim, loss.ClipOptions{}), data)
-	return err
+	for {
+		if _, err := tr.Step(); err != nil {
+			if errors.Is(err, clip.ErrDone) {
+				return nil
+			}
+			return err
+		}
+	}
 }
 
 // TrainGradients is collective: it loads comm's rows of the spec's data,
@@ -227,7 +231,7 @@ func TrainGradients[T blas.Float](comm mpi.Comm, s TrainSpec) ([]float64, []clip
 	if err != nil {
 		return nil, nil, err
 	}
-	tr, err := clip.NewTrainer(comm, s.Cfg, l, data)
+	tr, err := clip.NewTrainer(comm, s.Cfg, l, clip.Range(s.Src, 0, s.Rows))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -246,4 +250,76 @@ func TrainGradients[T blas.Float](comm mpi.Comm, s TrainSpec) ([]float64, []clip
 		g[i] = float64(v)
 	}
 	return g, tr.Model().Layout(), nil
+}
+
+// TrainUntil is collective: it trains the spec's run on comm for its first
+// k steps, saves a checkpoint to path (rank 0 writes it) and returns the
+// losses of those steps.
+func TrainUntil[T blas.Float](comm mpi.Comm, s TrainSpec, k int, path string) (*TrainResult, error) {
+	l, err := NewTrainLoss[T](comm, s.Cfg.Model.EmbedDim, s.Loss)
+	if err != nil {
+		return nil, err
+	}
+	tr, err := clip.NewTrainer(comm, s.Cfg, l, clip.Range(s.Src, 0, s.Rows))
+	if err != nil {
+		return nil, err
+	}
+	res := &TrainResult{}
+	for tr.Steps() < k {
+		st, err := tr.Step()
+		if err != nil {
+			return nil, err
+		}
+		res.Losses = append(res.Losses, st.Loss)
+	}
+	return res, tr.Save(path)
+}
+
+// ResumeTrain is collective: it continues the run of the checkpoint at
+// path on comm, whatever number of ranks wrote it: the spec's batch size
+// is replaced by the one that keeps the checkpoint's global batch on
+// comm's ranks with the spec's accumulation (CheckpointInfo.BatchSizeFor,
+// whose error it returns). It takes the remaining steps and returns their
+// losses and the final weights.
+func ResumeTrain[T blas.Float](comm mpi.Comm, s TrainSpec, path string) (*TrainResult, error) {
+	info, err := clip.ReadCheckpointInfo(comm, path)
+	if err != nil {
+		return nil, err
+	}
+	if s.Cfg.BatchSize, err = info.BatchSizeFor(comm.Size(), s.Cfg.AccumFreq); err != nil {
+		return nil, err
+	}
+	l, err := NewTrainLoss[T](comm, s.Cfg.Model.EmbedDim, s.Loss)
+	if err != nil {
+		return nil, err
+	}
+	tr, err := clip.NewTrainer(comm, s.Cfg, l, clip.Range(s.Src, 0, s.Rows))
+	if err != nil {
+		return nil, err
+	}
+	if err := tr.Load(path); err != nil {
+		return nil, err
+	}
+	res := &TrainResult{}
+	for tr.Steps() < tr.TotalSteps() {
+		st, err := tr.Step()
+		if err != nil {
+			return nil, err
+		}
+		res.Losses = append(res.Losses, st.Loss)
+	}
+	for _, v := range tr.Model().Params() {
+		res.Params = append(res.Params, float64(v))
+	}
+	return res, nil
+}
+
+// ElasticSpec is the run of the elastic-resume tests with W ranks: a
+// global batch of 12 rows (batch size 12/(W·accum) per rank), 41 rows
+// (3 steps an epoch, the last 5 rows of each epoch's order left out), 3
+// epochs: 9 steps.
+func ElasticSpec(w, accum int) TrainSpec {
+	s := TrainSpec{Cfg: TrainSmall(clip.MLP, 12/(w*accum), 3), Loss: "local_gwg", Src: TrainSynthetic(41), Rows: 41}
+	s.Cfg.AccumFreq = accum
+	return s
 }

@@ -400,12 +400,8 @@ func TestTrainMPICheckpointErrors(t *testing.T) {
 	comm := needWorld(t)
 	path := filepath.Join(t.TempDir(), "x.ckpt")
 	s := TrainSpec{Cfg: TrainSmall(clip.Linear, 4, 1), Loss: "local_gwg", Src: TrainSynthetic(8 * comm.Size()), Rows: 8 * comm.Size()}
-	data, err := clip.LoadShard(comm, s.Src, 0, s.Rows)
-	if err != nil {
-		t.Fatal(err)
-	}
 	l, _ := NewTrainLoss[float32](comm, 4, s.Loss)
-	tr, err := clip.NewTrainer(comm, s.Cfg, l, data)
+	tr, err := clip.NewTrainer(comm, s.Cfg, l, s.Src)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -431,5 +427,207 @@ func corrupt(t *testing.T, path string) {
 	}
 	if err != nil {
 		t.Error(err)
+	}
+}
+
+// elasticAt is the step at which the elastic tests stop a run: mid-epoch
+// (3 steps an epoch).
+const elasticAt = 4
+
+// elastic is one elastic resume: stopped after elasticAt steps on w ranks
+// (in-process), continued on w2.
+type elasticCase struct {
+	w, w2, accum int
+	dtype        string
+}
+
+func (c elasticCase) String() string {
+	return fmt.Sprintf("w=%d→%d/accum=%d/%s", c.w, c.w2, c.accum, c.dtype)
+}
+
+// runElastic runs the case with in-process ranks and returns each resumed
+// rank's result.
+func runElastic(t *testing.T, c elasticCase) ([]*TrainResult, error) {
+	path := filepath.Join(t.TempDir(), "x.ckpt")
+	errs := trainOnRanks(t, c.w, func(comm mpi.Comm) error {
+		var err error
+		if c.dtype == "float32" {
+			_, err = TrainUntil[float32](comm, ElasticSpec(c.w, c.accum), elasticAt, path)
+		} else {
+			_, err = TrainUntil[float64](comm, ElasticSpec(c.w, c.accum), elasticAt, path)
+		}
+		return err
+	})
+	for r, err := range errs {
+		if err != nil {
+			t.Fatalf("before the resume, on %d ranks: rank %d: %v", c.w, r, err)
+		}
+	}
+	got := make([]*TrainResult, c.w2)
+	// The spec's batch size is replaced by the checkpoint's global batch
+	// over w2 ranks: pass the w-rank spec.
+	errs = trainOnRanks(t, c.w2, func(comm mpi.Comm) error {
+		var err error
+		if c.dtype == "float32" {
+			got[comm.Rank()], err = ResumeTrain[float32](comm, ElasticSpec(c.w, c.accum), path)
+		} else {
+			got[comm.Rank()], err = ResumeTrain[float64](comm, ElasticSpec(c.w, c.accum), path)
+		}
+		return err
+	})
+	for _, err := range errs {
+		if err != nil {
+			return got, err
+		}
+	}
+	return got, nil
+}
+
+// checkElastic compares a resumed run with the uninterrupted run of one
+// process: the losses of the steps after the resume and the final weights,
+// to the equivalence tolerances.
+func checkElastic(got, whole *TrainResult, dtype string) error {
+	want := &TrainResult{Losses: whole.Losses[elasticAt:], Params: whole.Params}
+	if len(whole.Losses) != 9 {
+		return fmt.Errorf("the uninterrupted run took %d steps, want 9", len(whole.Losses))
+	}
+	return CompareTrain(got, want, equivalenceTol(dtype))
+}
+
+// TestTrainElastic: a run stopped at a step on W in-process ranks and
+// resumed from its checkpoint on W' ranks (1 to 4, the global batch of 12
+// kept: batch size 12/W' per rank) takes the steps of the uninterrupted
+// run of one process, to the tolerance of W ranks against one process.
+func TestTrainElastic(t *testing.T) {
+	var cases []elasticCase
+	for _, w := range []int{1, 2, 3, 4} {
+		for _, w2 := range []int{1, 2, 3, 4} {
+			cases = append(cases, elasticCase{w, w2, 1, "float64"})
+		}
+	}
+	cases = append(cases, elasticCase{2, 1, 1, "float32"}, elasticCase{1, 2, 1, "float32"},
+		elasticCase{3, 2, 2, "float64"}, elasticCase{2, 3, 2, "float32"})
+	whole := map[string]*TrainResult{}
+	for _, dtype := range []string{"float32", "float64"} {
+		res, err := runSpec(mpi.Self(), dtype, ElasticSpec(1, 1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		whole[dtype] = res
+	}
+	for _, c := range cases {
+		t.Run(c.String(), func(t *testing.T) {
+			got, err := runElastic(t, c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for r, g := range got {
+				if err := checkElastic(g, whole[c.dtype], c.dtype); err != nil {
+					t.Errorf("rank %d: %v", r, err)
+				}
+			}
+		})
+	}
+}
+
+// TestTrainElasticIndivisible: resuming a checkpoint whose global batch
+// (12) does not divide by the ranks (× accum freq) is an error, on every
+// rank, that names both numbers.
+func TestTrainElasticIndivisible(t *testing.T) {
+	for _, c := range []struct {
+		w2, accum int
+		want      string
+	}{
+		{5, 1, "the checkpoint's global batch of 12 rows does not divide by 5 ranks"},
+		{4, 2, "the checkpoint's global batch of 12 rows does not divide by 4 ranks × accum freq 2 = 8"},
+	} {
+		path := filepath.Join(t.TempDir(), "x.ckpt")
+		errs := trainOnRanks(t, 2, func(comm mpi.Comm) error {
+			_, err := TrainUntil[float64](comm, ElasticSpec(2, 1), elasticAt, path)
+			return err
+		})
+		for _, err := range errs {
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		errs = trainOnRanks(t, c.w2, func(comm mpi.Comm) error {
+			s := ElasticSpec(2, 1)
+			s.Cfg.AccumFreq = c.accum
+			_, err := ResumeTrain[float64](comm, s, path)
+			return err
+		})
+		for r, err := range errs {
+			if !errors.Is(err, clip.ErrCheckpoint) || !strings.Contains(err.Error(), c.want) {
+				t.Errorf("%d ranks, accum %d: rank %d: %v; want ErrCheckpoint saying %q", c.w2, c.accum, r, err, c.want)
+			}
+		}
+	}
+}
+
+// TestTrainMPIElastic is the elastic resume across mpirun's W ranks and
+// one process: a run of the W ranks stopped at a step and continued by
+// rank 0 alone, and a run of rank 0 alone continued by the W ranks, each
+// against the uninterrupted run of one process (float64 and float32).
+func TestTrainMPIElastic(t *testing.T) {
+	comm := needWorld(t)
+	w := comm.Size()
+	if 12%w != 0 {
+		t.Skipf("the elastic runs have a global batch of 12, which %d ranks do not divide", w)
+	}
+	for _, dtype := range []string{"float64", "float32"} {
+		whole, err := runSpec(mpi.Self(), dtype, ElasticSpec(1, 1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		until := func(c mpi.Comm, path string) error {
+			if dtype == "float32" {
+				_, err := TrainUntil[float32](c, ElasticSpec(c.Size(), 1), elasticAt, path)
+				return err
+			}
+			_, err := TrainUntil[float64](c, ElasticSpec(c.Size(), 1), elasticAt, path)
+			return err
+		}
+		resume := func(c mpi.Comm, path string) (*TrainResult, error) {
+			if dtype == "float32" {
+				return ResumeTrain[float32](c, ElasticSpec(1, 1), path)
+			}
+			return ResumeTrain[float64](c, ElasticSpec(1, 1), path)
+		}
+		// W ranks, then rank 0 alone. Only rank 0 writes and reads the
+		// checkpoint (its own temporary directory).
+		path := filepath.Join(t.TempDir(), "x.ckpt")
+		if err := until(comm, path); err != nil {
+			t.Fatalf("%s: %d ranks until step %d: rank %d: %v", dtype, w, elasticAt, comm.Rank(), err)
+		}
+		if comm.Rank() == 0 {
+			got, err := resume(mpi.Self(), path)
+			if err == nil {
+				err = checkElastic(got, whole, dtype)
+			}
+			if err != nil {
+				t.Errorf("%s: %d ranks → 1: %v", dtype, w, err)
+			} else {
+				t.Logf("%s: %d ranks → 1 after step %d: losses %v, uninterrupted %v (largest difference %.3g)",
+					dtype, w, elasticAt, got.Losses, whole.Losses[elasticAt:], MaxDiff(got.Losses, whole.Losses[elasticAt:]))
+			}
+		}
+		// Rank 0 alone, then the W ranks (which wait in the first
+		// collective of the resume until rank 0 has written it).
+		path = filepath.Join(t.TempDir(), "y.ckpt")
+		if comm.Rank() == 0 {
+			if err := until(mpi.Self(), path); err != nil {
+				t.Errorf("%s: one rank until step %d: %v", dtype, elasticAt, err)
+			}
+		}
+		got, err := resume(comm, path)
+		if err == nil {
+			err = checkElastic(got, whole, dtype)
+		}
+		if err != nil {
+			t.Errorf("%s: 1 → %d ranks: rank %d: %v", dtype, w, comm.Rank(), err)
+		} else if comm.Rank() == 0 {
+			t.Logf("%s: 1 → %d ranks after step %d: largest loss difference %.3g", dtype, w, elasticAt, MaxDiff(got.Losses, whole.Losses[elasticAt:]))
+		}
 	}
 }

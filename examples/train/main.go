@@ -99,7 +99,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.distImpl, "loss-dist-impl", "bidir", "SigLipLoss distribution (OpenCLIP's dist_impl): bidir, shift, reduce or gather")
 	fs.IntVar(&o.tile, "tile", 0, "column tile of the tiled and ring algorithms and of SigLIP (0: default)")
 
-	fs.IntVar(&o.batchSize, "batch-size", 1024, "rows per rank per micro-batch")
+	fs.IntVar(&o.batchSize, "batch-size", 1024, "rows per rank per micro-batch (with --resume: the checkpoint's global batch / (ranks × accum-freq))")
 	fs.IntVar(&o.accumFreq, "accum-freq", 1, "micro-batches per step (GradCache: a step takes batch-size × accum-freq rows per rank and equals the full-batch step; OpenCLIP's --accum-freq gives the logit scale and bias accum-freq times their gradient)")
 	fs.Float64Var(&o.lr, "lr", 2e-3, "peak learning rate")
 	fs.Float64Var(&o.wd, "wd", 0.1, "AdamW weight decay (not on biases and the logit scale)")
@@ -239,8 +239,9 @@ func newLoss[T blas.Float](comm mpi.Comm, dim int, o *options) (clip.Loss[T], st
 	return loss.NewClipLoss[T](comm, dim, opt), desc, nil
 }
 
-// data opens the training and held-out sets and loads this rank's rows.
-func data(comm mpi.Comm, o *options) (train, val *clip.Pairs, desc string, err error) {
+// data opens the training and held-out sets and loads this rank's block of
+// the held-out rows; the trainer reads the training rows it needs itself.
+func data(comm mpi.Comm, o *options) (train clip.Source, val *clip.Pairs, desc string, err error) {
 	var tsrc, vsrc clip.Source
 	tlo, thi, vlo, vhi := 0, 0, 0, 0
 	if o.trainData == "" {
@@ -281,9 +282,7 @@ func data(comm mpi.Comm, o *options) (train, val *clip.Pairs, desc string, err e
 			vlo, vhi = thi, src.Rows()
 		}
 	}
-	if train, err = clip.LoadShard(comm, tsrc, tlo, thi); err != nil {
-		return nil, nil, "", err
-	}
+	train = clip.Range(tsrc, tlo, thi)
 	if val, err = clip.LoadShard(comm, vsrc, vlo, vhi); err != nil {
 		return nil, nil, "", err
 	}
@@ -293,8 +292,8 @@ func data(comm mpi.Comm, o *options) (train, val *clip.Pairs, desc string, err e
 		}
 		return fmt.Sprintf("%s rows %d..%d", src, lo, hi-1)
 	}
-	desc = fmt.Sprintf("data: train %s: %d pairs, %d on rank 0\ndata: held out %s: %d pairs",
-		at(tsrc, tlo, thi), train.Total, train.Rows, at(vsrc, vlo, vhi), val.Total)
+	desc = fmt.Sprintf("data: train %s: %d pairs (each rank reads its rows of each global batch)\ndata: held out %s: %d pairs, %d on rank 0",
+		at(tsrc, tlo, thi), train.Rows(), at(vsrc, vlo, vhi), val.Total, val.Rows)
 	return train, val, desc, nil
 }
 
@@ -321,7 +320,7 @@ func run[T blas.Float](comm mpi.Comm, o *options) error {
 		return err
 	}
 	mc := clip.ModelConfig{
-		ImageDim: train.ImageDim, TextDim: train.TextDim, EmbedDim: o.embedDim,
+		ImageDim: train.ImageDim(), TextDim: train.TextDim(), EmbedDim: o.embedDim,
 		Head: head, Hidden: o.hidden, InitLogitScale: clip.ClipInitLogitScale,
 	}
 	if o.siglip {
@@ -338,10 +337,37 @@ func run[T blas.Float](comm mpi.Comm, o *options) error {
 	if err != nil {
 		return err
 	}
+	var ckptDir, resumePath string
+	if o.logs != "" {
+		ckptDir = filepath.Join(o.logs, "checkpoints")
+	}
+	batch := o.batchSize
+	if o.resume != "" {
+		resumePath = o.resume
+		if resumePath == "latest" {
+			if o.logs == "" {
+				return errors.New("--resume latest needs --logs")
+			}
+			resumePath = filepath.Join(ckptDir, "latest.ckpt")
+		}
+		// The run continues with the checkpoint's global batch, on any
+		// number of ranks that divides it.
+		info, err := clip.ReadCheckpointInfo(comm, resumePath)
+		if err != nil {
+			return err
+		}
+		if batch, err = info.BatchSizeFor(w, o.accumFreq); err != nil {
+			return err
+		}
+		if info.World != w || batch != o.batchSize {
+			say("resume: %s was written by %d ranks × batch size %d × accum %d = global batch %d; here %d ranks × batch size %d × accum %d\n",
+				resumePath, info.World, info.BatchSize, info.AccumFreq, info.GlobalBatch, w, batch, o.accumFreq)
+		}
+	}
 	cfg := clip.Config{
 		Model:     mc,
 		Optim:     clip.OptimConfig{LR: o.lr, WD: o.wd, Beta1: o.beta1, Beta2: o.beta2, Eps: o.eps, Warmup: o.warmup},
-		BatchSize: o.batchSize, AccumFreq: o.accumFreq, Epochs: o.epochs, Seed: o.seed,
+		BatchSize: batch, AccumFreq: o.accumFreq, Epochs: o.epochs, Seed: o.seed,
 	}
 	tr, err := clip.NewTrainer(comm, cfg, lossFn, train)
 	if err != nil {
@@ -363,11 +389,9 @@ func run[T blas.Float](comm mpi.Comm, o *options) error {
 	say("loss: %s\n", lossDesc)
 	say("optim: AdamW lr %g wd %g betas (%g, %g) eps %g; cosine schedule, %d warmup steps\n", o.lr, o.wd, o.beta1, o.beta2, o.eps, o.warmup)
 	say("steps: %d ranks × %d rows × accum %d = global batch %d; %d epochs × %d steps = %d steps\n",
-		w, o.batchSize, o.accumFreq, tr.GlobalBatch(), o.epochs, tr.StepsPerEpoch(), tr.TotalSteps())
+		w, batch, o.accumFreq, tr.GlobalBatch(), o.epochs, tr.StepsPerEpoch(), tr.TotalSteps())
 
-	var ckptDir string
 	if o.logs != "" {
-		ckptDir = filepath.Join(o.logs, "checkpoints")
 		var err error
 		if rank == 0 {
 			err = os.MkdirAll(ckptDir, 0o755)
@@ -377,18 +401,11 @@ func run[T blas.Float](comm mpi.Comm, o *options) error {
 		}
 	}
 	resumeAt := -1
-	if o.resume != "" {
-		path := o.resume
-		if path == "latest" {
-			if o.logs == "" {
-				return errors.New("--resume latest needs --logs")
-			}
-			path = filepath.Join(ckptDir, "latest.ckpt")
-		}
-		if err := tr.Load(path); err != nil {
+	if resumePath != "" {
+		if err := tr.Load(resumePath); err != nil {
 			return err
 		}
-		say("resumed from %s at step %d of %d\n", path, tr.Steps(), tr.TotalSteps())
+		say("resumed from %s at step %d of %d\n", resumePath, tr.Steps(), tr.TotalSteps())
 		resumeAt = tr.Steps()
 	}
 	// Rank 0 appends every row to LOGS/metrics.csv as it comes.
@@ -478,7 +495,7 @@ func run[T blas.Float](comm mpi.Comm, o *options) error {
 		RecallI2T1Before: before.ImageToText.R[0], RecallT2I1Before: before.TextToImage.R[0],
 		RecallI2T: after.ImageToText.R, RecallT2I: after.TextToImage.R,
 		ValMetrics: after.Map(), ValMetricsBefore: before.Map(),
-		ValRows: val.Total, TrainRows: train.Total, ChanceAt1: 1 / float64(val.Total),
+		ValRows: val.Total, TrainRows: train.Rows(), ChanceAt1: 1 / float64(val.Total),
 		Head: head.String(), Mode: loss.ClipOptions{LocalLoss: o.localLoss, GatherWithGrad: o.gatherWithGrad}.Mode(),
 		Algorithm: o.algo, DType: o.dtype, BLAS: blas.Backend(), BLASThreads: blas.Threads(), MPI: mpi.Enabled,
 		LogitScale: m.Logit().Scale,
