@@ -171,10 +171,10 @@ func TrainDataCases(rows int) []TrainDataCase {
 		return nil
 	}
 	return []TrainDataCase{
-		{"NaN in the last rank's rows", func(dir string) (string, error) {
+		{"NaN in a row", func(dir string) (string, error) {
 			return dir, write(dir, func(s int, img, txt []float32) ([]float32, []float32, int, int, bool) {
 				if s == rows/10-1 {
-					img[3*6+2] = float32(math.NaN()) // row 3 of the last shard
+					img[3*6+2] = float32(math.NaN()) // row 3 of the last shard, read in some step
 				}
 				return img, txt, len(img) / 6, len(txt) / 5, true
 			})
