@@ -41,6 +41,7 @@ type ClipLoss[T blas.Float] struct {
 
 	agree agreement
 	impl  clipImpl[T]
+	auto  *clipAuto[T] // with Auto: the choice per batch size
 }
 
 // clipImpl is one algorithm. run computes this rank's loss and, when dImg is
@@ -65,8 +66,11 @@ var warnLocalOnce sync.Once
 var Warn = func(msg string) { fmt.Fprintln(os.Stderr, "clipmpi: warning:", msg) }
 
 // NewClipLoss returns a ClipLoss over comm for features of dimension dim.
-// It panics if comm is nil, dim < 1, opt.Tile < 0 or the algorithm is
-// unknown.
+// With Auto the algorithm is chosen at the first call (see ResolveClip; the
+// rates are measured then, once, unless opt.Rates gives them) and again
+// whenever the batch size changes; rank 0 prints each choice through Info.
+// It panics if comm is nil, dim < 1, opt.Tile < 0, opt.MemoryBudget < 0 or
+// the algorithm is unknown.
 func NewClipLoss[T blas.Float](comm mpi.Comm, dim int, opt ClipOptions) *ClipLoss[T] {
 	if comm == nil {
 		panic(errNilComm)
@@ -77,16 +81,14 @@ func NewClipLoss[T blas.Float](comm mpi.Comm, dim int, opt ClipOptions) *ClipLos
 	if opt.Tile < 0 {
 		panic(errTile)
 	}
+	if opt.MemoryBudget < 0 {
+		panic(errBudget)
+	}
 	l := &ClipLoss[T]{comm: comm, dim: dim, opt: opt, agree: newAgreement(comm, dim)}
-	switch opt.Algorithm {
-	case Naive:
-		l.impl = &naiveClip[T]{comm: comm}
-	case Fused, Tiled:
-		l.impl = &blockClip[T]{comm: comm, tiled: opt.Algorithm == Tiled, tile: opt.Tile}
-	case Ring:
-		l.impl = &ringClip[T]{comm: comm, tile: opt.Tile}
-	default:
-		panic(errAlgorithm)
+	if opt.Algorithm == Auto {
+		l.auto = &clipAuto[T]{}
+	} else {
+		l.impl = newClipImpl[T](comm, opt)
 	}
 	if opt.LocalLoss && !opt.GatherWithGrad && comm.Size() > 1 && comm.Rank() == 0 {
 		warnLocalOnce.Do(func() {
@@ -94,6 +96,19 @@ func NewClipLoss[T blas.Float](comm mpi.Comm, dim int, opt ClipOptions) *ClipLos
 		})
 	}
 	return l
+}
+
+// newClipImpl makes the options' algorithm; it panics if it is unknown.
+func newClipImpl[T blas.Float](comm mpi.Comm, opt ClipOptions) clipImpl[T] {
+	switch opt.Algorithm {
+	case Naive:
+		return &naiveClip[T]{comm: comm}
+	case Fused, Tiled:
+		return &blockClip[T]{comm: comm, tiled: opt.Algorithm == Tiled, tile: opt.Tile}
+	case Ring:
+		return &ringClip[T]{comm: comm, tile: opt.Tile}
+	}
+	panic(errAlgorithm)
 }
 
 // Options returns the options the loss was made with.
@@ -104,8 +119,9 @@ func (l *ClipLoss[T]) Options() ClipOptions { return l.opt }
 //
 // It panics if len(img) != len(txt) or the length is not a multiple of dim.
 // It returns an error, the same on every rank, if the ranks disagree on b,
-// dim, the element type, the options or the logit parameters, if b = 0, or
-// if any rank's input is not finite. A failed collective or transfer, which
+// dim, the element type, the options or the logit parameters, if b = 0, if
+// any rank's input is not finite, or, with Auto, if no algorithm fits the
+// memory budget (ErrNoFit). A failed collective or transfer, which
 // may reach only some ranks, goes to mpi.Fail: by default the job ends with
 // the cause printed once; with a hook that returns (mpi.WithFailHook),
 // Forward returns the *mpi.Failure and the caller must end the job.
@@ -114,7 +130,11 @@ func (l *ClipLoss[T]) Forward(img, txt []T, lg Logit) (float64, error) {
 	if err != nil {
 		return 0, err
 	}
-	r, err := l.impl.run(nil, nil, img, txt, lg, st)
+	impl, err := l.pick(st)
+	if err != nil {
+		return 0, err
+	}
+	r, err := impl.run(nil, nil, img, txt, lg, st)
 	if err != nil {
 		return 0, mpi.Fail(l.comm, err)
 	}
@@ -135,7 +155,11 @@ func (l *ClipLoss[T]) ForwardBackward(dImg, dTxt, img, txt []T, lg Logit) (Resul
 	if err != nil {
 		return Result{}, err
 	}
-	r, err := l.impl.run(dImg, dTxt, img, txt, lg, st)
+	impl, err := l.pick(st)
+	if err != nil {
+		return Result{}, err
+	}
+	r, err := impl.run(dImg, dTxt, img, txt, lg, st)
 	if err != nil {
 		return Result{}, mpi.Fail(l.comm, err)
 	}

@@ -12,6 +12,8 @@ const (
 	errAlgorithm  = "loss: unknown algorithm"
 	errTile       = "loss: tile size must not be negative"
 	errSigLipImpl = "loss: unknown SigLIP distribution method"
+	errBudget     = "loss: memory budget must not be negative"
+	errAutoPlan   = "loss: Plan, Memory and Predict need a concrete algorithm (ResolveClip and ResolveSigLip turn Auto into one)"
 )
 
 // Errors a caller can act on. Every rank returns the same error value (the
@@ -24,4 +26,6 @@ var (
 	ErrEmptyBatch = errors.New("loss: empty batch")
 	// ErrNonFinite: a feature, the logit scale or the bias is NaN or ±Inf.
 	ErrNonFinite = errors.New("loss: non-finite input")
+	// ErrNoFit: Auto found no algorithm whose memory fits the budget.
+	ErrNoFit = errors.New("loss: no algorithm fits the memory budget")
 )

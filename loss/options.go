@@ -26,11 +26,16 @@ const (
 	// send/receive while the current block's GEMM runs; text-gradient
 	// partials travel home the same way. No rank holds all N rows.
 	Ring
+	// Auto lets the loss choose, at its first call, the algorithm the cost
+	// model (Predict) says is fastest among those whose Memory fits
+	// MemoryBudget; see ResolveClip. It is not in Algorithms.
+	Auto
 )
 
-var algorithmNames = [...]string{Fused: "fused", Naive: "naive", Tiled: "tiled", Ring: "ring"}
+var algorithmNames = [...]string{Fused: "fused", Naive: "naive", Tiled: "tiled", Ring: "ring", Auto: "auto"}
 
-// Algorithms lists every algorithm, the naive reference included.
+// Algorithms lists every algorithm, the naive reference included (Auto
+// is a choice among them, not one of them).
 func Algorithms() []Algorithm { return []Algorithm{Naive, Fused, Tiled, Ring} }
 
 // String returns the algorithm's name as ParseAlgorithm accepts it.
@@ -42,14 +47,14 @@ func (a Algorithm) String() string {
 }
 
 // ParseAlgorithm returns the algorithm with the given name
-// ("naive", "fused", "tiled" or "ring").
+// ("naive", "fused", "tiled", "ring" or "auto").
 func ParseAlgorithm(name string) (Algorithm, error) {
 	for i, n := range algorithmNames {
 		if n == name {
 			return Algorithm(i), nil
 		}
 	}
-	return 0, fmt.Errorf("loss: unknown algorithm %q (want naive, fused, tiled or ring)", name)
+	return 0, fmt.Errorf("loss: unknown algorithm %q (want naive, fused, tiled, ring or auto)", name)
 }
 
 // ClipOptions are OpenCLIP's ClipLoss options plus the algorithm.
@@ -68,6 +73,15 @@ type ClipOptions struct {
 	// Tile is the column tile width of the Tiled and Ring algorithms;
 	// 0 picks a default.
 	Tile int
+	// MemoryBudget bounds, in bytes per rank, the memory (as Memory counts
+	// it) of the algorithm Auto chooses; 0 means the memory available on
+	// the node (MemAvailable, or less if the process's cgroup says so)
+	// divided by the ranks on the node. Other algorithms ignore it.
+	MemoryBudget int64
+	// Rates are the machine rates Auto's cost model uses; the zero value
+	// has them measured once, at the first call (MeasureRates). Other
+	// algorithms ignore them.
+	Rates Rates
 }
 
 // Mode names the OpenCLIP mode of the options: "global", "global_gwg",

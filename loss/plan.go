@@ -33,10 +33,14 @@ func (p Plan) Flops() float64 {
 
 // Plan returns the per-rank work of one ForwardBackward step with w ranks of
 // b rows of dimension d, for elements of elemSize bytes (4 or 8). It panics
-// if w, b or d is less than 1.
+// if w, b or d is less than 1 or if the algorithm is Auto (ResolveClip
+// turns it into one) or unknown.
 func (o ClipOptions) Plan(w, b, d, elemSize int) Plan {
 	if w < 1 || b < 1 || d < 1 {
 		panic("loss: Plan needs w, b, d ≥ 1")
+	}
+	if o.Algorithm == Auto {
+		panic(errAutoPlan)
 	}
 	n := w * b
 	e := int64(elemSize)
@@ -118,10 +122,13 @@ func (o ClipOptions) Plan(w, b, d, elemSize int) Plan {
 // Plan returns the per-rank work of one SigLipLoss ForwardBackward step with
 // w ranks of b rows of dimension d, for elements of elemSize bytes. Every
 // method does the same 3 GEMMs of 2·b·N·d; they differ in memory. It panics
-// if w, b or d is less than 1.
+// if w, b or d is less than 1 or if the method is SigLipAuto.
 func (o SigLipOptions) Plan(w, b, d, elemSize int) Plan {
 	if w < 1 || b < 1 || d < 1 {
 		panic("loss: Plan needs w, b, d ≥ 1")
+	}
+	if o.Impl == SigLipAuto {
+		panic(errAutoPlan)
 	}
 	t := o.Tile
 	if t == 0 {

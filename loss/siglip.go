@@ -23,11 +23,16 @@ const (
 	// Gather all-gathers the text features and reduce-scatters their
 	// gradients.
 	Gather
+	// SigLipAuto lets the loss choose, at its first call, the method the
+	// cost model says is fastest among those that fit the memory budget;
+	// see ResolveSigLip. It is not in SigLipImpls.
+	SigLipAuto
 )
 
-var sigLipImplNames = [...]string{Bidir: "bidir", Shift: "shift", Reduce: "reduce", Gather: "gather"}
+var sigLipImplNames = [...]string{Bidir: "bidir", Shift: "shift", Reduce: "reduce", Gather: "gather", SigLipAuto: "auto"}
 
-// SigLipImpls lists every distribution method.
+// SigLipImpls lists every distribution method (SigLipAuto is a choice
+// among them, not one of them).
 func SigLipImpls() []SigLipImpl { return []SigLipImpl{Bidir, Shift, Reduce, Gather} }
 
 // String returns the method's name as ParseSigLipImpl accepts it.
@@ -39,14 +44,14 @@ func (m SigLipImpl) String() string {
 }
 
 // ParseSigLipImpl returns the method with the given name ("bidir",
-// "shift", "reduce" or "gather").
+// "shift", "reduce", "gather" or "auto").
 func ParseSigLipImpl(name string) (SigLipImpl, error) {
 	for i, n := range sigLipImplNames {
 		if n == name {
 			return SigLipImpl(i), nil
 		}
 	}
-	return 0, fmt.Errorf("loss: unknown SigLIP dist_impl %q (want bidir, shift, reduce or gather)", name)
+	return 0, fmt.Errorf("loss: unknown SigLIP dist_impl %q (want bidir, shift, reduce, gather or auto)", name)
 }
 
 // SigLipOptions are OpenCLIP's SigLipLoss options.
@@ -59,6 +64,9 @@ type SigLipOptions struct {
 	// chunk_size); 0 picks a default. Memory per rank is O(b·Tile + b·d)
 	// for the ring methods, in forward and backward.
 	Tile int
+	// MemoryBudget and Rates are ClipOptions' (for SigLipAuto).
+	MemoryBudget int64
+	Rates        Rates
 }
 
 func (o SigLipOptions) code() float64 { return 1e6 + float64(o.Impl) + float64(o.Tile)*8 }
@@ -88,6 +96,8 @@ type SigLipLoss[T blas.Float] struct {
 	opt   SigLipOptions
 	agree agreement
 	k     kernelScratch
+	impl  SigLipImpl  // the method in use
+	auto  *sigLipAuto // with SigLipAuto: the choice per batch size
 
 	bufs [4][]T // packed [A | T] blocks: two per ring direction
 	x    []T    // b×tile logits, then gradients
@@ -109,8 +119,9 @@ type sigSums struct{ loss, gs, gb float64 }
 const defaultSigTile = 1024
 
 // NewSigLipLoss returns a SigLipLoss over comm for features of dimension
-// dim. It panics if comm is nil, dim < 1, opt.Tile < 0 or the method is
-// unknown.
+// dim. With SigLipAuto the method is chosen as NewClipLoss chooses with
+// Auto. It panics if comm is nil, dim < 1, opt.Tile < 0, opt.MemoryBudget <
+// 0 or the method is unknown.
 func NewSigLipLoss[T blas.Float](comm mpi.Comm, dim int, opt SigLipOptions) *SigLipLoss[T] {
 	if comm == nil {
 		panic(errNilComm)
@@ -124,7 +135,14 @@ func NewSigLipLoss[T blas.Float](comm mpi.Comm, dim int, opt SigLipOptions) *Sig
 	if opt.Impl < 0 || int(opt.Impl) >= len(sigLipImplNames) {
 		panic(errSigLipImpl)
 	}
-	return &SigLipLoss[T]{comm: comm, dim: dim, opt: opt, agree: newAgreement(comm, dim)}
+	if opt.MemoryBudget < 0 {
+		panic(errBudget)
+	}
+	l := &SigLipLoss[T]{comm: comm, dim: dim, opt: opt, agree: newAgreement(comm, dim), impl: opt.Impl}
+	if opt.Impl == SigLipAuto {
+		l.auto = &sigLipAuto{}
+	}
+	return l
 }
 
 // Options returns the options the loss was made with.
@@ -134,6 +152,9 @@ func (l *SigLipLoss[T]) Options() SigLipOptions { return l.opt }
 // ClipLoss.Forward does.
 func (l *SigLipLoss[T]) Forward(img, txt []T, lg Logit) (float64, error) {
 	st, err := check(&l.agree, img, txt, lg, l.opt.code(), false)
+	if err == nil {
+		err = l.pick(st)
+	}
 	if err != nil {
 		return 0, err
 	}
@@ -152,6 +173,9 @@ func (l *SigLipLoss[T]) ForwardBackward(dImg, dTxt, img, txt []T, lg Logit) (Res
 		panic(errGradLen)
 	}
 	st, err := check(&l.agree, img, txt, lg, l.opt.code(), true)
+	if err == nil {
+		err = l.pick(st)
+	}
 	if err != nil {
 		return Result{}, err
 	}
@@ -172,7 +196,7 @@ func (l *SigLipLoss[T]) run(dImg, dTxt, img, txt []T, lg Logit, st *clipStep) (R
 	l.tile = min(l.tile, b)
 	l.x = grow(l.x, b*l.tile)
 	var err error
-	switch l.opt.Impl {
+	switch l.impl {
 	case Gather:
 		err = l.gather(dImg, dTxt, img, txt, st)
 	case Reduce:

@@ -1,0 +1,266 @@
+package loss
+
+import (
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/clipmpi/clipmpi/blas"
+	"github.com/clipmpi/clipmpi/mpi"
+)
+
+// MeasureRates measures the cost model's Rates for element type T on every
+// rank of comm at once, so that the ranks share the node's cores and memory
+// as they do in a step, with the shapes of a step of b rows of dimension d
+// (b is capped at 2048 and the tiles at 1024 columns to bound the time it
+// takes: about 0.3 s at b = 1024, d = 512, plus the link). The GEMM rate is
+// that of the three GEMMs of a b×tile logit tile at this process's BLAS
+// threads; the kernels are the ones the losses call, on a b×tile tile; the
+// link is a ring shift of a b×d block, the message the algorithms send
+// (at least 16 Ki elements, at most 4 Mi), its latency that of a
+// one-element shift. Each item is the best of
+// several runs on each rank, and the ranks agree on the slowest rank's
+// value, so every rank returns the same Rates. With one rank LinkGbits and
+// LatencyUs are 0. It is collective; it panics if b or d is less than 1; a
+// failed collective goes to mpi.Fail.
+func MeasureRates[T blas.Float](comm mpi.Comm, b, d int) (Rates, error) {
+	if b < 1 || d < 1 {
+		panic("loss: MeasureRates needs b, d ≥ 1")
+	}
+	r, err := measureRates[T](comm, b, d)
+	if err != nil {
+		return Rates{}, mpi.Fail(comm, err)
+	}
+	return r, nil
+}
+
+func measureRates[T blas.Float](comm mpi.Comm, b, d int) (Rates, error) {
+	m := newMeter[T](comm, b, d)
+	if err := m.compute(); err != nil {
+		return Rates{}, err
+	}
+	if err := m.link(); err != nil {
+		return Rates{}, err
+	}
+	// The slowest rank's times: one all-reduce of the maxima.
+	if err := comm.AllreduceF64(mpi.Max, m.times, m.times); err != nil {
+		return Rates{}, fmt.Errorf("loss: agreeing on the measured rates: %w", err)
+	}
+	return m.rates(), nil
+}
+
+// MeasureComputeRates is MeasureRates for this process alone, without the
+// link (LinkGbits and LatencyUs are 0): what bin/bench -model uses.
+func MeasureComputeRates[T blas.Float](b, d int) Rates {
+	if b < 1 || d < 1 {
+		panic("loss: MeasureComputeRates needs b, d ≥ 1")
+	}
+	m := newMeter[T](mpi.Self(), b, d)
+	if err := m.compute(); err != nil {
+		panic("loss: internal error: " + err.Error()) // Self never fails
+	}
+	return m.rates()
+}
+
+// Indices of meter.times.
+const (
+	mGemm = iota
+	mStats
+	mGrad
+	mNaiveStats
+	mNaiveGrad
+	mSigmoid
+	mCopy
+	mTranspose
+	mLink
+	mLatency
+	mCount
+)
+
+type meter[T blas.Float] struct {
+	comm mpi.Comm
+	b, t, d,
+	nb int // rows of the naive kernels' tile
+	msg   int // elements of the link message
+	times []float64
+	flops float64
+}
+
+func newMeter[T blas.Float](comm mpi.Comm, b, d int) *meter[T] {
+	b = min(b, 2048)
+	t := min(b, defaultTile)
+	return &meter[T]{comm: comm, b: b, t: t, d: d, nb: min(b, 256),
+		msg: min(max(b*d, 1<<14), 1<<22), times: make([]float64, mCount)}
+}
+
+// best returns the shortest of reps timed runs of f, after one untimed
+// run, each started together on every rank.
+func (m *meter[T]) best(reps int, f func() error) (float64, error) {
+	if err := f(); err != nil {
+		return 0, err
+	}
+	t := math.Inf(1)
+	for range reps {
+		if err := m.comm.Barrier(); err != nil {
+			return 0, fmt.Errorf("loss: measuring rates: %w", err)
+		}
+		t0 := time.Now()
+		if err := f(); err != nil {
+			return 0, err
+		}
+		t = min(t, time.Since(t0).Seconds())
+	}
+	return t, nil
+}
+
+func (m *meter[T]) compute() error {
+	b, t, d := m.b, m.t, m.d
+	img := make([]T, b*d)
+	tq := make([]T, max(t, b)*d)
+	x := make([]T, b*t)
+	for i := range img {
+		img[i] = T(math.Sin(float64(i)) / math.Sqrt(float64(d)))
+	}
+	for i := range tq {
+		tq[i] = T(math.Cos(float64(i)) / math.Sqrt(float64(d)))
+	}
+	acc := make([]T, t*d)
+	dimg := make([]T, b*d)
+	m.flops = 2 * 3 * float64(b) * float64(t) * float64(d)
+	var err error
+	m.times[mGemm], err = m.best(3, func() error {
+		blas.Gemm(blas.NoTrans, blas.Trans, b, t, d, 1, img, d, tq, d, 0, x, t)
+		blas.Gemm(blas.Trans, blas.NoTrans, t, d, b, 1, x, t, img, d, 0, acc, d)
+		blas.Gemm(blas.NoTrans, blas.NoTrans, b, d, t, 1, x, t, tq, d, 0, dimg, d)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+
+	// Logits of a realistic spread: cosines in [-0.3, 0.3] at scale 1/0.07.
+	for i := range x {
+		x[i] = T(0.3 * math.Sin(0.37*float64(i)))
+	}
+	const scale, c = 1 / 0.07, 1e-6
+	var k kernelScratch
+	rowM, rowS := make([]float64, b), make([]float64, b)
+	colM, colS := make([]float64, t), make([]float64, t)
+	colX, colB := make([]float64, t), make([]float64, t)
+	di := make([]T, b*t)
+	stats1 := func() error {
+		fill(rowM, math.Inf(-1))
+		fill(rowS, 0)
+		stats(&k, x, t, b, t, scale, 0, rowM, rowS, colM, colS)
+		return nil
+	}
+	if m.times[mStats], err = m.best(3, stats1); err != nil {
+		return err
+	}
+	for i := range rowS {
+		rowS[i] = math.Log(rowS[i])
+	}
+	for j := range colS {
+		colS[j] = math.Log(colS[j])
+	}
+	if m.times[mGrad], err = m.best(3, func() error {
+		grad(&k, di, nil, x, t, b, t, 0, 0, scale, 0, c, c, rowM, rowS, colM, colS, colX, colB)
+		return nil
+	}); err != nil {
+		return err
+	}
+	if m.times[mSigmoid], err = m.best(3, func() error {
+		sigTile(&k, di, x, t, b, t, 0, 10, -10, c, true)
+		return nil
+	}); err != nil {
+		return err
+	}
+	nb := m.nb
+	if m.times[mNaiveStats], err = m.best(2, func() error {
+		rowStats(x, t, nb, t, scale, 0, rowM, rowS)
+		return nil
+	}); err != nil {
+		return err
+	}
+	if m.times[mNaiveGrad], err = m.best(2, func() error {
+		copy(di[:nb*t], x[:nb*t]) // rowGrad overwrites its input
+		rowGrad(di, t, nb, t, 0, scale, 0, c, rowM, rowS)
+		return nil
+	}); err != nil {
+		return err
+	}
+	if m.times[mCopy], err = m.best(3, func() error {
+		copy(di, x)
+		return nil
+	}); err != nil {
+		return err
+	}
+	tn := min(t, 512)
+	if m.times[mTranspose], err = m.best(3, func() error {
+		transpose(di, x, tn)
+		return nil
+	}); err != nil {
+		return err
+	}
+	return nil
+}
+
+// link times a ring shift of msg elements and of one element.
+func (m *meter[T]) link() error {
+	w, r := m.comm.Size(), m.comm.Rank()
+	if w == 1 {
+		return nil
+	}
+	right, left := (r+1)%w, (r+w-1)%w
+	src, dst := make([]T, m.msg), make([]T, m.msg)
+	shift := func(n int) func() error {
+		return func() error {
+			q, err := mpi.Isendrecv(m.comm, dst[:n], left, src[:n], right)
+			if err == nil {
+				err = q.Wait()
+			}
+			if err != nil {
+				return fmt.Errorf("loss: measuring the link: %w", err)
+			}
+			return nil
+		}
+	}
+	var err error
+	if m.times[mLatency], err = m.best(5, shift(1)); err != nil {
+		return err
+	}
+	m.times[mLink], err = m.best(5, shift(m.msg))
+	return err
+}
+
+// rates turns the times into Rates.
+func (m *meter[T]) rates() Rates {
+	var e T
+	size := float64(blasSize(e))
+	tile := float64(m.b) * float64(m.t)
+	ns := func(i int, n float64) float64 { return m.times[i] / n * 1e9 }
+	r := Rates{
+		GemmGflops:   m.flops / m.times[mGemm] / 1e9,
+		StatsNs:      ns(mStats, tile),
+		GradNs:       ns(mGrad, tile),
+		SigmoidNs:    ns(mSigmoid, tile),
+		NaiveStatsNs: ns(mNaiveStats, float64(m.nb)*float64(m.t)),
+		NaiveGradNs:  max(0, ns(mNaiveGrad, float64(m.nb)*float64(m.t))-ns(mCopy, tile)),
+		CopyNs:       ns(mCopy, tile),
+	}
+	tn := float64(min(m.t, 512))
+	r.TransposeNs = ns(mTranspose, tn*tn)
+	if m.comm.Size() > 1 {
+		lat := m.times[mLatency]
+		r.LatencyUs = lat * 1e6
+		r.LinkGbits = float64(m.msg) * size * 8 / max(m.times[mLink]-lat, 1e-9) / 1e9
+	}
+	return r
+}
+
+func blasSize[T blas.Float](T) int {
+	if blas.Is32[T]() {
+		return 4
+	}
+	return 8
+}
