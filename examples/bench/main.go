@@ -64,7 +64,10 @@ type Record struct {
 	BlasBackend      string   `json:"blas_backend"`
 	BlasThreads      int      `json:"blas_threads"`
 	Loss0            float64  `json:"loss_value"`
-	Skipped          string   `json:"skipped,omitempty"`
+	// PredictedStepMs is the cost model's step time (loss.Predict) with the
+	// rates loss.MeasureRates measured at the start of the same run.
+	PredictedStepMs float64 `json:"predicted_step_ms"`
+	Skipped         string  `json:"skipped,omitempty"`
 	// With -max-batch: the memory model (workspace from loss.Plan plus the
 	// features and gradients plus the base RSS) checked against the peak RSS
 	// measured at b, and the largest global batch it admits in the budget.
@@ -75,6 +78,16 @@ type Record struct {
 }
 
 func main() {
+	if len(os.Args) > 1 && (os.Args[1] == "-model" || os.Args[1] == "--model") {
+		// The cost model alone, without MPI (model.go).
+		if err := modelMain(os.Args[2:], os.Stdout); err != nil {
+			if !errors.Is(err, flag.ErrHelp) {
+				fmt.Fprintln(os.Stderr, "bench -model:", err)
+			}
+			os.Exit(2)
+		}
+		return
+	}
 	b := flag.Int("b", 1024, "rows per rank")
 	d := flag.Int("d", 512, "feature dimension")
 	mode := flag.String("mode", "local_gwg", "OpenCLIP mode: global, global_gwg, local or local_gwg")
@@ -116,12 +129,14 @@ type benchConfig struct {
 	budget                    float64 // -max-batch, GiB per node; 0: off
 }
 
-// config is one configuration to measure: a loss maker and its plan.
+// config is one configuration to measure: a loss maker, its plan and its
+// cost model.
 type config struct {
-	name string
-	plan func(w, b, d, elem int) loss.Plan
-	tile int
-	make func(comm mpi.Comm, d int) any // *loss.ClipLoss[T] or *loss.SigLipLoss[T]
+	name    string
+	plan    func(w, b, d, elem int) loss.Plan
+	predict func(w, b, d, elem int, r loss.Rates) loss.Prediction
+	tile    int
+	make    func(comm mpi.Comm, d int) any // *loss.ClipLoss[T] or *loss.SigLipLoss[T]
 }
 
 // run measures every configuration of bc on comm and writes, on rank 0, one
@@ -154,7 +169,7 @@ func run(comm mpi.Comm, out io.Writer, bc benchConfig) error {
 		for _, a := range list {
 			o := opt
 			o.Algorithm, o.Tile = a, tile
-			configs = append(configs, config{a.String(), o.Plan, tile, func(c mpi.Comm, d int) any {
+			configs = append(configs, config{a.String(), o.Plan, o.Predict, tile, func(c mpi.Comm, d int) any {
 				if dtype == "float64" {
 					return loss.NewClipLoss[float64](c, d, o)
 				}
@@ -176,7 +191,7 @@ func run(comm mpi.Comm, out io.Writer, bc benchConfig) error {
 		}
 		for _, m := range list {
 			o := loss.SigLipOptions{Impl: m, Tile: tile}
-			configs = append(configs, config{m.String(), o.Plan, tile, func(c mpi.Comm, d int) any {
+			configs = append(configs, config{m.String(), o.Plan, o.Predict, tile, func(c mpi.Comm, d int) any {
 				if dtype == "float64" {
 					return loss.NewSigLipLoss[float64](c, d, o)
 				}
@@ -195,6 +210,14 @@ func run(comm mpi.Comm, out io.Writer, bc benchConfig) error {
 		fmt.Fprintf(out, "# clipmpi bench: loss=%s W=%d, b=%d, d=%d, mode=%s, %s, %d steps after %d warm-up; blas=%s threads=%d, mpi=%v\n",
 			lossKind, comm.Size(), b, d, mode, dtype, steps, warmup, blas.Backend(), blas.Threads(), mpi.Enabled)
 	}
+	rates, err := measureRates(comm, dtype, b, d)
+	if err != nil {
+		return err
+	}
+	if rank0 && !jsonOnly {
+		fmt.Fprintf(out, "# cost model rates: GEMM %.1f GFLOP/s; kernels stats %.2f, grad %.2f, sigmoid %.2f, naive %.1f + %.1f ns per logit; copy %.2f, transpose %.2f ns per element; link %.3g Gbit/s, latency %.3g µs\n",
+			rates.GemmGflops, rates.StatsNs, rates.GradNs, rates.SigmoidNs, rates.NaiveStatsNs, rates.NaiveGradNs, rates.CopyNs, rates.TransposeNs, rates.LinkGbits, rates.LatencyUs)
+	}
 	var recs []Record
 	for _, cfg := range configs {
 		var rec Record
@@ -207,6 +230,11 @@ func run(comm mpi.Comm, out io.Writer, bc benchConfig) error {
 		if err != nil {
 			return fmt.Errorf("%s: %w", cfg.name, err)
 		}
+		esize := 4
+		if dtype == "float64" {
+			esize = 8
+		}
+		rec.PredictedStepMs = cfg.predict(comm.Size(), b, d, esize, rates).Seconds * 1e3
 		rec.Mode, rec.Dtype, rec.Loss = mode, dtype, lossKind
 		recs = append(recs, rec)
 		if err := emit(comm, out, &rec); err != nil {
@@ -215,6 +243,7 @@ func run(comm mpi.Comm, out io.Writer, bc benchConfig) error {
 	}
 	if rank0 && !jsonOnly {
 		table(out, recs, bc.budget)
+		fmt.Fprintln(out, autoLine(lossKind, mode, comm.Size(), b, d, dtype, tile, rates, memLimit))
 	}
 	return nil
 }
@@ -254,8 +283,8 @@ type stepper[T blas.Float] interface {
 }
 
 func table(out io.Writer, recs []Record, budget float64) {
-	fmt.Fprintf(out, "\n%-7s %9s %9s %9s %8s %10s %9s %9s %8s %10s %7s\n",
-		"algo", "median ms", "min ms", "floor ms", "ratio", "GFLOP/s", "x naive", "peak MiB", "ws MiB", "comm MB", "allocs")
+	fmt.Fprintf(out, "\n%-7s %9s %9s %9s %8s %9s %10s %9s %9s %8s %10s %7s\n",
+		"algo", "median ms", "min ms", "floor ms", "ratio", "model ms", "GFLOP/s", "x naive", "peak MiB", "ws MiB", "comm MB", "allocs")
 	var naive float64
 	for _, r := range recs {
 		if r.Algo == "naive" && r.Skipped == "" {
@@ -276,8 +305,8 @@ func table(out io.Writer, recs []Record, budget float64) {
 		if naive > 0 {
 			speed = fmt.Sprintf("%.2f", naive/r.StepMsMedian)
 		}
-		fmt.Fprintf(out, "%-7s %9.1f %9.1f %9.1f %8.2f %10.1f %9s %9.0f %8.0f %10.1f %7.1f\n",
-			r.Algo, r.StepMsMedian, r.StepMsMin, r.FloorMs, r.RatioToFloor, r.Gflops, speed, r.PeakRSSMiB, r.WorkspaceMiB, r.CommBytesPerStep/1e6, r.AllocsPerStep)
+		fmt.Fprintf(out, "%-7s %9.1f %9.1f %9.1f %8.2f %9.1f %10.1f %9s %9.0f %8.0f %10.1f %7.1f\n",
+			r.Algo, r.StepMsMedian, r.StepMsMin, r.FloorMs, r.RatioToFloor, r.PredictedStepMs, r.Gflops, speed, r.PeakRSSMiB, r.WorkspaceMiB, r.CommBytesPerStep/1e6, r.AllocsPerStep)
 	}
 }
 

@@ -25,6 +25,7 @@ var documentedFields = map[string]bool{
 	"sgemm_gflops": false, "collective_gb_per_s": true,
 	"peak_rss_mib": false, "workspace_mib": false, "comm_bytes_per_step": false,
 	"allocs_per_step": false, "blas_backend": false, "blas_threads": false, "loss_value": false,
+	"predicted_step_ms": false,
 }
 
 // optionalFields may be absent: skipped, and the -max-batch fields.
@@ -105,7 +106,7 @@ func checkOutput(t *testing.T, out string, want, w int) {
 	for sc.Scan() {
 		line := sc.Text()
 		switch {
-		case strings.HasPrefix(line, "# clipmpi bench"):
+		case strings.HasPrefix(line, "# "): // the header: the run, the cost model's rates
 			if recs > 0 {
 				t.Errorf("header after a record")
 			}
