@@ -95,8 +95,8 @@ func parseFlags(args []string) (*options, error) {
 	fs.BoolVar(&o.localLoss, "local-loss", true, "OpenCLIP local_loss: each rank's loss over its own rows against all columns (--local-loss=false for the global loss)")
 	fs.BoolVar(&o.gatherWithGrad, "gather-with-grad", true, "OpenCLIP gather_with_grad: gradients flow back through the all-gather")
 	fs.BoolVar(&o.siglip, "siglip", false, "use the SigLIP sigmoid loss instead of CLIP's softmax loss")
-	fs.StringVar(&o.algo, "algo", "fused", "ClipLoss algorithm: naive, fused, tiled or ring")
-	fs.StringVar(&o.distImpl, "loss-dist-impl", "bidir", "SigLipLoss distribution (OpenCLIP's dist_impl): bidir, shift, reduce or gather")
+	fs.StringVar(&o.algo, "algo", "auto", "ClipLoss algorithm: naive, fused, tiled, ring, or auto (the fastest the cost model predicts that fits the memory; printed at start)")
+	fs.StringVar(&o.distImpl, "loss-dist-impl", "auto", "SigLipLoss distribution (OpenCLIP's dist_impl): bidir, shift, reduce, gather, or auto (as --algo auto)")
 	fs.IntVar(&o.tile, "tile", 0, "column tile of the tiled and ring algorithms and of SigLIP (0: default)")
 
 	fs.IntVar(&o.batchSize, "batch-size", 1024, "rows per rank per micro-batch (with --resume: the checkpoint's global batch / (ranks × accum-freq))")
@@ -220,22 +220,40 @@ func main() {
 var launch string
 
 // newLoss returns the loss the flags ask for: any type with ClipLoss's
-// two methods plugs in here.
+// two methods plugs in here. With auto the algorithm (or dist_impl) is
+// chosen here, for --batch-size rows per rank, the same on every rank;
+// o.algo or o.distImpl then names the choice and the description says why.
 func newLoss[T blas.Float](comm mpi.Comm, dim int, o *options) (clip.Loss[T], string, error) {
 	if o.siglip {
 		impl, err := loss.ParseSigLipImpl(o.distImpl)
 		if err != nil {
 			return nil, "", err
 		}
-		desc := fmt.Sprintf("SigLipLoss, dist_impl %s", impl)
-		return loss.NewSigLipLoss[T](comm, dim, loss.SigLipOptions{Impl: impl, Tile: o.tile}), desc, nil
+		opt, ch, err := loss.ResolveSigLip[T](comm, loss.SigLipOptions{Impl: impl, Tile: o.tile}, o.batchSize, dim)
+		if err != nil {
+			return nil, "", err
+		}
+		o.distImpl = opt.Impl.String()
+		desc := fmt.Sprintf("SigLipLoss, dist_impl %s", opt.Impl)
+		if impl == loss.SigLipAuto {
+			desc += "\nloss: " + ch.Reason
+		}
+		return loss.NewSigLipLoss[T](comm, dim, opt), desc, nil
 	}
 	algo, err := loss.ParseAlgorithm(o.algo)
 	if err != nil {
 		return nil, "", err
 	}
 	opt := loss.ClipOptions{LocalLoss: o.localLoss, GatherWithGrad: o.gatherWithGrad, Algorithm: algo, Tile: o.tile}
-	desc := fmt.Sprintf("ClipLoss %s (local_loss=%v, gather_with_grad=%v), algorithm %s", opt.Mode(), o.localLoss, o.gatherWithGrad, algo)
+	opt, ch, err := loss.ResolveClip[T](comm, opt, o.batchSize, dim)
+	if err != nil {
+		return nil, "", err
+	}
+	o.algo = opt.Algorithm.String()
+	desc := fmt.Sprintf("ClipLoss %s (local_loss=%v, gather_with_grad=%v), algorithm %s", opt.Mode(), o.localLoss, o.gatherWithGrad, opt.Algorithm)
+	if algo == loss.Auto {
+		desc += "\nloss: " + ch.Reason
+	}
 	return loss.NewClipLoss[T](comm, dim, opt), desc, nil
 }
 
