@@ -56,6 +56,7 @@ type modelConfig struct {
 	ranksPerNode             int
 	gflops, link, latency    float64
 	nodeMemGiB               float64
+	kernelRates              string
 	jsonOnly                 bool
 }
 
@@ -82,6 +83,7 @@ func modelMain(args []string, out io.Writer) error {
 	fs.Float64Var(&mc.link, "link-gbit", 2, "link bandwidth of one rank, Gbit/s each way")
 	fs.Float64Var(&mc.latency, "latency-us", 10, "message latency, µs")
 	fs.Float64Var(&mc.nodeMemGiB, "node-mem-gib", 0, "memory of a node for the loss, GiB (0: what this machine has available)")
+	fs.StringVar(&mc.kernelRates, "kernel-rates", "", `kernel rates of one thread as JSON, e.g. '{"stats_ns":2.2,"grad_ns":1.7}' (fields of loss.Rates: stats_ns, grad_ns, naive_stats_ns, naive_grad_ns, sigmoid_ns, copy_ns, transpose_ns); those not given are measured here`)
 	fs.BoolVar(&mc.jsonOnly, "json", false, "print only the JSON lines")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -107,19 +109,45 @@ func modelMain(args []string, out io.Writer) error {
 			return err // a bad -loss, -mode or -algo, before measuring
 		}
 	}
-	// Kernel rates at one thread, here.
-	saved := blas.Threads()
-	blas.SetThreads(1)
-	var r loss.Rates
+	// Kernel rates of one thread: given, or measured here.
+	var given loss.Rates
+	if mc.kernelRates != "" {
+		dec := json.NewDecoder(strings.NewReader(mc.kernelRates))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&given); err != nil {
+			return fmt.Errorf("-kernel-rates: %w", err)
+		}
+	}
+	kernels := func(r *loss.Rates) []*float64 {
+		return []*float64{&r.StatsNs, &r.GradNs, &r.NaiveStatsNs, &r.NaiveGradNs, &r.SigmoidNs, &r.CopyNs, &r.TransposeNs}
+	}
 	esize := 4
 	if mc.dtype == "float64" {
-		r, esize = loss.MeasureComputeRates[float64](mc.b, mc.d), 8
-	} else {
-		r = loss.MeasureComputeRates[float32](mc.b, mc.d)
+		esize = 8
 	}
-	blas.SetThreads(saved)
+	r := given
+	measure := !(mc.gflops > 0)
+	for _, p := range kernels(&given) {
+		measure = measure || !(*p > 0)
+	}
+	if measure {
+		saved := blas.Threads()
+		blas.SetThreads(1)
+		if mc.dtype == "float64" {
+			r = loss.MeasureComputeRates[float64](mc.b, mc.d)
+		} else {
+			r = loss.MeasureComputeRates[float32](mc.b, mc.d)
+		}
+		blas.SetThreads(saved)
+		g, m := kernels(&given), kernels(&r)
+		for i := range g {
+			if *g[i] > 0 {
+				*m[i] = *g[i]
+			}
+		}
+	}
 	t := float64(mc.threads)
-	for _, p := range []*float64{&r.StatsNs, &r.GradNs, &r.NaiveStatsNs, &r.NaiveGradNs, &r.SigmoidNs, &r.CopyNs, &r.TransposeNs} {
+	for _, p := range kernels(&r) {
 		*p /= t
 	}
 	r.GemmGflops *= t

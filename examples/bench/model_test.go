@@ -11,13 +11,15 @@ import (
 )
 
 // TestModelMode: bin/bench -model prints one JSON record per algorithm of
-// each loss, the given rates in each, exactly one auto choice per loss
+// each loss, the given rates in each (kernel times per thread divided by
+// the threads), exactly one auto choice per loss
 // (the fastest that fits), memory and the largest batch consistent with
 // the loss package, then a table; bad flags are errors.
 func TestModelMode(t *testing.T) {
 	var out bytes.Buffer
 	args := []string{"-loss", "both", "-w", "8", "-b", "256", "-d", "64", "-threads", "4",
-		"-gflops", "400", "-link-gbit", "5", "-latency-us", "15", "-node-mem-gib", "0.25", "-ranks-per-node", "2"}
+		"-gflops", "400", "-link-gbit", "5", "-latency-us", "15", "-node-mem-gib", "0.25", "-ranks-per-node", "2",
+		"-kernel-rates", `{"stats_ns":2,"grad_ns":1.6,"naive_stats_ns":16,"naive_grad_ns":12,"sigmoid_ns":2.8,"copy_ns":0.2,"transpose_ns":2.4}`}
 	if err := modelMain(args, &out); err != nil {
 		t.Fatal(err)
 	}
@@ -38,7 +40,8 @@ func TestModelMode(t *testing.T) {
 		if err := json.Unmarshal([]byte(line), &rec); err != nil {
 			t.Fatalf("%v: %s", err, line)
 		}
-		if rec.Rates.GemmGflops != 400 || rec.Rates.LinkGbits != 5 || rec.Rates.LatencyUs != 15 || rec.Threads != 4 || rec.World != 8 {
+		if rec.Rates.GemmGflops != 400 || rec.Rates.LinkGbits != 5 || rec.Rates.LatencyUs != 15 || rec.Threads != 4 || rec.World != 8 ||
+			rec.Rates.StatsNs != 2.0/4 || rec.Rates.TransposeNs != 2.4/4 {
 			t.Errorf("%s/%s: rates %+v, threads %d, world %d; want the flags' values", rec.Loss, rec.Algo, rec.Rates, rec.Threads, rec.World)
 		}
 		var mem, memMax, memOver int64
@@ -85,7 +88,7 @@ func TestModelMode(t *testing.T) {
 	if n != 8 || autos["clip"] == "" || autos["siglip"] == "" || !table {
 		t.Errorf("%d records (want 8), auto choices %v, table %v:\n%s", n, autos, table, out.String())
 	}
-	for _, bad := range [][]string{{"-w", "0"}, {"-loss", "dice"}, {"-dtype", "int8"}, {"-w", "2", "-link-gbit", "0"}, {"-algo", "nope"}, {"extra"}} {
+	for _, bad := range [][]string{{"-w", "0"}, {"-kernel-rates", `{"stats":1}`}, {"-loss", "dice"}, {"-dtype", "int8"}, {"-w", "2", "-link-gbit", "0"}, {"-algo", "nope"}, {"extra"}} {
 		if err := modelMain(bad, &bytes.Buffer{}); err == nil {
 			t.Errorf("%v: no error", bad)
 		}
