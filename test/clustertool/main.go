@@ -15,16 +15,25 @@
 //	    the checkpoint was being written) and DIR/AFTER was not replaced;
 //	    1 otherwise, or when the ranks end first; 2 on timeout.
 //
-//	clustertool summary -file SUMMARY.json -world W [-steps N]
+//	clustertool summary -file SUMMARY.json -world W [-steps N] [-min-recall R]
 //	    checks a training summary: world size W, N steps (if given), every
 //	    step run, a finite final loss, and held-out recall@1 better than
-//	    before training in both directions; prints one line.
+//	    before training in both directions (and above R, if given); prints
+//	    one line with the recall, mean and median ranks and validation loss.
+//
+//	clustertool metrics -got METRICS.csv -want METRICS.csv -tol T [-from K]
+//	    checks a train run's metrics.csv (one continued across a kill and
+//	    a resume, say) against another run's: every training step and
+//	    every evaluation appears exactly once, at the same steps as in
+//	    -want, and every training loss is within T of -want's; prints the
+//	    largest difference of the losses before and after step K.
 //
 // It is Linux-only (inotify, /proc) and needs no cgo.
 package main
 
 import (
 	"bytes"
+	"encoding/csv"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -32,6 +41,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -42,7 +52,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: clustertool killwrite|summary [flags]")
+		fmt.Fprintln(os.Stderr, "usage: clustertool killwrite|summary|metrics [flags]")
 		os.Exit(2)
 	}
 	var err error
@@ -51,6 +61,8 @@ func main() {
 		err = killWrite(os.Args[2:])
 	case "summary":
 		err = checkSummary(os.Args[2:])
+	case "metrics":
+		err = checkMetrics(os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown command %q", os.Args[1])
 	}
@@ -300,6 +312,7 @@ func checkSummary(args []string) error {
 	file := fs.String("file", "", "the JSON summary of a training run (train --summary)")
 	world := fs.Int("world", 0, "expected number of ranks")
 	steps := fs.Int("steps", 0, "expected number of steps (0: any)")
+	minRecall := fs.Float64("min-recall", 0, "held-out recall@1 in both directions must exceed this (0: it must only improve)")
 	fs.Parse(args)
 	b, err := os.ReadFile(*file)
 	if err != nil {
@@ -318,6 +331,8 @@ func checkSummary(args []string) error {
 		MPI         bool     `json:"mpi"`
 		BLAS        string   `json:"blas"`
 		Threads     int      `json:"blas_threads"`
+		// OpenCLIP's names (clip.MetricNames); absent in older summaries.
+		Val map[string]float64 `json:"val_metrics"`
 	}
 	if err := json.Unmarshal(b, &s); err != nil {
 		return fmt.Errorf("%s: %w", *file, err)
@@ -344,11 +359,145 @@ func checkSummary(args []string) error {
 	if !(*s.I2T > *s.I2TBefore && *s.T2I > *s.T2IBefore) {
 		bad = append(bad, fmt.Sprintf("recall@1 did not improve: i2t %.4f -> %.4f, t2i %.4f -> %.4f", *s.I2TBefore, *s.I2T, *s.T2IBefore, *s.T2I))
 	}
-	line := fmt.Sprintf("world %d, %d steps of global batch %d, final loss %.4f, recall@1 i2t %.3f -> %.3f, t2i %.3f -> %.3f, blas %s x%d",
-		s.World, s.Steps, s.GlobalBatch, *s.FinalLoss, *s.I2TBefore, *s.I2T, *s.T2IBefore, *s.T2I, s.BLAS, s.Threads)
+	if *minRecall > 0 && !(*s.I2T > *minRecall && *s.T2I > *minRecall) {
+		bad = append(bad, fmt.Sprintf("recall@1 i2t %.4f, t2i %.4f: want both above %g", *s.I2T, *s.T2I, *minRecall))
+	}
+	ranks := ""
+	if v := s.Val; v != nil {
+		ranks = fmt.Sprintf(", mean rank i2t %.3f t2i %.3f, median %g/%g, clip_val_loss %.4f",
+			v["image_to_text_mean_rank"], v["text_to_image_mean_rank"], v["image_to_text_median_rank"], v["text_to_image_median_rank"], v["clip_val_loss"])
+	}
+	line := fmt.Sprintf("world %d, %d steps of global batch %d, final loss %.4f, recall@1 i2t %.3f -> %.3f, t2i %.3f -> %.3f%s, blas %s x%d",
+		s.World, s.Steps, s.GlobalBatch, *s.FinalLoss, *s.I2TBefore, *s.I2T, *s.T2IBefore, *s.T2I, ranks, s.BLAS, s.Threads)
 	if len(bad) > 0 {
 		return fmt.Errorf("%s: %s (%s)", *file, strings.Join(bad, "; "), line)
 	}
 	fmt.Println("summary ok:", line)
+	return nil
+}
+
+// metricsRow is a row of metrics.csv: its split, step and loss.
+type metricsRow struct {
+	split string
+	step  int
+	loss  float64
+}
+
+// readMetrics reads the split, step and loss columns of a metrics.csv.
+func readMetrics(path string) ([]metricsRow, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	recs, err := csv.NewReader(bytes.NewReader(b)).ReadAll()
+	if err != nil || len(recs) < 1 {
+		return nil, fmt.Errorf("%s: not a CSV file: %v", path, err)
+	}
+	col := map[string]int{}
+	for i, name := range recs[0] {
+		col[name] = i
+	}
+	for _, name := range []string{"split", "step", "loss"} {
+		if _, ok := col[name]; !ok {
+			return nil, fmt.Errorf("%s: no column %q", path, name)
+		}
+	}
+	var rows []metricsRow
+	for n, r := range recs[1:] {
+		var x metricsRow
+		x.split = r[col["split"]]
+		if x.step, err = strconv.Atoi(r[col["step"]]); err != nil {
+			return nil, fmt.Errorf("%s: line %d: step %q", path, n+2, r[col["step"]])
+		}
+		if x.split == "train" {
+			if x.loss, err = strconv.ParseFloat(r[col["loss"]], 64); err != nil {
+				return nil, fmt.Errorf("%s: line %d: loss %q", path, n+2, r[col["loss"]])
+			}
+		}
+		rows = append(rows, x)
+	}
+	return rows, nil
+}
+
+// checkMetrics implements clustertool metrics.
+func checkMetrics(args []string) error {
+	fs := flag.NewFlagSet("metrics", flag.ExitOnError)
+	gotPath := fs.String("got", "", "the metrics.csv to check")
+	wantPath := fs.String("want", "", "the metrics.csv of the reference run")
+	tol := fs.Float64("tol", 0, "largest allowed |loss difference|")
+	from := fs.Int("from", 0, "report the differences up to this step and after it apart")
+	fs.Parse(args)
+	got, err := readMetrics(*gotPath)
+	if err != nil {
+		return err
+	}
+	want, err := readMetrics(*wantPath)
+	if err != nil {
+		return err
+	}
+	index := func(rows []metricsRow, path string) (map[string]metricsRow, error) {
+		m := map[string]metricsRow{}
+		for _, r := range rows {
+			k := fmt.Sprintf("%s %d", r.split, r.step)
+			if _, dup := m[k]; dup {
+				return nil, fmt.Errorf("%s: %s step %d appears twice", path, r.split, r.step)
+			}
+			m[k] = r
+		}
+		return m, nil
+	}
+	g, err := index(got, *gotPath)
+	if err != nil {
+		return err
+	}
+	w, err := index(want, *wantPath)
+	if err != nil {
+		return err
+	}
+	var missing, extra []string
+	for k := range w {
+		if _, ok := g[k]; !ok {
+			missing = append(missing, k)
+		}
+	}
+	for k := range g {
+		if _, ok := w[k]; !ok {
+			extra = append(extra, k)
+		}
+	}
+	if len(missing)+len(extra) > 0 {
+		some := func(v []string) string {
+			slices.Sort(v)
+			if len(v) > 8 {
+				return fmt.Sprintf("%v ... (%d in all)", v[:8], len(v))
+			}
+			return fmt.Sprint(v)
+		}
+		return fmt.Errorf("%s: missing rows %s; rows not in %s: %s", *gotPath, some(missing), *wantPath, some(extra))
+	}
+	var before, after float64
+	steps, evals := 0, 0
+	for k, r := range g {
+		if r.split != "train" {
+			evals++
+			continue
+		}
+		steps++
+		d := math.Abs(r.loss - w[k].loss)
+		if math.IsNaN(d) {
+			d = math.Inf(1)
+		}
+		if r.step <= *from {
+			before = max(before, d)
+		} else {
+			after = max(after, d)
+		}
+	}
+	line := fmt.Sprintf("%d training steps and %d evaluations, each once; loss max |difference| %.3g over steps 1..%d, %.3g after (tolerance %g)",
+		steps, evals, before, *from, after, *tol)
+	if before > *tol || after > *tol {
+		return fmt.Errorf("%s vs %s: %s", *gotPath, *wantPath, line)
+	}
+	fmt.Println("metrics ok:", line)
 	return nil
 }

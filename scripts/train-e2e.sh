@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# train-e2e.sh BIN NP: the training program end to end, the second half of
+# `make test-train` (BIN holds train and clustertool; every mpirun goes
+# through scripts/mpirun.sh, bounded by CLIPMPI_TIMEOUT, which the Makefile
+# sets):
+#   1. make run's job on NP ranks (global batch NP × 1024): held-out
+#      recall@1 above 0.9 both ways;
+#   2. the same job on NP ranks, its ranks SIGKILLed after the epoch-3
+#      checkpoint, resumed from it on 1 rank: metrics.csv continued across
+#      the kill (each step and evaluation once), losses equal to the
+#      uninterrupted run's to 1e-5 (float32);
+#   3. the same on 1 rank (batch size NP·1024), resumed on NP ranks;
+#   4. float16 .npy shards from gen-data: a run resumed from its epoch-2
+#      checkpoint ends where the uninterrupted run ended;
+#   5. a NaN row: every rank prints the error and the job exits non-zero.
+# Work files in BIN/train-e2e.
+set -uo pipefail
+BIN=$1
+NP=$2
+MPIRUN="$(dirname "$0")/mpirun.sh"
+d=$BIN/train-e2e
+rm -rf "$d"
+mkdir -p "$d"
+fail() {
+	echo "FAIL: $*"
+	exit 1
+}
+# show LOG: the end of a log, on failure.
+show() { tail -30 "$1" | sed 's/^/    /'; }
+
+echo "== make run's job on $NP ranks: held-out recall@1 above 0.9"
+RUN=(--progress lines)
+"$MPIRUN" "$NP" "$BIN/train" "${RUN[@]}" --logs "$d/run" --summary "$d/run.json" >"$d/run.log" 2>&1 || { show "$d/run.log"; fail "make run's job"; }
+"$BIN/clustertool" summary -file "$d/run.json" -world "$NP" -min-recall 0.9 || { show "$d/run.log"; fail "make run's recall"; }
+
+# killed W K: run make run's job on W ranks (its global batch of NP × 1024
+# rows: batch size NP·1024/W) with logs in K, and SIGKILL its ranks once the
+# epoch-3 checkpoint (step 48) is written and metrics.csv has gone past it.
+killed() {
+	local w=$1 k=$2 top mp ranks i
+	"$MPIRUN" "$w" "$BIN/train" "${RUN[@]}" --batch-size $((NP * 1024 / w)) --logs "$k" >"$k.log" 2>&1 &
+	top=$!
+	for ((i = 0; i < 3000; i++)); do
+		if [ -f "$k/checkpoints/epoch_3.ckpt" ] && grep -q '^train,5[0-9],' "$k/metrics.csv" 2>/dev/null; then
+			break
+		fi
+		kill -0 "$top" 2>/dev/null || break
+		sleep 0.05
+	done
+	mp=$(pgrep -P "$top")
+	ranks=$(for p in $mp; do pgrep -P "$p"; done)
+	[ -n "$ranks" ] || { wait "$top"; show "$k.log"; fail "the run on $w ranks ended before it could be killed"; }
+	# shellcheck disable=SC2086
+	kill -KILL $ranks
+	wait "$top"
+	echo "   killed the $w ranks at step $(grep '^train,' "$k/metrics.csv" | tail -1 | cut -d, -f2) (pids $(echo $ranks))"
+}
+
+# elastic W W2: killed on W ranks, resumed from the epoch-3 checkpoint on W2;
+# metrics.csv checked against make run's.
+elastic() {
+	local w=$1 w2=$2 k=$d/kill-$1-$2
+	echo "== killed on $w ranks after the epoch-3 checkpoint, resumed on $w2: metrics.csv continued, losses as make run's"
+	killed "$w" "$k"
+	"$MPIRUN" "$w2" "$BIN/train" "${RUN[@]}" --batch-size $((NP * 1024 / w2)) --logs "$k" --resume "$k/checkpoints/epoch_3.ckpt" >"$k-resume.log" 2>&1 || { show "$k-resume.log"; fail "resuming on $w2 ranks"; }
+	grep -E '^(resume|resumed from)' "$k-resume.log" | sed 's/^/   /'
+	"$BIN/clustertool" metrics -got "$k/metrics.csv" -want "$d/run/metrics.csv" -tol 1e-5 -from 48 || fail "the resumed run's metrics.csv"
+}
+elastic "$NP" 1
+elastic 1 "$NP"
+
+echo "== $NP ranks on gen-data's float16 shards, 4 epochs; again resumed from epoch 2"
+"$BIN/train" gen-data --out "$d/data" --rows 8192 --val-size 500 --shards 3 --dtype float16 >"$d/f16.log" || fail "gen-data"
+args=(--train-data "$d/data/train" --val-data "$d/data/val" --batch-size 512 --epochs 4 --progress lines)
+"$MPIRUN" "$NP" "$BIN/train" "${args[@]}" --logs "$d/a" --summary "$d/a.json" >>"$d/f16.log" 2>&1 || { show "$d/f16.log"; fail "training on float16 shards"; }
+"$MPIRUN" "$NP" "$BIN/train" "${args[@]}" --logs "$d/b" --summary "$d/b.json" --resume "$d/a/checkpoints/epoch_2.ckpt" >>"$d/f16.log" 2>&1 || { show "$d/f16.log"; fail "resuming on float16 shards"; }
+keys='"(final_loss|recall_i2t_at1|recall_t2i_at1)"'
+grep -E "$keys" "$d/a.json" | tr -d ' \n'
+echo
+diff <(grep -E "$keys" "$d/a.json") <(grep -E "$keys" "$d/b.json") || fail "the resumed run ended elsewhere"
+echo "   resumed run: same final loss and recall"
+
+echo "== $NP ranks on shards with a NaN row: every rank must fail"
+"$BIN/train" gen-data --out "$d/nan" --rows 2048 --val-size 100 --shards 2 --nan-row 2000 >/dev/null || fail "gen-data --nan-row"
+if "$MPIRUN" "$NP" "$BIN/train" --train-data "$d/nan/train" --val-data "$d/nan/val" --batch-size 256 --logs "" >"$d/nan.log" 2>&1; then
+	fail "training on a NaN row succeeded"
+fi
+n=$(grep -c 'holds NaN' "$d/nan.log")
+grep -m1 'holds NaN' "$d/nan.log"
+[ "$n" = "$NP" ] || { cat "$d/nan.log"; fail "$n of $NP ranks reported the NaN row"; }
