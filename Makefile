@@ -180,7 +180,7 @@ $(BIN)/faultprog: deps FORCE
 $(BIN)/clustertool: FORCE
 	$(GO) build -o $@ ./test/clustertool
 
-test-slurm: $(BIN)/train $(BIN)/faultprog $(BIN)/clustertool
+test-slurm: $(BIN)/train $(BIN)/faultprog $(BIN)/clustertool lib deps-python
 	@timeout --foreground -k 30 420 scripts/cluster/slurm.sh $(BIN)
 
 test-multihost: $(BIN)/train $(BIN)/faultprog $(BIN)/clustertool $(BIN)/golden.test
@@ -232,7 +232,9 @@ test-capi: $(BIN)/capi-golden $(BIN)/golden.test
 # bin/pytest-*/rank<r>.log, shown when a suite fails): every
 # golden case at each world size, the error paths and the DDP training
 # equivalence at NP ranks, the mpi4py communicators (mpi4py initialises
-# MPI), and the launch checks (plain pytest: it starts its own processes).
+# MPI), the launch checks (plain pytest: it starts its own processes), and
+# examples/torch/train.py on the synthetic set and on float16 .npy shards:
+# held-out recall must rise (clustertool summary).
 .PHONY: deps-python test-python
 PYTHON_TORCH ?= /usr/bin/python3
 PYTEST_ARGS := -p no:cacheprovider -q -rs --color=no
@@ -250,7 +252,7 @@ define pytest_mpi
 	if [ $$rc != 0 ]; then for f in $(BIN)/pytest-$(2)/rank*.log; do echo "-- $$f"; tail -40 $$f; done; exit 1; fi
 endef
 
-test-python: lib deps-python $(BIN)/golden.test
+test-python: lib deps-python $(BIN)/golden.test $(BIN)/train $(BIN)/clustertool
 	@worlds=$$(cd test && $(BIN)/golden.test -golden.worlds) || exit 1; \
 	for w in $$worlds; do \
 	  $(MAKE) --no-print-directory test-python-golden PYTEST_NP=$$w || exit 1; \
@@ -259,6 +261,15 @@ test-python: lib deps-python $(BIN)/golden.test
 	$(call pytest_mpi,$(NP),mpi4py,python/tests/test_mpi4py.py)
 	@echo "== pytest python/tests/test_launch.py (its own processes)"
 	@PYTHONPATH=$(CURDIR)/python $(PYTHON_TORCH) -m pytest $(PYTEST_ARGS) python/tests/test_launch.py
+	@echo "== mpirun -np $(NP) examples/torch/train.py: synthetic embeddings, then gen-data's float16 .npy shards"
+	@d=$(BIN)/torch-train; rm -rf $$d; mkdir -p $$d; set -e; \
+	$(BIN)/train gen-data --out $$d/data --rows 4096 --val-size 500 --shards 2 --dtype float16 > $$d/log; \
+	for run in "synthetic:--rows 4096 --val-size 500" "npy:--train-data $$d/data/train --val-data $$d/data/val"; do \
+	  name=$${run%%:*}; \
+	  OMP_NUM_THREADS=1 $(MPIRUN_TEST) $(NP) -x OMP_NUM_THREADS $(PYTHON_TORCH) examples/torch/train.py $${run#*:} \
+	    --batch-size 256 --epochs 3 --summary $$d/$$name.json >> $$d/log 2>&1 || { tail -30 $$d/log; exit 1; }; \
+	  printf '   %-9s ' $$name; $(BIN)/clustertool summary -file $$d/$$name.json -world $(NP); \
+	done
 
 .PHONY: test-python-golden
 test-python-golden:

@@ -5,6 +5,7 @@
 #   - the training job with 2 tasks through sbatch --wait (srun --mpi=pmix),
 #     its JSON summary checked;
 #   - the same with CLIPMPI_LAUNCHER=mpirun (mpirun inside the allocation);
+#   - slurm/train-torch.sbatch: PyTorch (DDP over gloo) with clipmpi.torch;
 #   - the slurm package's view of both launches, agreeing with MPI;
 #   - a task of 2 CPUs under each launcher, tasks bound to cores: it may
 #     use both (srun of Slurm 22.05 does not read SLURM_CPUS_PER_TASK and
@@ -234,6 +235,32 @@ else
 	fail "slurm/train.sbatch with mpirun: not submitted or not finished within 120 s"
 	show "$W/out/train-mpirun.out"
 	cancel "$JID"
+fi
+
+# ---- 2b. clipmpi from PyTorch: slurm/train-torch.sbatch (srun): DDP over
+# gloo averages the encoders' gradients, clipmpi.torch.ClipLoss computes
+# the loss over MPI in the same processes.
+need_time "the PyTorch job under srun" 40
+if [ -f "$REPO/lib/libclipmpi.so" ] && /usr/bin/python3 -c 'import torch' 2>/dev/null; then
+	SUM=$W/summary-torch.json
+	t0=$(now)
+	if submit train-torch slurm/train-torch.sbatch --rows 2048 --val-size 256 --batch-size 128 --epochs 3 --summary "$SUM" &&
+		wait_until 120 job_gone "$JID"; then
+		job_info "$JID"
+		if [ "$JOB_STATE" = COMPLETED ] && grep -q "launcher srun" "$W/out/train-torch.out" &&
+			s=$("$BIN/clustertool" summary -file "$SUM" -world 2 2>&1); then
+			pass "slurm/train-torch.sbatch (PyTorch DDP over gloo, the loss over MPI, srun --mpi=pmix): $s ($(elapsed "$t0") s)"
+		else
+			fail "slurm/train-torch.sbatch: job $JID $JOB_STATE exit $JOB_EXIT; $s"
+			show "$W/out/train-torch.out"
+		fi
+	else
+		fail "slurm/train-torch.sbatch: not submitted or not finished within 120 s"
+		show "$W/out/train-torch.out"
+		cancel "$JID"
+	fi
+else
+	fail "slurm/train-torch.sbatch: lib/libclipmpi.so or /usr/bin/python3's torch is missing (make test-slurm makes both)"
 fi
 
 # ---- 3. what the slurm package reads under each launcher, checked
