@@ -8,6 +8,7 @@ package main
 import "C"
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -37,6 +38,7 @@ const (
 	codeLaunch    = 6
 	codeUsage     = 7
 	codeInternal  = 8
+	codeNoFit     = 9
 )
 
 // Element types and reject reasons of clipmpi.h.
@@ -290,6 +292,8 @@ func lossError(err error) *apiError {
 		code = codeEmpty
 	case errors.Is(err, loss.ErrNonFinite):
 		code = codeNonFinite
+	case errors.Is(err, loss.ErrNoFit):
+		code = codeNoFit
 	}
 	return errorf(code, "%v", err)
 }
@@ -529,7 +533,11 @@ func clipmpi_clip_new(out **C.clipmpi_loss, p *C.clipmpi_comm, dtype C.int32_t, 
 	if C.cm_read_clip_options(opt, &o) != 0 {
 		return finish(errorf(codeUsage, "clipmpi_clip_new: opt->struct_size %d is too small; use clipmpi_clip_options_init", int64(opt.struct_size)))
 	}
-	co := loss.ClipOptions{LocalLoss: o.local_loss != 0, GatherWithGrad: o.gather_with_grad != 0, Tile: int(o.tile)}
+	co := loss.ClipOptions{LocalLoss: o.local_loss != 0, GatherWithGrad: o.gather_with_grad != 0, Tile: int(o.tile),
+		MemoryBudget: int64(o.memory_budget)}
+	if err := parseRates(o.rates_json, &co.Rates); err != nil {
+		return finish(err)
+	}
 	if o.algorithm != nil {
 		a, err := loss.ParseAlgorithm(C.GoString(o.algorithm))
 		if err != nil {
@@ -553,7 +561,10 @@ func clipmpi_siglip_new(out **C.clipmpi_loss, p *C.clipmpi_comm, dtype C.int32_t
 	if C.cm_read_siglip_options(opt, &o) != 0 {
 		return finish(errorf(codeUsage, "clipmpi_siglip_new: opt->struct_size %d is too small; use clipmpi_siglip_options_init", int64(opt.struct_size)))
 	}
-	so := loss.SigLipOptions{Tile: int(o.tile)}
+	so := loss.SigLipOptions{Tile: int(o.tile), MemoryBudget: int64(o.memory_budget)}
+	if err := parseRates(o.rates_json, &so.Rates); err != nil {
+		return finish(err)
+	}
 	if o.dist_impl != nil {
 		m, err := loss.ParseSigLipImpl(C.GoString(o.dist_impl))
 		if err != nil {
@@ -568,6 +579,20 @@ func clipmpi_siglip_new(out **C.clipmpi_loss, p *C.clipmpi_comm, dtype C.int32_t
 			l.f64 = loss.NewSigLipLoss[float64](c, l.dim, so)
 		}
 	})
+}
+
+// parseRates reads the cost model's rates from JSON (nil: leave r as it
+// is, to be measured).
+func parseRates(js *C.cm_cchar, r *loss.Rates) *apiError {
+	if js == nil {
+		return nil
+	}
+	dec := json.NewDecoder(strings.NewReader(C.GoString(js)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(r); err != nil {
+		return errorf(codeUsage, "clipmpi: rates_json: %v", err)
+	}
+	return nil
 }
 
 //export clipmpi_loss_free

@@ -101,6 +101,9 @@ extern "C" {
 /* A bug in clipmpi (a Go panic caught at the boundary); please report the
  * message. */
 #define CLIPMPI_ERR_INTERNAL 8
+/* algorithm "auto" (or dist_impl "auto") found no algorithm whose memory
+ * fits memory_budget (loss.ErrNoFit); the same on every rank. */
+#define CLIPMPI_ERR_NOFIT 9
 
 /* Element types. */
 #define CLIPMPI_FLOAT32 1
@@ -191,20 +194,31 @@ typedef struct clipmpi_clip_options {
     int32_t local_loss;       /* OpenCLIP's local_loss (0 or 1; default 0) */
     int32_t gather_with_grad; /* OpenCLIP's gather_with_grad (default 0) */
     const char *algorithm;    /* "fused" (default, also NULL), "naive",
-                                 "tiled", "ring", or "auto" where the
-                                 library has it (see the Go package) */
+                                 "tiled", "ring", or "auto": the fastest
+                                 whose memory fits memory_budget by the
+                                 cost model, chosen at the first call for
+                                 its batch size (loss.Auto) */
     int64_t tile;             /* column tile of tiled and ring; 0: default */
     int32_t threads;          /* BLAS threads; 0: leave as they are
                                  (OPENBLAS_NUM_THREADS). Process-wide. */
+    int64_t memory_budget;    /* auto: bytes per rank; 0: the node's
+                                 available memory / its ranks */
+    const char *rates_json;   /* auto: the cost model's machine rates as
+                                 JSON (loss.Rates' fields, as bin/bench
+                                 -kernel-rates prints them); NULL: measured
+                                 at the first call */
 } clipmpi_clip_options;
 
 /* Options of a SigLipLoss (OpenCLIP's SigLipLoss). */
 typedef struct clipmpi_siglip_options {
     int64_t struct_size;   /* sizeof(clipmpi_siglip_options) */
     const char *dist_impl; /* "bidir" (default, also NULL), "shift",
-                              "reduce", "gather" */
+                              "reduce", "gather", or "auto" (as the
+                              clip algorithm "auto") */
     int64_t tile;          /* logit tile (OpenCLIP's chunk_size); 0: default */
     int32_t threads;       /* as in clipmpi_clip_options */
+    int64_t memory_budget; /* as in clipmpi_clip_options */
+    const char *rates_json;
 } clipmpi_siglip_options;
 
 /* Fill *opt with the defaults (OpenCLIP's defaults) and struct_size. */

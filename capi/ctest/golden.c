@@ -239,15 +239,15 @@ static int run_file(const char *path, const char *name, clipmpi_comm *world_dup,
     if ((v = json_get(j, "siglip_chunk_size")) && v->t == J_NUM) c.chunk = (int)v->num;
     const json *ranks = json_get(j, "ranks");
     int runs = 0;
-    static const char *algos[] = {"naive", "fused", "tiled", "ring"};
+    static const char *algos[] = {"naive", "fused", "tiled", "ring", "auto"};
     int is_clip = strcmp(c.kind, "clip") == 0;
     if (c.world == size) {
         outputs mine;
         if (!read_outputs(ranks->items[rank], ranks->items[rank], c.b, c.d, &mine)) {
             fail("%s: rank %d's arrays have the wrong shape", name, rank);
         } else {
-            for (int a = 0; a < (is_clip ? 4 : 1); a++) {
-                const char *algo = is_clip ? algos[a] : c.impl;
+            for (int a = 0; a < (is_clip ? 5 : 2); a++) {
+                const char *algo = is_clip ? algos[a] : a == 0 ? c.impl : "auto";
                 for (int f32 = 0; f32 <= 1; f32++) {
                     run_case(name, &c, NULL, algo, c.chunk, c.b, &mine, &mine, f32);
                     runs++;
@@ -374,6 +374,20 @@ static void error_paths(void) {
     so.dist_impl = "sideways";
     check(clipmpi_siglip_new(&l5, NULL, CLIPMPI_FLOAT64, D, &so) == CLIPMPI_ERR_USAGE, "unknown dist_impl");
     check(clipmpi_abi_version() == CLIPMPI_ABI_VERSION, "abi version %d", clipmpi_abi_version());
+
+    /* auto with a budget nothing fits: CLIPMPI_ERR_NOFIT on every rank at
+     * the first call; rates given as JSON; bad JSON is local misuse. */
+    clipmpi_clip_options tight = o;
+    tight.algorithm = "auto";
+    tight.memory_budget = 1;
+    tight.rates_json = "{\"gemm_gflops\": 10, \"stats_ns\": 1, \"grad_ns\": 1}";
+    if (clipmpi_clip_new(&l5, NULL, CLIPMPI_FLOAT64, D, &tight) != CLIPMPI_OK) fail("auto clip_new: %s", clipmpi_last_error());
+    EXPECT("auto with a 1-byte budget", CLIPMPI_ERR_NOFIT, clipmpi_forward_backward_f64(l5, B, img, txt, gi, gt, 10, 0, 0, &res));
+    clipmpi_loss_free(l5);
+    tight.rates_json = "{\"gemm_gflops\": ";
+    check(clipmpi_clip_new(&l5, NULL, CLIPMPI_FLOAT64, D, &tight) == CLIPMPI_ERR_USAGE, "bad rates_json");
+    tight.rates_json = "{\"no_such_rate\": 1}";
+    check(clipmpi_clip_new(&l5, NULL, CLIPMPI_FLOAT64, D, &tight) == CLIPMPI_ERR_USAGE, "unknown rate: %s", clipmpi_last_error());
 
     /* An options struct of an older, shorter layout: only local_loss. */
     struct {

@@ -18,11 +18,11 @@ import ctypes
 
 from . import _lib
 from ._lib import (EmptyBatchError, Error, InternalError, InvalidInputError, LaunchError, MPIError,  # noqa: F401
-                   NonFiniteError, RanksDisagreeError, UsageError)
+                   NoFitError, NonFiniteError, RanksDisagreeError, UsageError)
 
 __all__ = ["Communicator", "world", "init", "finalize", "build_info", "library_path", "Error",
            "InvalidInputError", "RanksDisagreeError", "EmptyBatchError", "NonFiniteError", "MPIError",
-           "LaunchError", "UsageError", "InternalError"]
+           "LaunchError", "UsageError", "InternalError", "NoFitError"]
 
 library_path = _lib.library_path
 

@@ -23,6 +23,7 @@ ERR_MPI = 5
 ERR_LAUNCH = 6
 ERR_USAGE = 7
 ERR_INTERNAL = 8
+ERR_NOFIT = 9
 
 FLOAT32 = 1
 FLOAT64 = 2
@@ -99,8 +100,15 @@ class InternalError(Error, RuntimeError):
     code = ERR_INTERNAL
 
 
+class NoFitError(Error, MemoryError):
+    """algorithm="auto" found no algorithm whose memory fits the budget:
+    raised on every rank."""
+
+    code = ERR_NOFIT
+
+
 _ERRORS = {c.code: c for c in (InvalidInputError, RanksDisagreeError, EmptyBatchError, NonFiniteError,
-                               MPIError, LaunchError, UsageError, InternalError)}
+                               MPIError, LaunchError, UsageError, InternalError, NoFitError)}
 
 
 class ClipOptions(ctypes.Structure):
@@ -111,6 +119,8 @@ class ClipOptions(ctypes.Structure):
         ("algorithm", ctypes.c_char_p),
         ("tile", ctypes.c_int64),
         ("threads", ctypes.c_int32),
+        ("memory_budget", ctypes.c_int64),
+        ("rates_json", ctypes.c_char_p),
     ]
 
 
@@ -120,6 +130,8 @@ class SigLipOptions(ctypes.Structure):
         ("dist_impl", ctypes.c_char_p),
         ("tile", ctypes.c_int64),
         ("threads", ctypes.c_int32),
+        ("memory_budget", ctypes.c_int64),
+        ("rates_json", ctypes.c_char_p),
     ]
 
 

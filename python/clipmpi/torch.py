@@ -25,6 +25,7 @@ RanksDisagreeError, NaN or Inf raises NonFiniteError, on every rank.
 """
 
 import ctypes
+import json
 import os
 import socket
 
@@ -75,6 +76,10 @@ class _Bridge:
         losses, self._losses = self._losses, {}
         for p in losses.values():
             _lib.lib.clipmpi_loss_free(p)
+
+
+def _rates(rates):
+    return None if rates is None else json.dumps(rates).encode()
 
 
 def _scalar(x):
@@ -194,14 +199,19 @@ class ClipLoss(_Base):
     and has no effect; use_horovod must be False.
 
     algorithm: "fused" (default), "naive" (OpenCLIP's computation), "tiled",
-    "ring", or "auto" where the library has it; tile: the column tile of
-    tiled and ring (0: default); threads: BLAS threads (0: leave them,
-    process-wide otherwise). comm: None (MPI_COMM_WORLD), an mpi4py
-    communicator, a Fortran handle, or a clipmpi.Communicator.
+    "ring", or "auto" (the fastest whose memory fits memory_budget, by the
+    library's cost model, chosen at the first call); tile: the column tile
+    of tiled and ring (0: default); threads: BLAS threads (0: leave them,
+    process-wide otherwise); memory_budget: bytes per rank for auto (0: the
+    node's available memory / its ranks); rates: auto's machine rates, a
+    dict of loss.Rates' JSON fields (None: measured at the first call).
+    comm: None (MPI_COMM_WORLD), an mpi4py communicator, a Fortran handle,
+    or a clipmpi.Communicator.
     """
 
     def __init__(self, local_loss=False, gather_with_grad=False, cache_labels=False, rank=None, world_size=None,
-                 use_horovod=False, *, algorithm="fused", tile=0, threads=0, comm=None):
+                 use_horovod=False, *, algorithm="fused", tile=0, threads=0, memory_budget=0, rates=None,
+                 comm=None):
         super().__init__()
         if use_horovod:
             raise ValueError("clipmpi.torch.ClipLoss: use_horovod is not supported; clipmpi communicates over MPI")
@@ -214,8 +224,9 @@ class ClipLoss(_Base):
         o = _lib.ClipOptions()
         _lib.lib.clipmpi_clip_options_init(ctypes.byref(o))
         o.local_loss, o.gather_with_grad = int(bool(local_loss)), int(bool(gather_with_grad))
-        self._algorithm_bytes = algorithm.encode()  # kept alive for o.algorithm
-        o.algorithm, o.tile, o.threads = self._algorithm_bytes, tile, threads
+        self._keep = (algorithm.encode(), _rates(rates))  # kept alive for the options' pointers
+        o.algorithm, o.tile, o.threads = self._keep[0], tile, threads
+        o.memory_budget, o.rates_json = memory_budget, self._keep[1]
         self._bridge = _Bridge("clip", self.comm, o)
         self._bridge.loss(_lib.FLOAT64, 1)  # checks the options now (UsageError)
 
@@ -231,13 +242,14 @@ class ClipLoss(_Base):
 class SigLipLoss(_Base):
     """OpenCLIP's SigLipLoss over MPI.
 
-    dist_impl: "bidir" (default, also None), "shift", "reduce" or "gather";
-    chunk_size (or tile): the logit tile (0: default). rank, world_size,
-    cache_labels, threads and comm as for ClipLoss.
+    dist_impl: "bidir" (default, also None), "shift", "reduce", "gather" or
+    "auto"; chunk_size (or tile): the logit tile (0: default). rank,
+    world_size, cache_labels, threads, memory_budget, rates and comm as for
+    ClipLoss.
     """
 
     def __init__(self, cache_labels=False, rank=None, world_size=None, dist_impl=None, *, chunk_size=0, tile=None,
-                 threads=0, comm=None):
+                 threads=0, memory_budget=0, rates=None, comm=None):
         super().__init__()
         self._own_comm = comm is not None and not isinstance(comm, Communicator)
         self.comm = _communicator(comm)
@@ -248,8 +260,9 @@ class SigLipLoss(_Base):
         self.tile = chunk_size if tile is None else tile
         o = _lib.SigLipOptions()
         _lib.lib.clipmpi_siglip_options_init(ctypes.byref(o))
-        self._impl_bytes = self.dist_impl.encode()
-        o.dist_impl, o.tile, o.threads = self._impl_bytes, self.tile or 0, threads
+        self._keep = (self.dist_impl.encode(), _rates(rates))
+        o.dist_impl, o.tile, o.threads = self._keep[0], self.tile or 0, threads
+        o.memory_budget, o.rates_json = memory_budget, self._keep[1]
         self._bridge = _Bridge("siglip", self.comm, o)
         self._bridge.loss(_lib.FLOAT64, 1)
 

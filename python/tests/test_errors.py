@@ -170,6 +170,17 @@ def test_local_misuse():
         ct.ClipLoss(use_horovod=True)
 
 
+def test_auto_nothing_fits():
+    """algorithm="auto" with a budget nothing fits: NoFitError (a
+    MemoryError) on every rank at the first call."""
+    f = ct.ClipLoss(local_loss=True, gather_with_grad=True, algorithm="auto", memory_budget=1)
+    with pytest.raises(clipmpi.NoFitError, match="fits") as e:
+        f(*feats(), scale())
+    assert isinstance(e.value, MemoryError)
+    with pytest.raises(clipmpi.UsageError, match="rates_json"):
+        ct.ClipLoss(algorithm="auto", rates={"no_such_rate": 1})
+
+
 def test_non_contiguous_inputs(clip):
     """A transposed view is made contiguous; the numbers are those of the
     contiguous tensor."""

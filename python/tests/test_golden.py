@@ -2,7 +2,8 @@
 clipmpi.torch: the loss, and the .grad of every input (image and text
 features, the logit scale as passed and the logit bias), to the golden
 tolerances in float64 and to a float32 tolerance in float32; ClipLoss with
-every algorithm, SigLipLoss with the case's dist_impl and chunk size."""
+every algorithm, SigLipLoss with the case's dist_impl and chunk size; both
+with "auto" too."""
 
 import math
 
@@ -13,13 +14,13 @@ import clipmpi.torch as ct
 from conftest import CLIP_BIAS_ABS64, RANK, REL32, REL64, ABS32, SIZE, load_cases, mismatch
 
 CASES = load_cases(SIZE)
-ALGOS = ["naive", "fused", "tiled", "ring"]
+ALGOS = ["naive", "fused", "tiled", "ring", "auto"]
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
 def _params():
     for c in CASES:
-        variants = ALGOS if c["loss_kind"] == "clip" else [c["siglip_dist_impl"]]
+        variants = ALGOS if c["loss_kind"] == "clip" else [c["siglip_dist_impl"], "auto"]
         for v in variants:
             for dt in DTYPES:
                 yield pytest.param(c, v, dt, id=f"{c['file']}-{v}-{dt}")
