@@ -1,0 +1,109 @@
+"""bench_torch.py: `make bench-torch`. Under mpirun -np NP, for each batch
+size b per rank (d = 512, float32, one thread per rank, OpenCLIP's
+local_loss + gather_with_grad), time forward + backward of
+
+  clipmpi   clipmpi.torch.ClipLoss inside PyTorch (examples/torch/bench.py),
+  go        the same loss from Go (bin/bench -algo fused),
+  pytorch   the reference formulation of OpenCLIP's loss in PyTorch over
+            gloo (clipmpi.reference.clip_loss, examples/torch/bench.py),
+
+each in its own mpirun, REPS rounds interleaved (go, clipmpi, pytorch, go,
+...), and print each run's JSON line, then a table of the medians with the
+ratios and peak RSS, and whether the targets hold: the bridge within 10% of
+the Go step and at least 2x faster than the PyTorch reference, with a lower
+peak RSS than the reference. Step times are the slowest rank's, medians
+over the steps; peak RSS is VmHWM of rank 0's process, counted from just
+before the loss's first step (the process's own baseline, PyTorch's ~250
+MiB for the Python runs, included).
+
+    python3 examples/torch/bench_torch.py --bin bin --np 2 -b 1024 4096 --steps 10 --reps 1
+"""
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.normpath(os.path.join(HERE, "..", ".."))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(cmd, env):
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    if p.returncode != 0 or not lines:
+        sys.stderr.write(p.stdout[-3000:] + p.stderr[-3000:])
+        raise SystemExit(f"bench_torch: {' '.join(cmd)} failed (exit {p.returncode})")
+    return json.loads(lines[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", default=os.path.join(REPO, "bin"))
+    ap.add_argument("--python", default=sys.executable)
+    ap.add_argument("--np", type=int, default=2)
+    ap.add_argument("-b", type=int, nargs="+", default=[1024, 4096])
+    ap.add_argument("-d", type=int, default=512)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=1)
+    a = ap.parse_args()
+
+    mpirun = os.path.join(REPO, "scripts", "mpirun.sh")
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
+               PYTHONPATH=os.path.join(REPO, "python"))
+    common = ["--steps", str(a.steps), "--warmup", str(a.warmup), "-d", str(a.d)]
+    results = {}
+    for b in a.b:
+        for rep in range(a.reps):
+            for impl in ("go", "clipmpi", "pytorch"):
+                if impl == "go":
+                    cmd = [mpirun, str(a.np), os.path.join(a.bin, "bench"), "-b", str(b), "-d", str(a.d),
+                           "-mode", "local_gwg", "-algo", "fused", "-dtype", "float32", "-steps", str(a.steps),
+                           "-warmup", str(a.warmup), "-json"]
+                else:
+                    e = dict(env, MASTER_PORT=str(free_port()))
+                    cmd = [mpirun, str(a.np), "-x", "MASTER_PORT", "-x", "OMP_NUM_THREADS", "-x", "PYTHONPATH",
+                           a.python, os.path.join(HERE, "bench.py"),
+                           "--impl", "clipmpi" if impl == "clipmpi" else "reference", "-b", str(b)] + common
+                r = run(cmd, e if impl != "go" else env)
+                r["bench"] = impl
+                print(json.dumps(r), flush=True)
+                results.setdefault((b, impl), []).append(r)
+
+    print()
+    print(f"mpirun -np {a.np}, d = {a.d}, float32, local_loss + gather_with_grad, 1 thread per rank, "
+          f"{a.steps} steps x {a.reps} round(s); medians")
+    print(f"{'b/rank':>7} {'impl':<8} {'step ms':>9} {'peak MiB':>9}   ratios")
+    ok = True
+    for b in a.b:
+        med = {i: statistics.median(r["step_ms_median"] for r in results[(b, i)]) for i in ("go", "clipmpi", "pytorch")}
+        rss = {i: max(r["peak_rss_mib"] for r in results[(b, i)]) for i in ("go", "clipmpi", "pytorch")}
+        vs_go = med["clipmpi"] / med["go"]
+        speedup = med["pytorch"] / med["clipmpi"]
+        for i in ("go", "clipmpi", "pytorch"):
+            note = ""
+            if i == "clipmpi":
+                note = f"{vs_go:.3f} x go;  pytorch / clipmpi = {speedup:.2f}"
+            print(f"{b:>7} {i:<8} {med[i]:>9.1f} {rss[i]:>9.0f}   {note}")
+        checks = [(vs_go <= 1.10, f"bridge within 10% of Go ({vs_go:.3f})"),
+                  (speedup >= 2.0, f"bridge >= 2x faster than the PyTorch reference ({speedup:.2f}x)"),
+                  (rss["clipmpi"] < rss["pytorch"],
+                   f"bridge peak RSS below the reference's ({rss['clipmpi']:.0f} < {rss['pytorch']:.0f} MiB)")]
+        for good, what in checks:
+            ok &= good
+            print(f"        {'met' if good else 'NOT MET'}: {what}")
+    print("targets", "met" if ok else "NOT all met", "(times from a shared machine vary; compare ratios of one run)")
+
+
+if __name__ == "__main__":
+    main()
