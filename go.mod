@@ -4,6 +4,7 @@ go 1.26
 
 require (
 	github.com/emer/empi v1.0.17
+	github.com/nlpodyssey/safetensors v0.0.0-20250209183917-bfb01cc25f7c
 	github.com/schollz/progressbar/v3 v3.19.1
 	golang.org/x/term v0.44.0
 	gonum.org/v1/gonum v0.17.0

@@ -12,7 +12,10 @@
 #   3. the same on 1 rank (batch size NP·1024), resumed on NP ranks;
 #   4. float16 .npy shards from gen-data: a run resumed from its epoch-2
 #      checkpoint ends where the uninterrupted run ended;
-#   5. a NaN row: every rank prints the error and the job exits non-zero.
+#   5. on its final checkpoint: train eval on NP ranks gives the run's last
+#      evaluation; train embed on NP ranks writes the features of 1 rank;
+#      train export writes the heads;
+#   6. a NaN row: every rank prints the error and the job exits non-zero.
 # Work files in BIN/train-e2e.
 set -uo pipefail
 BIN=$1
@@ -79,6 +82,19 @@ grep -E "$keys" "$d/a.json" | tr -d ' \n'
 echo
 diff <(grep -E "$keys" "$d/a.json") <(grep -E "$keys" "$d/b.json") || fail "the resumed run ended elsewhere"
 echo "   resumed run: same final loss and recall"
+
+echo "== the float16 run's final checkpoint: eval, embed, export"
+ck=$d/a/checkpoints/latest.ckpt
+"$MPIRUN" "$NP" "$BIN/train" eval --resume "$ck" --val-data "$d/data/val" --summary "$d/eval.json" >"$d/eval.log" 2>&1 || { show "$d/eval.log"; fail "train eval"; }
+"$BIN/clustertool" evalcmp -summary "$d/eval.json" -metrics "$d/a/metrics.csv" || fail "eval differs from the run's last evaluation"
+for np in 1 "$NP"; do
+	"$MPIRUN" "$np" "$BIN/train" embed --resume "$ck" --image-data "$d/data/val/image-00000.npy" --text-data "$d/data/val/text-00000.npy" \
+		--out "$d/emb-$np" >"$d/embed-$np.log" 2>&1 || { show "$d/embed-$np.log"; fail "train embed on $np ranks"; }
+done
+for f in image_emb.npy text_emb.npy; do
+	"$BIN/clustertool" npydiff -a "$d/emb-1/$f" -b "$d/emb-$NP/$f" -tol 1e-6 || fail "embed on $NP ranks differs from 1 rank"
+done
+"$BIN/train" export --resume "$ck" --out "$d/heads.safetensors" || fail "train export"
 
 echo "== $NP ranks on shards with a NaN row: every rank must fail"
 "$BIN/train" gen-data --out "$d/nan" --rows 2048 --val-size 100 --shards 2 --nan-row 2000 >/dev/null || fail "gen-data --nan-row"

@@ -73,7 +73,11 @@ func parseFlags(args []string) (*options, error) {
 	o := &options{synth: clip.DefaultSynthetic}
 	fs := flag.NewFlagSet("train", flag.ContinueOnError)
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: train [flags]        (under mpirun for several ranks)\n       train gen-data [flags]  (write the synthetic set as .npy files; train gen-data -h)\n\nflags:\n")
+		fmt.Fprintf(fs.Output(), "usage: train [flags]        (under mpirun for several ranks)\n"+
+			"       train gen-data [flags]  (write the synthetic set as .npy files; train gen-data -h)\n"+
+			"       train export --resume CKPT --out heads.safetensors   (the heads for PyTorch)\n"+
+			"       train embed --resume CKPT --image-data X.npy [--text-data Y.npy] --out DIR\n"+
+			"       train eval --resume CKPT --val-data DIR\n\nflags:\n")
 		fs.PrintDefaults()
 	}
 	fs.StringVar(&o.trainData, "train-data", "", "training pairs: a directory of .npy shards or IMAGE.npy,TEXT.npy (float32 or float16, [n, d]); empty: the built-in synthetic set")
@@ -172,6 +176,16 @@ func main() {
 			os.Exit(1)
 		}
 		return
+	}
+	if len(os.Args) > 1 && os.Args[1] == "export" {
+		if err := exportHeads(os.Args[2:]); err != nil && !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "train export:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if len(os.Args) > 1 && subcommands[os.Args[1]] != nil {
+		os.Exit(mpiCommand(os.Args[1], subcommands[os.Args[1]], os.Args[2:]))
 	}
 	o, err := parseFlags(os.Args[1:])
 	if errors.Is(err, flag.ErrHelp) {

@@ -28,6 +28,15 @@
 //	    -want, and every training loss is within T of -want's; prints the
 //	    largest difference of the losses before and after step K.
 //
+//	clustertool evalcmp -summary EVAL.json -metrics METRICS.csv
+//	    checks that the metrics of `train eval --summary` equal those of
+//	    the training run's last evaluation in its metrics.csv, exactly.
+//
+//	clustertool npydiff -a A.npy -b B.npy [-tol T]
+//	    checks that two float32/float16 .npy matrices have the same shape
+//	    and differ by at most T (default 0) anywhere; prints the largest
+//	    difference.
+//
 // It is Linux-only (inotify, /proc) and needs no cgo.
 package main
 
@@ -48,11 +57,13 @@ import (
 	"syscall"
 	"time"
 	"unsafe"
+
+	"github.com/clipmpi/clipmpi/clip"
 )
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: clustertool killwrite|summary|metrics [flags]")
+		fmt.Fprintln(os.Stderr, "usage: clustertool killwrite|summary|metrics|evalcmp|npydiff [flags]")
 		os.Exit(2)
 	}
 	var err error
@@ -63,6 +74,10 @@ func main() {
 		err = checkSummary(os.Args[2:])
 	case "metrics":
 		err = checkMetrics(os.Args[2:])
+	case "evalcmp":
+		err = evalCmp(os.Args[2:])
+	case "npydiff":
+		err = npyDiff(os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown command %q", os.Args[1])
 	}
@@ -499,5 +514,100 @@ func checkMetrics(args []string) error {
 		return fmt.Errorf("%s vs %s: %s", *gotPath, *wantPath, line)
 	}
 	fmt.Println("metrics ok:", line)
+	return nil
+}
+
+// evalCmp implements clustertool evalcmp.
+func evalCmp(args []string) error {
+	fs := flag.NewFlagSet("evalcmp", flag.ExitOnError)
+	sumPath := fs.String("summary", "", "the JSON of train eval --summary")
+	csvPath := fs.String("metrics", "", "the training run's metrics.csv")
+	fs.Parse(args)
+	b, err := os.ReadFile(*sumPath)
+	if err != nil {
+		return err
+	}
+	var sum struct {
+		Step    int                `json:"step"`
+		Metrics map[string]float64 `json:"val_metrics"`
+	}
+	if err := json.Unmarshal(b, &sum); err != nil {
+		return fmt.Errorf("%s: %w", *sumPath, err)
+	}
+	c, err := os.ReadFile(*csvPath)
+	if err != nil {
+		return err
+	}
+	recs, err := csv.NewReader(bytes.NewReader(c)).ReadAll()
+	if err != nil || len(recs) < 2 {
+		return fmt.Errorf("%s: %v", *csvPath, err)
+	}
+	var last []string
+	for _, r := range recs[1:] {
+		if r[0] == "val" {
+			last = r
+		}
+	}
+	if last == nil || last[1] != strconv.Itoa(sum.Step) {
+		return fmt.Errorf("eval of step %d; the run's last evaluation %v", sum.Step, last)
+	}
+	n := 0
+	var diff []string
+	for i, name := range recs[0] {
+		want, ok := sum.Metrics[name]
+		if !ok {
+			continue
+		}
+		n++
+		got, _ := strconv.ParseFloat(last[i], 64)
+		if got != want {
+			diff = append(diff, fmt.Sprintf("%s: eval %v, training %v", name, want, got))
+		}
+	}
+	if n != len(sum.Metrics) || n == 0 || len(diff) > 0 {
+		return fmt.Errorf("%d of %d metrics found in %s; %s", n, len(sum.Metrics), *csvPath, strings.Join(diff, "; "))
+	}
+	fmt.Printf("evalcmp ok: the %d metrics of eval at step %d equal the run's last evaluation (R@1 i2t %.4f, t2i %.4f, clip_val_loss %.6f)\n",
+		n, sum.Step, sum.Metrics["image_to_text_R@1"], sum.Metrics["text_to_image_R@1"], sum.Metrics["clip_val_loss"])
+	return nil
+}
+
+// npyDiff implements clustertool npydiff.
+func npyDiff(args []string) error {
+	fs := flag.NewFlagSet("npydiff", flag.ExitOnError)
+	a := fs.String("a", "", "a .npy file")
+	b := fs.String("b", "", "another")
+	tol := fs.Float64("tol", 0, "largest allowed |difference|")
+	fs.Parse(args)
+	read := func(path string) ([]float32, int, int, error) {
+		x, err := clip.OpenNpyArray(path)
+		if err != nil {
+			return nil, 0, 0, err
+		}
+		v := make([]float32, x.Rows()*x.Dim())
+		return v, x.Rows(), x.Dim(), x.Read(v, 0, x.Rows())
+	}
+	va, ra, da, err := read(*a)
+	if err != nil {
+		return err
+	}
+	vb, rb, db, err := read(*b)
+	if err != nil {
+		return err
+	}
+	if ra != rb || da != db {
+		return fmt.Errorf("%s is [%d, %d], %s [%d, %d]", *a, ra, da, *b, rb, db)
+	}
+	var d float64
+	for i := range va {
+		d = max(d, math.Abs(float64(va[i])-float64(vb[i])))
+		if math.IsNaN(float64(va[i])) != math.IsNaN(float64(vb[i])) {
+			d = math.Inf(1)
+		}
+	}
+	if d > *tol {
+		return fmt.Errorf("%s and %s differ by up to %g (tolerance %g)", *a, *b, d, *tol)
+	}
+	fmt.Printf("npydiff ok: [%d, %d], largest difference %g (tolerance %g)\n", ra, da, d, *tol)
 	return nil
 }
