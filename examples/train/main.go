@@ -13,8 +13,11 @@
 // line every --log-every steps (or a progress bar on a terminal) and the
 // held-out recall after every --val-frequency epochs; it writes
 // LOGS/metrics.csv, LOGS/curves.png, checkpoints under LOGS/checkpoints and,
-// with --summary, a JSON summary. On any error every rank prints it and
-// exits non-zero.
+// with --summary, a JSON summary. On any error every rank exits non-zero
+// and the cause is printed once, naming the rank that met it: an error the
+// ranks decided together ("train: rank R: CAUSE") by that rank, a failure
+// that only some ranks met ("mpi: rank R of W: CAUSE", see mpi.Fail) by
+// the failing rank as it ends the job.
 package main
 
 import (
@@ -201,33 +204,55 @@ func main() {
 		fmt.Fprintln(os.Stderr, "train:", err)
 		os.Exit(1)
 	}
+	// A panic on one rank ends the job, naming the rank.
+	defer mpi.AbortOnPanic(comm)
 	code := 0
 	// The launch environment (Slurm, Open MPI, PMI, torchrun variables)
-	// must agree with MPI; it also sets the BLAS threads per rank.
+	// must agree with MPI; it also sets the BLAS threads per rank. A rank
+	// whose environment disagrees may be the only one: the others are
+	// already on their way into run's first collective, which this rank
+	// must not skip for the exit-status all-reduce below (a mismatched
+	// collective: the job hung). It ends the job.
 	env, err := slurm.Init(comm, blas.SetThreads)
-	if err == nil {
-		launch = env.String()
-		if o.dtype == "float64" {
-			err = run[float64](comm, o)
-		} else {
-			err = run[float32](comm, o)
-		}
+	if err != nil {
+		mpi.Fail(comm, fmt.Errorf("train: %w", err))
+		os.Exit(1) // only if comm's FailHook returns
+	}
+	launch = env.String()
+	if o.dtype == "float64" {
+		err = run[float64](comm, o)
+	} else {
+		err = run[float32](comm, o)
 	}
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "train (rank %d/%d): %v\n", comm.Rank(), comm.Size(), err)
+		if reporter(err) == comm.Rank() {
+			fmt.Fprintf(os.Stderr, "train: %v\n", err)
+		}
 		code = 1
 	}
 	// Every rank agrees on the exit status, so that mpirun sees a failure
 	// whichever rank met it.
 	v := []float64{float64(code)}
 	if err := comm.AllreduceF64(mpi.Max, v, v); err != nil {
-		fmt.Fprintln(os.Stderr, "train: agreeing on the exit status:", err)
-		comm.Abort(1)
+		mpi.Fail(comm, fmt.Errorf("train: agreeing on the exit status: %w", err))
+		os.Exit(1)
 	}
 	if err := mpi.Finalize(); err != nil {
 		fmt.Fprintln(os.Stderr, "train:", err)
 	}
 	os.Exit(int(v[0]))
+}
+
+// reporter returns the rank that prints err, an error that run returned on
+// every rank alike (run's errors are decided together; what only some ranks
+// meet ends the job through mpi.Fail instead): the rank that met it, for a
+// *clip.RankError, else rank 0.
+func reporter(err error) int {
+	var re *clip.RankError
+	if errors.As(err, &re) {
+		return re.Rank
+	}
+	return 0
 }
 
 // launch describes the launch environment rank 0 was started in.
