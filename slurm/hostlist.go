@@ -150,7 +150,7 @@ func ExpandTasksPerNode(s string) ([]int, error) {
 		if err1 != nil || err2 != nil || n < 0 || k < 1 {
 			return nil, fmt.Errorf("tasks per node %q: bad entry %q", s, part)
 		}
-		if len(out)+k > maxHosts {
+		if k > maxHosts-len(out) { // len(out)+k could overflow
 			return nil, fmt.Errorf("tasks per node %q: more than 2^20 nodes", s)
 		}
 		for range k {
