@@ -125,12 +125,13 @@ test-train: $(BIN)/golden.test $(BIN)/train $(BIN)/clustertool
 	@CLIPMPI_TIMEOUT=$(TEST_TIMEOUT) scripts/train-e2e.sh $(BIN) $(NP)
 
 # Faults that only one rank meets (issue 11), under mpirun -np 2 and -np 3:
-# slurm.Init failing, a checkpoint the reading rank cannot open, a ring
-# transfer of ClipLoss and SigLipLoss that fails to start, a panic. Each
+# slurm.Init failing, bad rows met mid-epoch, a checkpoint the reading rank
+# cannot open, a ring transfer of ClipLoss and SigLipLoss that fails to
+# start, a panic. Each
 # must end the job within 10 s, its cause printed once, naming the rank
 # (scripts/faults.sh prints the measured times).
 .PHONY: test-faults
-test-faults: $(BIN)/train $(BIN)/faultprog
+test-faults: $(BIN)/train $(BIN)/faultprog $(BIN)/clustertool
 	@scripts/faults.sh $(BIN)
 
 vet: deps

@@ -8,6 +8,9 @@
 #               launch gives it RANK=0): slurm.Init fails on that rank only,
 #               while the others go on into the first collective (before
 #               mpi.Fail the job hung until the launcher's time limit);
+#   data        rank R's copy of the training set holds NaN in the rows R
+#               reads at step 5 of the first epoch, and only there
+#               (clustertool nanrows): the error is met mid-epoch by R alone;
 #   checkpoint  --resume names a checkpoint that rank 0, the rank that
 #               reads it, cannot open (the path is missing on its node);
 #   ring-clip, ring-siglip-bidir, ring-siglip-shift
@@ -15,12 +18,13 @@
 #               start (faultprog -fault isendrecv);
 #   panic       rank R panics (faultprog -fault panic).
 #
-# R is the last rank. The time is taken from the launch for the faults met
-# at start (slurm-init, checkpoint) and from the injection (faultprog
-# prints its time) for the others. Every launch is bounded by
+# R is the last rank. The time is taken from the launch for the faults of
+# the training program (slurm-init, data, checkpoint: a run of a few
+# seconds) and from the injection (faultprog prints its time) for the
+# others. Every launch is bounded by
 # CLIPMPI_TIMEOUT (default 60 s), so a hang fails instead of hanging.
-# BIN holds train and faultprog (default ./bin); the Makefile's test-faults
-# builds them. Ends with a table of the measured times; exits non-zero if
+# BIN holds train, faultprog and clustertool (default ./bin); the
+# Makefile's test-faults builds them. Ends with a table of the measured times; exits non-zero if
 # any case failed.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -32,7 +36,7 @@ export CLIPMPI_TIMEOUT=${CLIPMPI_TIMEOUT:-60}
 # MPMD launches of 3 ranks on fewer cores: mpirun.sh only oversubscribes
 # when its own NP (the first app context's) exceeds the cores.
 export OMPI_MCA_rmaps_base_oversubscribe=1
-for b in train faultprog; do
+for b in train faultprog clustertool; do
 	[ -x "$BIN/$b" ] || { echo "faults.sh: $BIN/$b is missing (make test-faults builds it)"; exit 2; }
 done
 W=$(mktemp -d /tmp/clipmpi-faults.XXXXXX)
@@ -93,6 +97,12 @@ for np in $NPS; do
 
 	check slurm-init "$np" launch "the launch environment says" "^mpi: rank $r of $np: train: slurm: the launch environment says rank 0 of $np" -- \
 		1 "${TR[@]}" --logs "" "${others[@]}" : -np 1 env RANK=0 "${TR[@]}" --logs ""
+
+	"$BIN/clustertool" nanrows -train "$W/data/train" -out "$W" -world "$np" -rank "$r" -batch 64 -step 5 >"$W/nanrows.log" 2>&1 ||
+		{ cat "$W/nanrows.log"; exit 1; }
+	nan=(--train-data "$W/image.npy,$W/text.npy")
+	check data "$np" launch "bad data" "^train: rank $r: clip: bad data: .*image.npy: row [0-9]+ of the image embeddings holds NaN" -- \
+		"$r" "${TR[@]}" --logs "" : -np 1 "${TR[@]}" "${nan[@]}" --logs ""
 
 	check checkpoint "$np" launch "bad checkpoint" "^train: rank 0: clip: bad checkpoint: .*missing.ckpt" -- \
 		1 "${TR[@]}" --logs "" --epochs 2 --resume "$W/missing.ckpt" : -np $((np - 1)) "${TR[@]}" --logs "" --epochs 2 --resume "$CKPT"

@@ -37,6 +37,14 @@
 //	    and differ by at most T (default 0) anywhere; prints the largest
 //	    difference.
 //
+//	clustertool nanrows -train DIR -out OUT -world W -rank R -batch B -step K [-seed S]
+//	    writes OUT/image.npy and OUT/text.npy (float32): the training set
+//	    DIR with NaN in every row that rank R of W reads at step K
+//	    (0-based) of bin/train --batch-size B --seed S (accum 1), and in no
+//	    other, so that a run given OUT,... on rank R and DIR on the others
+//	    meets bad data on rank R only, in the middle of an epoch (the fault
+//	    suite, scripts/faults.sh).
+//
 // It is Linux-only (inotify, /proc) and needs no cgo.
 package main
 
@@ -63,7 +71,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: clustertool killwrite|summary|metrics|evalcmp|npydiff [flags]")
+		fmt.Fprintln(os.Stderr, "usage: clustertool killwrite|summary|metrics|evalcmp|npydiff|nanrows [flags]")
 		os.Exit(2)
 	}
 	var err error
@@ -78,6 +86,8 @@ func main() {
 		err = evalCmp(os.Args[2:])
 	case "npydiff":
 		err = npyDiff(os.Args[2:])
+	case "nanrows":
+		err = nanRows(os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown command %q", os.Args[1])
 	}
