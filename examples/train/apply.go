@@ -25,8 +25,8 @@ var subcommands = map[string]func(mpi.Comm, []string) error{
 // mpiCommand runs a subcommand with the MPI lifecycle of a training run:
 // MPI, the launch environment checked (slurm.Init: a rank whose
 // environment disagrees ends the job), a panic on one rank ends the job,
-// the error printed by every rank that returns it, and the ranks agree on
-// the exit status, which it returns.
+// the error (the same on every rank) printed once, by the rank that met it
+// (reporter), and the ranks agree on the exit status, which it returns.
 func mpiCommand(name string, fn func(mpi.Comm, []string) error, args []string) int {
 	comm, err := mpi.World()
 	if err != nil {
@@ -43,7 +43,9 @@ func mpiCommand(name string, fn func(mpi.Comm, []string) error, args []string) i
 		if errors.Is(err, flag.ErrHelp) {
 			err = nil
 		} else {
-			fmt.Fprintf(os.Stderr, "train %s (rank %d/%d): %v\n", name, comm.Rank(), comm.Size(), err)
+			if reporter(err) == comm.Rank() {
+				fmt.Fprintf(os.Stderr, "train %s: %v\n", name, err)
+			}
 			code = 1
 		}
 	}
