@@ -3,6 +3,7 @@ package loss
 import (
 	"fmt"
 	"math"
+	"sync/atomic"
 	"unsafe"
 
 	"github.com/clipmpi/clipmpi/blas"
@@ -17,10 +18,55 @@ type agreement struct {
 	dim  int
 	v    []float64 // see the layout below
 	st   clipStep
+	pool *pool
+	scan scanJob
 }
 
-func newAgreement(comm mpi.Comm, dim int) agreement {
-	return agreement{comm: comm, dim: dim, v: make([]float64, agreeFixed+comm.Size())}
+func newAgreement(comm mpi.Comm, dim int, p *pool) agreement {
+	return agreement{comm: comm, dim: dim, v: make([]float64, agreeFixed+comm.Size()), pool: p}
+}
+
+// scanJob checks a slice for NaN and ±Inf, chunk by chunk on the pool.
+type scanJob struct {
+	x32 []float32
+	x64 []float64
+	bad atomic.Bool
+}
+
+func (j *scanJob) block(i int) {
+	lo := i * elemChunk
+	var ok bool
+	switch {
+	case j.x32 != nil && nativeKernels && kernelISA > isaGo:
+		ok = finite32(kernelISA, j.x32[lo:min(lo+elemChunk, len(j.x32))])
+	case j.x32 != nil:
+		ok = finite(j.x32[lo:min(lo+elemChunk, len(j.x32))])
+	default:
+		ok = finite(j.x64[lo:min(lo+elemChunk, len(j.x64))])
+	}
+	if !ok {
+		j.bad.Store(true)
+	}
+}
+
+// finite reports whether every element of x is neither NaN nor ±Inf, on
+// the agreement's threads.
+func (a *agreement) finite(x32 []float32, x64 []float64) bool {
+	j := &a.scan
+	j.x32, j.x64 = x32, x64
+	j.bad.Store(false)
+	a.pool.run(chunks(len(x32)+len(x64), elemChunk), j)
+	j.x32, j.x64 = nil, nil
+	return !j.bad.Load()
+}
+
+// finite reports whether every element of x is neither NaN nor ±Inf.
+func finite[T blas.Float](x []T) bool {
+	var acc T
+	for _, v := range x {
+		acc += v - v // NaN for NaN and ±Inf, 0 otherwise
+	}
+	return acc == 0
 }
 
 // Layout of the agreement vector: pairs (x, -x) reduced with MAX give the
@@ -54,10 +100,16 @@ func check[T blas.Float](a *agreement, img, txt []T, lg Logit, opts float64, bac
 	b := len(img) / a.dim
 
 	bad := 0.0
-	if !finite(img) {
+	isFinite := func(x []T) bool {
+		if blas.Is32[T]() {
+			return a.finite(blas.As32(x), nil)
+		}
+		return a.finite(nil, blas.As64(x))
+	}
+	if !isFinite(img) {
 		bad += 1
 	}
-	if !finite(txt) {
+	if !isFinite(txt) {
 		bad += 2
 	}
 	scale, bias := lg.Scale, 0.0

@@ -478,7 +478,7 @@ func (l *ClipLoss[T]) pick(st *clipStep) (clipImpl[T], error) {
 	if a.impls[alg] == nil {
 		o := l.opt
 		o.Algorithm = alg
-		a.impls[alg] = newClipImpl[T](l.comm, o)
+		a.impls[alg] = newClipImpl[T](l.comm, o, l.pool)
 	}
 	a.b, a.algo, a.choice, l.impl = st.b, alg, ch, a.impls[alg]
 	if st.rank == 0 {

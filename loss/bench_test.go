@@ -2,6 +2,8 @@ package loss
 
 import (
 	"fmt"
+	"math"
+	"math/rand/v2"
 	"sync"
 	"testing"
 
@@ -67,4 +69,68 @@ func benchClip[T blas.Float](b *testing.B, w, rows, d int, opt ClipOptions, algo
 	}
 	flops := gemms * blas.GemmFlops(rows, n, d)
 	b.ReportMetric(flops*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+}
+
+// BenchmarkKernels times each elementwise kernel on one b×N tile of the
+// fused algorithm's shape (b = 1024, N = 2048, float32), per kernel level
+// and thread count, in ns per element.
+func BenchmarkKernels(b *testing.B) {
+	const rows, cols = 1024, 2048
+	rnd := rand.New(rand.NewPCG(1, 1))
+	x := make([]float32, rows*cols)
+	for i := range x {
+		x[i] = float32(rnd.Float64()*2 - 1)
+	}
+	levels := []int{isaGo}
+	if nativeKernels {
+		for _, l := range nativeLevels() {
+			if l <= isaMax {
+				levels = append(levels, l)
+			}
+		}
+	}
+	for _, isa := range levels {
+		for _, threads := range []int{1, 2} {
+			k := kernels[float32]{pool: newPool(threads)}
+			rowM, rowS := make([]float64, rows), make([]float64, rows)
+			colM, colS, colX, colB := make([]float64, cols), make([]float64, cols), make([]float64, cols), make([]float64, cols)
+			d := make([]float32, len(x))
+			name := func(op string) string {
+				return fmt.Sprintf("op=%s/isa=%s/threads=%d/rows=%d/cols=%d", op, isaNames[isa], threads, rows, cols)
+			}
+			perElem := func(bb *testing.B) {
+				bb.ReportMetric(float64(bb.Elapsed().Nanoseconds())/float64(bb.N)/(rows*cols), "ns/elem")
+			}
+			b.Run(name("stats"), func(bb *testing.B) {
+				setKernelISA(bb, isa)
+				for range bb.N {
+					fill(rowM, math.Inf(-1))
+					fill(rowS, 0)
+					stats(&k, x, cols, rows, cols, 14.3, 0, rowM, rowS, colM, colS)
+				}
+				perElem(bb)
+			})
+			for i := range rowS {
+				rowS[i] = math.Log(rowS[i])
+			}
+			for j := range colS {
+				colS[j] = math.Log(colS[j])
+			}
+			b.Run(name("grad"), func(bb *testing.B) {
+				setKernelISA(bb, isa)
+				for range bb.N {
+					grad(&k, d, nil, x, cols, rows, cols, 0, 0, 14.3, 0, 1e-4, 1e-4, rowM, rowS, colM, colS, colX, colB)
+				}
+				perElem(bb)
+			})
+			b.Run(name("sig"), func(bb *testing.B) {
+				setKernelISA(bb, isa)
+				for range bb.N {
+					sigTile(&k, d, x, cols, rows, cols, 0, 10, -10, 1e-3, true)
+				}
+				perElem(bb)
+			})
+			k.pool.close()
+		}
+	}
 }

@@ -26,7 +26,7 @@ type blockClip[T blas.Float] struct {
 	comm  mpi.Comm
 	tiled bool
 	tile  int
-	k     kernelScratch
+	k     kernels[T]
 
 	tall    []T // N×d gathered text features
 	x       []T // b×N (Fused) or b×tile (Tiled) logits before scaling

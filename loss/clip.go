@@ -3,6 +3,7 @@ package loss
 import (
 	"fmt"
 	"os"
+	"runtime"
 	"sync"
 
 	"github.com/clipmpi/clipmpi/blas"
@@ -35,9 +36,11 @@ import (
 // A ClipLoss owns its workspaces: after the first call with the largest
 // batch, calls allocate nothing. It is not safe for concurrent use.
 type ClipLoss[T blas.Float] struct {
-	comm mpi.Comm
-	dim  int
-	opt  ClipOptions
+	comm    mpi.Comm
+	dim     int
+	opt     ClipOptions
+	threads int
+	pool    *pool // the kernels' threads
 
 	agree agreement
 	impl  clipImpl[T]
@@ -69,8 +72,8 @@ var Warn = func(msg string) { fmt.Fprintln(os.Stderr, "clipmpi: warning:", msg) 
 // With Auto the algorithm is chosen at the first call (see ResolveClip; the
 // rates are measured then, once, unless opt.Rates gives them) and again
 // whenever the batch size changes; rank 0 prints each choice through Info.
-// It panics if comm is nil, dim < 1, opt.Tile < 0, opt.MemoryBudget < 0 or
-// the algorithm is unknown.
+// It panics if comm is nil, dim < 1, opt.Tile < 0, opt.MemoryBudget < 0,
+// opt.Threads < 0 or the algorithm is unknown.
 func NewClipLoss[T blas.Float](comm mpi.Comm, dim int, opt ClipOptions) *ClipLoss[T] {
 	if comm == nil {
 		panic(errNilComm)
@@ -84,11 +87,14 @@ func NewClipLoss[T blas.Float](comm mpi.Comm, dim int, opt ClipOptions) *ClipLos
 	if opt.MemoryBudget < 0 {
 		panic(errBudget)
 	}
-	l := &ClipLoss[T]{comm: comm, dim: dim, opt: opt, agree: newAgreement(comm, dim)}
+	threads := resolveThreads(opt.Threads)
+	l := &ClipLoss[T]{comm: comm, dim: dim, opt: opt, threads: threads}
+	l.pool = newOwnedPool(l, threads)
+	l.agree = newAgreement(comm, dim, l.pool)
 	if opt.Algorithm == Auto {
 		l.auto = &clipAuto[T]{}
 	} else {
-		l.impl = newClipImpl[T](comm, opt)
+		l.impl = newClipImpl[T](comm, opt, l.pool)
 	}
 	if opt.LocalLoss && !opt.GatherWithGrad && comm.Size() > 1 && comm.Rank() == 0 {
 		warnLocalOnce.Do(func() {
@@ -98,21 +104,27 @@ func NewClipLoss[T blas.Float](comm mpi.Comm, dim int, opt ClipOptions) *ClipLos
 	return l
 }
 
-// newClipImpl makes the options' algorithm; it panics if it is unknown.
-func newClipImpl[T blas.Float](comm mpi.Comm, opt ClipOptions) clipImpl[T] {
+// newClipImpl makes the options' algorithm, its kernels running on p; it
+// panics if the algorithm is unknown.
+func newClipImpl[T blas.Float](comm mpi.Comm, opt ClipOptions, p *pool) clipImpl[T] {
+	k := kernels[T]{pool: p}
 	switch opt.Algorithm {
 	case Naive:
-		return &naiveClip[T]{comm: comm}
+		return &naiveClip[T]{comm: comm, k: k}
 	case Fused, Tiled:
-		return &blockClip[T]{comm: comm, tiled: opt.Algorithm == Tiled, tile: opt.Tile}
+		return &blockClip[T]{comm: comm, tiled: opt.Algorithm == Tiled, tile: opt.Tile, k: k}
 	case Ring:
-		return &ringClip[T]{comm: comm, tile: opt.Tile}
+		return &ringClip[T]{comm: comm, tile: opt.Tile, k: k}
 	}
 	panic(errAlgorithm)
 }
 
 // Options returns the options the loss was made with.
 func (l *ClipLoss[T]) Options() ClipOptions { return l.opt }
+
+// Threads returns the number of threads the loss's kernels run on
+// (Options().Threads, or what 0 resolved to).
+func (l *ClipLoss[T]) Threads() int { return l.threads }
 
 // Forward returns this rank's loss for the local features img and txt
 // (b×dim each, row-major). It is collective.
@@ -135,6 +147,7 @@ func (l *ClipLoss[T]) Forward(img, txt []T, lg Logit) (float64, error) {
 		return 0, err
 	}
 	r, err := impl.run(nil, nil, img, txt, lg, st)
+	runtime.KeepAlive(l) // its cleanup stops the kernels' threads
 	if err != nil {
 		return 0, mpi.Fail(l.comm, err)
 	}
@@ -160,6 +173,7 @@ func (l *ClipLoss[T]) ForwardBackward(dImg, dTxt, img, txt []T, lg Logit) (Resul
 		return Result{}, err
 	}
 	r, err := impl.run(dImg, dTxt, img, txt, lg, st)
+	runtime.KeepAlive(l) // its cleanup stops the kernels' threads
 	if err != nil {
 		return Result{}, mpi.Fail(l.comm, err)
 	}
@@ -186,13 +200,4 @@ func b2f(b bool) float64 {
 		return 1
 	}
 	return 0
-}
-
-// finite reports whether every element of x is neither NaN nor ±Inf.
-func finite[T blas.Float](x []T) bool {
-	var acc T
-	for _, v := range x {
-		acc += v - v // NaN for NaN and ±Inf, 0 otherwise
-	}
-	return acc == 0
 }

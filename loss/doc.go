@@ -30,6 +30,16 @@
 // the failing rank's call then returns a *mpi.Failure and nothing ends;
 // the other ranks may still be blocked, so the caller must end the job.
 //
+// Inside a rank, the GEMMs run on the BLAS's threads (blas.SetThreads) and
+// the elementwise kernels (softmax statistics, gradient and sigmoid tiles,
+// finiteness scans, sums over b·d or N·d) on Options.Threads goroutines
+// (default blas.Threads()). A kernel splits its tile into row blocks that
+// depend only on the shape and adds the blocks' partial sums in block
+// order, so results are the same bit for bit for every thread count. In
+// float32 the kernels are C when cgo is on: AVX-512, AVX2+FMA or the
+// baseline ISA on amd64, chosen at run time, and NEON on arm64; KernelISA
+// names the one in use. float64, and float32 without cgo, run them in Go.
+//
 // The references are OpenCLIP's src/open_clip/loss.py (the semantics, checked
 // against its outputs in ../test), FlashAttention's and Inf-CL's online
 // log-sum-exp over tiles, and Inf-CL's ring (Wang et al. 2024) for moving

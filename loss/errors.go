@@ -14,6 +14,8 @@ const (
 	errSigLipImpl = "loss: unknown SigLIP distribution method"
 	errBudget     = "loss: memory budget must not be negative"
 	errAutoPlan   = "loss: Plan, Memory and Predict need a concrete algorithm (ResolveClip and ResolveSigLip turn Auto into one)"
+	errThreads    = "loss: thread count must not be negative"
+	errNoNative   = "loss: internal error: native kernels not compiled in"
 )
 
 // Errors a caller can act on. Every rank returns the same error value (the

@@ -1,22 +1,30 @@
-//go:build !cgo || purego
+//go:build !cgo || purego || !(amd64 || arm64)
 
 package loss
 
-// nativeKernels reports that the vectorised float32 kernels are compiled in;
-// without cgo the generic Go kernels run for both element types.
+// nativeKernels reports that the C float32 kernels are compiled in: not
+// without cgo, with the purego tag, or on other architectures, where the Go
+// kernels run for both element types.
 const nativeKernels = false
 
-type kernelScratch struct{}
+// isaMax is the best kernel ISA: the Go kernels.
+const isaMax = isaGo
 
-func (k *kernelScratch) stats32(x []float32, ld, rows, cols int, scale, bias float64, rowM, rowS, colM, colS []float64) {
-	panic("loss: native kernels not compiled in")
+func max32(isa int, x []float32, ld, rows, cols int, neg bool, rmax, cmax []float32) {
+	panic(errNoNative)
 }
 
-func (k *kernelScratch) grad32(di, dt, x []float32, ld, rows, cols, j0, diag0 int, scale, bias, cI, cT float64,
-	rowM, rowL, colM, colL, colX, colB []float64) (sumX, sumB float64) {
-	panic("loss: native kernels not compiled in")
+func expsum32(isa int, x []float32, ld, rows, cols int, a float32, xr, xc []float32, racc, cacc []float64) {
+	panic(errNoNative)
 }
 
-func (k *kernelScratch) sig32(d, x []float32, ld, rows, cols, e0 int, scale, bias, c float64, backward bool) (loss, sumX, sumB float64) {
-	panic("loss: native kernels not compiled in")
+func grad32(isa int, di, dt, x []float32, ld, rows, cols, e0 int, a float32, xr, wr, xc, wc []float32, cI, cT float32,
+	cx, cb, sums []float64) {
+	panic(errNoNative)
 }
+
+func sig32(isa int, d, x []float32, ld, rows, cols, e0 int, a, b, c float32, backward bool, sums []float64) {
+	panic(errNoNative)
+}
+
+func finite32(isa int, x []float32) bool { panic(errNoNative) }

@@ -143,7 +143,7 @@ func (m *meter[T]) compute() error {
 		x[i] = T(0.3 * math.Sin(0.37*float64(i)))
 	}
 	const scale, c = 1 / 0.07, 1e-6
-	var k kernelScratch
+	var k kernels[T] // one thread: the rates are per thread
 	rowM, rowS := make([]float64, b), make([]float64, b)
 	colM, colS := make([]float64, t), make([]float64, t)
 	colX, colB := make([]float64, t), make([]float64, t)
@@ -177,14 +177,14 @@ func (m *meter[T]) compute() error {
 	}
 	nb := m.nb
 	if m.times[mNaiveStats], err = m.best(2, func() error {
-		rowStats(x, t, nb, t, scale, 0, rowM, rowS)
+		rowStats(&k, x, t, nb, t, scale, 0, rowM, rowS)
 		return nil
 	}); err != nil {
 		return err
 	}
 	if m.times[mNaiveGrad], err = m.best(2, func() error {
 		copy(di[:nb*t], x[:nb*t]) // rowGrad overwrites its input
-		rowGrad(di, t, nb, t, 0, scale, 0, c, rowM, rowS)
+		rowGrad(&k, di, t, nb, t, 0, scale, 0, c, rowM, rowS)
 		return nil
 	}); err != nil {
 		return err
@@ -197,7 +197,7 @@ func (m *meter[T]) compute() error {
 	}
 	tn := min(t, 512)
 	if m.times[mTranspose], err = m.best(3, func() error {
-		transpose(di, x, tn)
+		transpose(&k, di, x, tn, false)
 		return nil
 	}); err != nil {
 		return err

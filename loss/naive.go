@@ -22,6 +22,7 @@ import (
 // (gather_with_grad) backward.
 type naiveClip[T blas.Float] struct {
 	comm mpi.Comm
+	k    kernels[T]
 
 	iall, tall []T // N×d gathered features
 	x, y       []T // logits_per_image and logits_per_text before scaling
@@ -51,19 +52,19 @@ func (a *naiveClip[T]) run(dImg, dTxt, img, txt []T, lg Logit, st *clipStep) (Re
 	// Global: X = I_all·T_allᵀ (N×N) and its transpose Y.
 	a.x, a.y = grow(a.x, n*n), grow(a.y, n*n)
 	blas.Gemm(blas.NoTrans, blas.Trans, n, n, d, 1, a.iall, d, a.tall, d, 0, a.x, n)
-	transpose(a.y, a.x, n)
+	transpose(&a.k, a.y, a.x, n, false)
 	a.m1, a.l1 = grow(a.m1, n), grow(a.l1, n)
 	a.m2, a.l2 = grow(a.m2, n), grow(a.l2, n)
-	rowStats(a.x, n, n, n, scale, bias, a.m1, a.l1)
-	rowStats(a.y, n, n, n, scale, bias, a.m2, a.l2)
+	rowStats(&a.k, a.x, n, n, n, scale, bias, a.m1, a.l1)
+	rowStats(&a.k, a.y, n, n, n, scale, bias, a.m2, a.l2)
 	loss := (rowLoss(a.x, n, n, 0, scale, bias, a.m1, a.l1) + rowLoss(a.y, n, n, 0, scale, bias, a.m2, a.l2)) / float64(2*n)
 	if !st.backward {
 		return Result{Loss: loss}, nil
 	}
 	c := 1 / float64(2*n)
-	sx1, sb1 := rowGrad(a.x, n, n, n, 0, scale, bias, c, a.m1, a.l1)
-	sx2, sb2 := rowGrad(a.y, n, n, n, 0, scale, bias, c, a.m2, a.l2)
-	addTranspose(a.x, a.y, n) // dX = dS + dUᵀ
+	sx1, sb1 := rowGrad(&a.k, a.x, n, n, n, 0, scale, bias, c, a.m1, a.l1)
+	sx2, sb2 := rowGrad(&a.k, a.y, n, n, n, 0, scale, bias, c, a.m2, a.l2)
+	transpose(&a.k, a.x, a.y, n, true) // dX = dS + dUᵀ
 	a.gi, a.gt = grow(a.gi, n*d), grow(a.gt, n*d)
 	blas.Gemm(blas.NoTrans, blas.NoTrans, n, d, n, T(scale), a.x, n, a.tall, d, 0, a.gi, d)
 	blas.Gemm(blas.Trans, blas.NoTrans, n, d, n, T(scale), a.x, n, a.iall, d, 0, a.gt, d)
@@ -89,15 +90,15 @@ func (a *naiveClip[T]) local(dImg, dTxt, img, txt []T, scale, bias float64, st *
 	blas.Gemm(blas.NoTrans, blas.Trans, b, n, d, 1, txt, d, a.iall, d, 0, a.y, n)
 	a.m1, a.l1 = grow(a.m1, b), grow(a.l1, b)
 	a.m2, a.l2 = grow(a.m2, b), grow(a.l2, b)
-	rowStats(a.x, n, b, n, scale, bias, a.m1, a.l1)
-	rowStats(a.y, n, b, n, scale, bias, a.m2, a.l2)
+	rowStats(&a.k, a.x, n, b, n, scale, bias, a.m1, a.l1)
+	rowStats(&a.k, a.y, n, b, n, scale, bias, a.m2, a.l2)
 	loss := (rowLoss(a.x, n, b, r*b, scale, bias, a.m1, a.l1) + rowLoss(a.y, n, b, r*b, scale, bias, a.m2, a.l2)) / float64(2*b)
 	if !st.backward {
 		return Result{Loss: loss}, nil
 	}
 	c := 1 / float64(2*b)
-	sx1, sb1 := rowGrad(a.x, n, b, n, r*b, scale, bias, c, a.m1, a.l1) // dS
-	sx2, sb2 := rowGrad(a.y, n, b, n, r*b, scale, bias, c, a.m2, a.l2) // dU
+	sx1, sb1 := rowGrad(&a.k, a.x, n, b, n, r*b, scale, bias, c, a.m1, a.l1) // dS
+	sx2, sb2 := rowGrad(&a.k, a.y, n, b, n, r*b, scale, bias, c, a.m2, a.l2) // dU
 	// Direct paths: image_features @ all_text_features.T and
 	// text_features @ all_image_features.T.
 	blas.Gemm(blas.NoTrans, blas.NoTrans, b, d, n, T(scale), a.x, n, a.tall, d, 0, dImg, d)
@@ -112,35 +113,11 @@ func (a *naiveClip[T]) local(dImg, dTxt, img, txt []T, scale, bias float64, st *
 		if err := mpi.ReduceScatter(a.comm, a.own, a.gi); err != nil {
 			return Result{}, fmt.Errorf("loss: all-gather backward (images): %w", err)
 		}
-		addTo(dImg, a.own)
+		addTo(&a.k, dImg, a.own)
 		if err := mpi.ReduceScatter(a.comm, a.own, a.gt); err != nil {
 			return Result{}, fmt.Errorf("loss: all-gather backward (texts): %w", err)
 		}
-		addTo(dTxt, a.own)
+		addTo(&a.k, dTxt, a.own)
 	}
 	return Result{Loss: loss, GradScale: sx1 + sx2, GradBias: sb1 + sb2}, nil
-}
-
-// transpose writes the transpose of the n×n matrix src into dst.
-func transpose[T blas.Float](dst, src []T, n int) {
-	for i := 0; i < n; i++ {
-		for j := 0; j < n; j++ {
-			dst[j*n+i] = src[i*n+j]
-		}
-	}
-}
-
-// addTranspose adds the transpose of the n×n matrix src to dst.
-func addTranspose[T blas.Float](dst, src []T, n int) {
-	for i := 0; i < n; i++ {
-		for j := 0; j < n; j++ {
-			dst[i*n+j] += src[j*n+i]
-		}
-	}
-}
-
-func addTo[T blas.Float](dst, src []T) {
-	for i, v := range src {
-		dst[i] += v
-	}
 }

@@ -82,6 +82,12 @@ type ClipOptions struct {
 	// has them measured once, at the first call (MeasureRates). Other
 	// algorithms ignore them.
 	Rates Rates
+	// Threads is the number of threads this rank's elementwise kernels
+	// (softmax statistics, gradient tiles, finiteness scans, sums over
+	// b·d or N·d) run on; 0 means blas.Threads() when the loss is made.
+	// Results are the same bit for bit for every value, so ranks may
+	// differ. The GEMMs run on the BLAS's own threads (blas.SetThreads).
+	Threads int
 }
 
 // Mode names the OpenCLIP mode of the options: "global", "global_gwg",

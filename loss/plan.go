@@ -92,7 +92,7 @@ func (o ClipOptions) Plan(w, b, d, elemSize int) Plan {
 			add(false, false, b, d, tw.w, tw.count)
 			add(true, false, tw.w, d, b, tw.count)
 		}
-		p.WorkspaceBytes = e*(2*int64(n)*int64(d)+blocks*int64(b)*int64(t)) + stats
+		p.WorkspaceBytes = e*(2*int64(n)*int64(d)+blocks*int64(b)*int64(t)) + stats + kernelBytes(b, t)
 	case Ring:
 		t := o.Tile
 		if t == 0 {
@@ -112,7 +112,7 @@ func (o ClipOptions) Plan(w, b, d, elemSize int) Plan {
 		if split {
 			blocks = 2
 		}
-		p.WorkspaceBytes = e*(4*int64(b)*int64(d)+blocks*int64(b)*int64(t)) + stats
+		p.WorkspaceBytes = e*(4*int64(b)*int64(d)+blocks*int64(b)*int64(t)) + stats + kernelBytes(b, t)
 	default:
 		panic(errAlgorithm)
 	}

@@ -29,7 +29,7 @@ const defaultRingTile = 1024
 type ringClip[T blas.Float] struct {
 	comm mpi.Comm
 	tile int
-	k    kernelScratch
+	k    kernels[T]
 
 	// bufs hold two packed blocks [A (b×d) | T (b×d)]: the one being
 	// computed on and the one being received.

@@ -67,6 +67,9 @@ type SigLipOptions struct {
 	// MemoryBudget and Rates are ClipOptions' (for SigLipAuto).
 	MemoryBudget int64
 	Rates        Rates
+	// Threads is the number of threads this rank's elementwise kernels
+	// run on, as in ClipOptions.
+	Threads int
 }
 
 func (o SigLipOptions) code() float64 { return 1e6 + float64(o.Impl) + float64(o.Tile)*8 }
@@ -91,13 +94,14 @@ func (o SigLipOptions) code() float64 { return 1e6 + float64(o.Impl) + float64(o
 // SigLipLoss allocates nothing after its first call with the largest batch;
 // it is not safe for concurrent use.
 type SigLipLoss[T blas.Float] struct {
-	comm  mpi.Comm
-	dim   int
-	opt   SigLipOptions
-	agree agreement
-	k     kernelScratch
-	impl  SigLipImpl  // the method in use
-	auto  *sigLipAuto // with SigLipAuto: the choice per batch size
+	comm    mpi.Comm
+	dim     int
+	opt     SigLipOptions
+	threads int
+	agree   agreement
+	k       kernels[T]
+	impl    SigLipImpl  // the method in use
+	auto    *sigLipAuto // with SigLipAuto: the choice per batch size
 
 	bufs [4][]T // packed [A | T] blocks: two per ring direction
 	x    []T    // b×tile logits, then gradients
@@ -121,7 +125,7 @@ const defaultSigTile = 1024
 // NewSigLipLoss returns a SigLipLoss over comm for features of dimension
 // dim. With SigLipAuto the method is chosen as NewClipLoss chooses with
 // Auto. It panics if comm is nil, dim < 1, opt.Tile < 0, opt.MemoryBudget <
-// 0 or the method is unknown.
+// 0, opt.Threads < 0 or the method is unknown.
 func NewSigLipLoss[T blas.Float](comm mpi.Comm, dim int, opt SigLipOptions) *SigLipLoss[T] {
 	if comm == nil {
 		panic(errNilComm)
@@ -138,7 +142,10 @@ func NewSigLipLoss[T blas.Float](comm mpi.Comm, dim int, opt SigLipOptions) *Sig
 	if opt.MemoryBudget < 0 {
 		panic(errBudget)
 	}
-	l := &SigLipLoss[T]{comm: comm, dim: dim, opt: opt, agree: newAgreement(comm, dim), impl: opt.Impl}
+	threads := resolveThreads(opt.Threads)
+	l := &SigLipLoss[T]{comm: comm, dim: dim, opt: opt, threads: threads, impl: opt.Impl}
+	p := newOwnedPool(l, threads)
+	l.agree, l.k = newAgreement(comm, dim, p), kernels[T]{pool: p}
 	if opt.Impl == SigLipAuto {
 		l.auto = &sigLipAuto{}
 	}
@@ -147,6 +154,10 @@ func NewSigLipLoss[T blas.Float](comm mpi.Comm, dim int, opt SigLipOptions) *Sig
 
 // Options returns the options the loss was made with.
 func (l *SigLipLoss[T]) Options() SigLipOptions { return l.opt }
+
+// Threads returns the number of threads the loss's kernels run on
+// (Options().Threads, or what 0 resolved to).
+func (l *SigLipLoss[T]) Threads() int { return l.threads }
 
 // Forward returns this rank's loss. It is collective, panics and fails as
 // ClipLoss.Forward does.
@@ -349,7 +360,7 @@ func (l *SigLipLoss[T]) ring(dImg, dTxt, img, txt []T, st *clipStep, hr, hl int)
 		return err
 	}
 	if hl > 0 {
-		addTo(dTxt, l.home[:bd])
+		addTo(&l.k, dTxt, l.home[:bd])
 	}
 	return nil
 }

@@ -1,0 +1,31 @@
+//go:build cgo && !purego
+
+// The float32 kernels of kernels.h for arm64, compiled once for AArch64,
+// whose baseline has NEON: -O3 vectorises the loops for it. The isa
+// argument is ignored (there is one level, 1).
+
+#include "kernels.h"
+
+int clip_isa_max(void) { return 1; }
+
+void clip_max32(int isa, const float *x, long ld, long rows, long cols, int neg, float *rmax, float *cmax) {
+	max_body(x, ld, rows, cols, neg, rmax, cmax);
+}
+
+void clip_expsum32(int isa, const float *x, long ld, long rows, long cols, float A, const float *xr, const float *xc,
+		double *racc, double *cacc) {
+	expsum_body(1, x, ld, rows, cols, A, xr, xc, racc, cacc);
+}
+
+void clip_grad32(int isa, float *di, float *dt, const float *x, long ld, long rows, long cols, long e0, float A,
+		const float *xr, const float *wr, const float *xc, const float *wc, float cI, float cT,
+		double *cx, double *cb, double *sums) {
+	grad_body(1, di, dt, x, ld, rows, cols, e0, A, xr, wr, xc, wc, cI, cT, cx, cb, sums);
+}
+
+void clip_sig32(int isa, float *d, const float *x, long ld, long rows, long cols, long e0, float A, float B, float c,
+		int backward, double *sums) {
+	sig_body(1, d, x, ld, rows, cols, e0, A, B, c, backward, sums);
+}
+
+int clip_finite32(int isa, const float *x, long n) { return finite_body(x, n); }
