@@ -166,8 +166,10 @@ DTYPE ?= float32
 STEPS ?= 10
 LOSS  ?= clip
 TILE  ?= 0
+# Threads per rank for the BLAS and the loss kernels; 0: usable CPUs / NP.
+THREADS ?= 0
 bench-loss: build
-	$(MPIRUN) $(NP) $(BIN)/bench -loss $(LOSS) -b $(B) -d $(D) -mode $(MODE) -algo $(ALGO) -dtype $(DTYPE) -steps $(STEPS) -tile $(TILE)
+	$(if $(filter-out 0,$(THREADS)),OPENBLAS_NUM_THREADS=$(THREADS) )$(MPIRUN) $(NP) $(BIN)/bench -loss $(LOSS) -b $(B) -d $(D) -mode $(MODE) -algo $(ALGO) -dtype $(DTYPE) -steps $(STEPS) -tile $(TILE) -threads $(THREADS)
 
 clean:
 	rm -rf $(BIN) run

@@ -63,6 +63,7 @@ type Record struct {
 	AllocsPerStep    float64  `json:"allocs_per_step"`
 	BlasBackend      string   `json:"blas_backend"`
 	BlasThreads      int      `json:"blas_threads"`
+	Threads          int      `json:"threads"` // the loss kernels' threads per rank
 	Loss0            float64  `json:"loss_value"`
 	// PredictedStepMs is the cost model's step time (loss.Predict) with the
 	// rates loss.MeasureRates measured at the start of the same run.
@@ -96,6 +97,7 @@ func main() {
 	steps := flag.Int("steps", 10, "timed steps")
 	warmup := flag.Int("warmup", 2, "untimed steps first")
 	tile := flag.Int("tile", 0, "tile width of tiled and ring (0: default)")
+	threads := flag.Int("threads", 0, "threads per rank, for the BLAS and the loss kernels (0: usable CPUs / ranks on this node)")
 	memLimit := flag.Float64("mem-limit-mib", 0, "skip configurations whose workspace estimate exceeds this per rank (0: 80% of MemAvailable / ranks)")
 	lossKind := flag.String("loss", "clip", "loss: clip or siglip (then -algo names SigLIP methods: bidir, shift, reduce, gather, or all)")
 	jsonOnly := flag.Bool("json", false, "print only the JSON lines")
@@ -109,7 +111,7 @@ func main() {
 	}
 	code := 0
 	cfg := benchConfig{loss: *lossKind, b: *b, d: *d, mode: *mode, algos: *algos, dtype: *dtype,
-		steps: *steps, warmup: *warmup, tile: *tile, memLimit: *memLimit, jsonOnly: *jsonOnly, budget: *maxBatch}
+		steps: *steps, warmup: *warmup, tile: *tile, threads: *threads, memLimit: *memLimit, jsonOnly: *jsonOnly, budget: *maxBatch}
 	if err := run(comm, os.Stdout, cfg); err != nil {
 		if comm.Rank() == 0 {
 			fmt.Fprintln(os.Stderr, "bench:", err)
@@ -124,6 +126,7 @@ func main() {
 type benchConfig struct {
 	loss, mode, algos, dtype  string
 	b, d, steps, warmup, tile int
+	threads                   int     // per rank, BLAS and kernels; 0: CPUs / local ranks
 	memLimit                  float64 // MiB per rank; 0: 80% of MemAvailable / ranks
 	jsonOnly                  bool
 	budget                    float64 // -max-batch, GiB per node; 0: off
@@ -136,6 +139,7 @@ type config struct {
 	plan    func(w, b, d, elem int) loss.Plan
 	predict func(w, b, d, elem int, r loss.Rates) loss.Prediction
 	tile    int
+	threads int                            // the loss's Threads
 	make    func(comm mpi.Comm, d int) any // *loss.ClipLoss[T] or *loss.SigLipLoss[T]
 }
 
@@ -148,6 +152,14 @@ func run(comm mpi.Comm, out io.Writer, bc benchConfig) error {
 	if dtype != "float32" && dtype != "float64" {
 		return fmt.Errorf("unknown dtype %q (want float32 or float64)", dtype)
 	}
+	if bc.threads < 0 {
+		return fmt.Errorf("-threads %d: want a positive count, or 0 for the CPUs per rank", bc.threads)
+	}
+	threads := bc.threads
+	if threads == 0 {
+		threads = max(1, runtime.NumCPU()/localRanks(comm))
+	}
+	blas.SetThreads(threads)
 	var configs []config
 	switch lossKind {
 	case "clip":
@@ -168,8 +180,8 @@ func run(comm mpi.Comm, out io.Writer, bc benchConfig) error {
 		}
 		for _, a := range list {
 			o := opt
-			o.Algorithm, o.Tile = a, tile
-			configs = append(configs, config{a.String(), o.Plan, o.Predict, tile, func(c mpi.Comm, d int) any {
+			o.Algorithm, o.Tile, o.Threads = a, tile, threads
+			configs = append(configs, config{a.String(), o.Plan, o.Predict, tile, threads, func(c mpi.Comm, d int) any {
 				if dtype == "float64" {
 					return loss.NewClipLoss[float64](c, d, o)
 				}
@@ -190,8 +202,8 @@ func run(comm mpi.Comm, out io.Writer, bc benchConfig) error {
 			}
 		}
 		for _, m := range list {
-			o := loss.SigLipOptions{Impl: m, Tile: tile}
-			configs = append(configs, config{m.String(), o.Plan, o.Predict, tile, func(c mpi.Comm, d int) any {
+			o := loss.SigLipOptions{Impl: m, Tile: tile, Threads: threads}
+			configs = append(configs, config{m.String(), o.Plan, o.Predict, tile, threads, func(c mpi.Comm, d int) any {
 				if dtype == "float64" {
 					return loss.NewSigLipLoss[float64](c, d, o)
 				}
@@ -207,8 +219,8 @@ func run(comm mpi.Comm, out io.Writer, bc benchConfig) error {
 	loss.Warn = func(string) {}
 	rank0 := comm.Rank() == 0
 	if rank0 && !jsonOnly {
-		fmt.Fprintf(out, "# clipmpi bench: loss=%s W=%d, b=%d, d=%d, mode=%s, %s, %d steps after %d warm-up; blas=%s threads=%d, mpi=%v\n",
-			lossKind, comm.Size(), b, d, mode, dtype, steps, warmup, blas.Backend(), blas.Threads(), mpi.Enabled)
+		fmt.Fprintf(out, "# clipmpi bench: loss=%s W=%d, b=%d, d=%d, mode=%s, %s, %d steps after %d warm-up; blas=%s threads=%d, kernels=%s threads=%d, mpi=%v\n",
+			lossKind, comm.Size(), b, d, mode, dtype, steps, warmup, blas.Backend(), blas.Threads(), loss.KernelISA(), threads, mpi.Enabled)
 	}
 	rates, err := measureRates(comm, dtype, b, d)
 	if err != nil {
@@ -318,7 +330,7 @@ func measure[T blas.Float](comm mpi.Comm, cfg config, b, d, steps, warmup int, m
 	w := comm.Size()
 	plan := cfg.plan(w, b, d, esize)
 	rec := Record{Algo: cfg.name, World: w, B: b, D: d, Tile: cfg.tile, Steps: steps,
-		BlasBackend: blas.Backend(), BlasThreads: blas.Threads(),
+		BlasBackend: blas.Backend(), BlasThreads: blas.Threads(), Threads: cfg.threads,
 		GflopPerStep: plan.Flops() / 1e9, WorkspaceMiB: float64(plan.WorkspaceBytes) / (1 << 20)}
 	if ws := rec.WorkspaceMiB + float64(4*b*d*esize)/(1<<20); ws > memLimit {
 		rec.Skipped = fmt.Sprintf("needs about %.0f MiB per rank, limit %.0f MiB (-mem-limit-mib)", ws, memLimit)

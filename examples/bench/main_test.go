@@ -6,11 +6,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/clipmpi/clipmpi/blas"
 	"github.com/clipmpi/clipmpi/mpi"
 )
 
@@ -24,7 +26,7 @@ var documentedFields = map[string]bool{
 	"gemm_floor_ms": false, "comm_floor_ms": false, "floor_ms": false, "ratio_to_floor": false,
 	"sgemm_gflops": false, "collective_gb_per_s": true,
 	"peak_rss_mib": false, "workspace_mib": false, "comm_bytes_per_step": false,
-	"allocs_per_step": false, "blas_backend": false, "blas_threads": false, "loss_value": false,
+	"allocs_per_step": false, "blas_backend": false, "blas_threads": false, "threads": false, "loss_value": false,
 	"predicted_step_ms": false,
 }
 
@@ -185,5 +187,44 @@ func TestEmitUnencodable(t *testing.T) {
 	}
 	if outs[0].Len() != 0 {
 		t.Errorf("rank 0 wrote %q for an unencodable record", outs[0].String())
+	}
+}
+
+// TestBenchThreads: -threads sets the loss kernels' threads of every
+// record (and the BLAS's, where the backend has threads to set); 0 means
+// the CPUs per rank; a negative count is an error on every rank.
+func TestBenchThreads(t *testing.T) {
+	for _, tc := range []struct{ w, threads, want int }{
+		{2, 3, 3}, {1, 2, 2}, {2, 0, max(1, runtime.NumCPU()/2)},
+	} {
+		t.Run(fmt.Sprintf("W=%d/threads=%d", tc.w, tc.threads), func(t *testing.T) {
+			bc := benchConfig{loss: "clip", b: 40, d: 4, mode: "local_gwg", algos: "fused,ring", dtype: "float32",
+				steps: 1, warmup: 0, tile: 0, threads: tc.threads, memLimit: 1 << 20, jsonOnly: true}
+			out, errs := runGroup(t, tc.w, bc)
+			for r, err := range errs {
+				if err != nil {
+					t.Fatalf("rank %d: %v", r, err)
+				}
+			}
+			for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+				var rec Record
+				if err := json.Unmarshal([]byte(line), &rec); err != nil {
+					t.Fatalf("%v: %s", err, line)
+				}
+				if rec.Threads != tc.want {
+					t.Errorf("%s: threads %d, want %d", rec.Algo, rec.Threads, tc.want)
+				}
+				if blas.Backend() == "openblas" && rec.BlasThreads != tc.want {
+					t.Errorf("%s: blas_threads %d, want %d", rec.Algo, rec.BlasThreads, tc.want)
+				}
+			}
+		})
+	}
+	bc := benchConfig{loss: "clip", b: 4, d: 4, mode: "local_gwg", algos: "fused", dtype: "float32", steps: 1, threads: -1, memLimit: 1 << 20}
+	_, errs := runGroup(t, 2, bc)
+	for r, err := range errs {
+		if err == nil || !strings.Contains(err.Error(), "-threads") {
+			t.Errorf("rank %d: error %v, want one about -threads", r, err)
+		}
 	}
 }
