@@ -198,7 +198,7 @@ func ResolveClip[T blas.Float](comm mpi.Comm, opt ClipOptions, b, d int) (ClipOp
 	if opt.Algorithm != Auto {
 		return opt, Choice{}, nil
 	}
-	in, err := agreeInputs[T](comm, b, d, opt.Rates, opt.MemoryBudget)
+	in, err := agreeInputs[T](comm, b, d, resolveThreads(opt.Threads), opt.Rates, opt.MemoryBudget)
 	if err != nil {
 		return opt, Choice{}, mpi.Fail(comm, err)
 	}
@@ -219,7 +219,7 @@ func ResolveSigLip[T blas.Float](comm mpi.Comm, opt SigLipOptions, b, d int) (Si
 	if opt.Impl != SigLipAuto {
 		return opt, Choice{}, nil
 	}
-	in, err := agreeInputs[T](comm, b, d, opt.Rates, opt.MemoryBudget)
+	in, err := agreeInputs[T](comm, b, d, resolveThreads(opt.Threads), opt.Rates, opt.MemoryBudget)
 	if err != nil {
 		return opt, Choice{}, mpi.Fail(comm, err)
 	}
@@ -286,9 +286,9 @@ func (r Rates) complete(w int) bool {
 	return true
 }
 
-// agreeInputs agrees on the budget and the rates (measuring them unless
-// every rank gives all of them).
-func agreeInputs[T blas.Float](comm mpi.Comm, b, d int, given Rates, budget int64) (autoInputs, error) {
+// agreeInputs agrees on the budget and the rates (measuring them, with the
+// kernels on threads threads, unless every rank gives all of them).
+func agreeInputs[T blas.Float](comm mpi.Comm, b, d, threads int, given Rates, budget int64) (autoInputs, error) {
 	w := comm.Size()
 	if budget < 0 {
 		panic("loss: negative MemoryBudget")
@@ -309,7 +309,7 @@ func agreeInputs[T blas.Float](comm mpi.Comm, b, d int, given Rates, budget int6
 	}
 	in := autoInputs{rates: given, budget: int64(-v[1])}
 	if v[0] != 0 {
-		m, err := measureRates[T](comm, b, d)
+		m, err := measureRates[T](comm, b, d, threads)
 		if err != nil {
 			return autoInputs{}, err
 		}
@@ -464,7 +464,7 @@ func (l *ClipLoss[T]) pick(st *clipStep) (clipImpl[T], error) {
 		return l.impl, nil
 	}
 	if a.in == nil {
-		in, err := agreeInputs[T](l.comm, st.b, st.d, l.opt.Rates, l.opt.MemoryBudget)
+		in, err := agreeInputs[T](l.comm, st.b, st.d, l.pool.threads, l.opt.Rates, l.opt.MemoryBudget)
 		if err != nil {
 			return nil, mpi.Fail(l.comm, err)
 		}
@@ -520,7 +520,7 @@ func (l *SigLipLoss[T]) pick(st *clipStep) error {
 		return nil
 	}
 	if a.in == nil {
-		in, err := agreeInputs[T](l.comm, st.b, st.d, l.opt.Rates, l.opt.MemoryBudget)
+		in, err := agreeInputs[T](l.comm, st.b, st.d, l.k.pool.threads, l.opt.Rates, l.opt.MemoryBudget)
 		if err != nil {
 			return mpi.Fail(l.comm, err)
 		}

@@ -15,27 +15,31 @@ import (
 // (b is capped at 2048 and the tiles at 1024 columns to bound the time it
 // takes: about 0.3 s at b = 1024, d = 512, plus the link). The GEMM rate is
 // that of the three GEMMs of a b×tile logit tile at this process's BLAS
-// threads; the kernels are the ones the losses call, on a b×tile tile; the
+// threads; the kernels are the ones the losses call, on a b×tile tile, on
+// threads threads (0: blas.Threads(), as the losses' Threads option); the
 // link is a ring shift of a b×d block, the message the algorithms send
 // (at least 16 Ki elements, at most 4 Mi), its latency that of a
 // one-element shift. Each item is the best of
 // several runs on each rank, and the ranks agree on the slowest rank's
 // value, so every rank returns the same Rates. With one rank LinkGbits and
-// LatencyUs are 0. It is collective; it panics if b or d is less than 1; a
-// failed collective goes to mpi.Fail.
-func MeasureRates[T blas.Float](comm mpi.Comm, b, d int) (Rates, error) {
+// LatencyUs are 0. It is collective; it panics if b or d is less than 1 or
+// threads is negative; a failed collective goes to mpi.Fail.
+func MeasureRates[T blas.Float](comm mpi.Comm, b, d, threads int) (Rates, error) {
 	if b < 1 || d < 1 {
 		panic("loss: MeasureRates needs b, d ≥ 1")
 	}
-	r, err := measureRates[T](comm, b, d)
+	r, err := measureRates[T](comm, b, d, resolveThreads(threads))
 	if err != nil {
 		return Rates{}, mpi.Fail(comm, err)
 	}
 	return r, nil
 }
 
-func measureRates[T blas.Float](comm mpi.Comm, b, d int) (Rates, error) {
+func measureRates[T blas.Float](comm mpi.Comm, b, d, threads int) (Rates, error) {
 	m := newMeter[T](comm, b, d)
+	p := newPool(threads)
+	defer p.close()
+	m.k.pool = p
 	if err := m.compute(); err != nil {
 		return Rates{}, err
 	}
@@ -51,11 +55,14 @@ func measureRates[T blas.Float](comm mpi.Comm, b, d int) (Rates, error) {
 
 // MeasureComputeRates is MeasureRates for this process alone, without the
 // link (LinkGbits and LatencyUs are 0): what bin/bench -model uses.
-func MeasureComputeRates[T blas.Float](b, d int) Rates {
+func MeasureComputeRates[T blas.Float](b, d, threads int) Rates {
 	if b < 1 || d < 1 {
 		panic("loss: MeasureComputeRates needs b, d ≥ 1")
 	}
 	m := newMeter[T](mpi.Self(), b, d)
+	p := newPool(resolveThreads(threads))
+	defer p.close()
+	m.k.pool = p
 	if err := m.compute(); err != nil {
 		panic("loss: internal error: " + err.Error()) // Self never fails
 	}
@@ -82,6 +89,7 @@ type meter[T blas.Float] struct {
 	b, t, d,
 	nb int // rows of the naive kernels' tile
 	msg   int // elements of the link message
+	k     kernels[T]
 	times []float64
 	flops float64
 }
@@ -143,7 +151,7 @@ func (m *meter[T]) compute() error {
 		x[i] = T(0.3 * math.Sin(0.37*float64(i)))
 	}
 	const scale, c = 1 / 0.07, 1e-6
-	var k kernels[T] // one thread: the rates are per thread
+	k := &m.k
 	rowM, rowS := make([]float64, b), make([]float64, b)
 	colM, colS := make([]float64, t), make([]float64, t)
 	colX, colB := make([]float64, t), make([]float64, t)
@@ -151,7 +159,7 @@ func (m *meter[T]) compute() error {
 	stats1 := func() error {
 		fill(rowM, math.Inf(-1))
 		fill(rowS, 0)
-		stats(&k, x, t, b, t, scale, 0, rowM, rowS, colM, colS)
+		stats(k, x, t, b, t, scale, 0, rowM, rowS, colM, colS)
 		return nil
 	}
 	if m.times[mStats], err = m.best(3, stats1); err != nil {
@@ -164,27 +172,27 @@ func (m *meter[T]) compute() error {
 		colS[j] = math.Log(colS[j])
 	}
 	if m.times[mGrad], err = m.best(3, func() error {
-		grad(&k, di, nil, x, t, b, t, 0, 0, scale, 0, c, c, rowM, rowS, colM, colS, colX, colB)
+		grad(k, di, nil, x, t, b, t, 0, 0, scale, 0, c, c, rowM, rowS, colM, colS, colX, colB)
 		return nil
 	}); err != nil {
 		return err
 	}
 	if m.times[mSigmoid], err = m.best(3, func() error {
-		sigTile(&k, di, x, t, b, t, 0, 10, -10, c, true)
+		sigTile(k, di, x, t, b, t, 0, 10, -10, c, true)
 		return nil
 	}); err != nil {
 		return err
 	}
 	nb := m.nb
 	if m.times[mNaiveStats], err = m.best(2, func() error {
-		rowStats(&k, x, t, nb, t, scale, 0, rowM, rowS)
+		rowStats(k, x, t, nb, t, scale, 0, rowM, rowS)
 		return nil
 	}); err != nil {
 		return err
 	}
 	if m.times[mNaiveGrad], err = m.best(2, func() error {
 		copy(di[:nb*t], x[:nb*t]) // rowGrad overwrites its input
-		rowGrad(&k, di, t, nb, t, 0, scale, 0, c, rowM, rowS)
+		rowGrad(k, di, t, nb, t, 0, scale, 0, c, rowM, rowS)
 		return nil
 	}); err != nil {
 		return err
@@ -197,7 +205,7 @@ func (m *meter[T]) compute() error {
 	}
 	tn := min(t, 512)
 	if m.times[mTranspose], err = m.best(3, func() error {
-		transpose(&k, di, x, tn, false)
+		transpose(k, di, x, tn, false)
 		return nil
 	}); err != nil {
 		return err

@@ -14,12 +14,13 @@ import (
 )
 
 // measureRates measures the cost model's rates for the run's element type
-// on every rank (loss.MeasureRates), with the run's shapes.
-func measureRates(comm mpi.Comm, dtype string, b, d int) (loss.Rates, error) {
+// on every rank (loss.MeasureRates), with the run's shapes and kernel
+// threads (0: blas.Threads()).
+func measureRates(comm mpi.Comm, dtype string, b, d, threads int) (loss.Rates, error) {
 	if dtype == "float64" {
-		return loss.MeasureRates[float64](comm, b, d)
+		return loss.MeasureRates[float64](comm, b, d, threads)
 	}
-	return loss.MeasureRates[float32](comm, b, d)
+	return loss.MeasureRates[float32](comm, b, d, threads)
 }
 
 // ModelRecord is one line of bin/bench -model: the cost model's prediction
@@ -134,9 +135,9 @@ func modelMain(args []string, out io.Writer) error {
 		saved := blas.Threads()
 		blas.SetThreads(1)
 		if mc.dtype == "float64" {
-			r = loss.MeasureComputeRates[float64](mc.b, mc.d)
+			r = loss.MeasureComputeRates[float64](mc.b, mc.d, 1)
 		} else {
-			r = loss.MeasureComputeRates[float32](mc.b, mc.d)
+			r = loss.MeasureComputeRates[float32](mc.b, mc.d, 1)
 		}
 		blas.SetThreads(saved)
 		g, m := kernels(&given), kernels(&r)
