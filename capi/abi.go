@@ -494,8 +494,9 @@ func clipmpi_reject_step(p *C.clipmpi_comm, reason C.int32_t, detail *C.cm_cchar
 	return finish(errorf(codeInternal, "clipmpi_reject_step: the agreement passed"))
 }
 
-// newLoss registers a loss made by mk for dtype on comm p.
-func newLoss(out **C.clipmpi_loss, p *C.clipmpi_comm, dtype C.int32_t, dim C.int64_t, threads C.int32_t,
+// newLoss registers a loss made by mk for dtype on comm p; blasThreads > 0
+// sets the process's BLAS threads.
+func newLoss(out **C.clipmpi_loss, p *C.clipmpi_comm, dtype C.int32_t, dim C.int64_t, blasThreads C.int32_t,
 	mk func(c mpi.Comm, l *lossObj)) C.int {
 	lib.mu.Lock()
 	defer lib.mu.Unlock()
@@ -512,14 +513,14 @@ func newLoss(out **C.clipmpi_loss, p *C.clipmpi_comm, dtype C.int32_t, dim C.int
 	if dim < 1 || int64(dim) > math.MaxInt32 {
 		return finish(errorf(codeUsage, "clipmpi: dimension %d: want 1 to 2^31-1", int64(dim)))
 	}
-	if threads < 0 {
-		return finish(errorf(codeUsage, "clipmpi: threads %d must not be negative", int(threads)))
+	if blasThreads < 0 {
+		return finish(errorf(codeUsage, "clipmpi: blas_threads %d must not be negative", int(blasThreads)))
+	}
+	if blasThreads > 0 {
+		blas.SetThreads(int(blasThreads))
 	}
 	l := &lossObj{comm: c, dtype: int(dtype), dim: int(dim)}
 	mk(c.c, l)
-	if threads > 0 {
-		blas.SetThreads(int(threads))
-	}
 	h := newHandle()
 	lib.losses[h] = l
 	*out = C.cm_loss_ptr(C.uintptr_t(h))
@@ -534,7 +535,7 @@ func clipmpi_clip_new(out **C.clipmpi_loss, p *C.clipmpi_comm, dtype C.int32_t, 
 		return finish(errorf(codeUsage, "clipmpi_clip_new: opt->struct_size %d is too small; use clipmpi_clip_options_init", int64(opt.struct_size)))
 	}
 	co := loss.ClipOptions{LocalLoss: o.local_loss != 0, GatherWithGrad: o.gather_with_grad != 0, Tile: int(o.tile),
-		MemoryBudget: int64(o.memory_budget)}
+		MemoryBudget: int64(o.memory_budget), Threads: int(o.threads)}
 	if err := parseRates(o.rates_json, &co.Rates); err != nil {
 		return finish(err)
 	}
@@ -545,7 +546,7 @@ func clipmpi_clip_new(out **C.clipmpi_loss, p *C.clipmpi_comm, dtype C.int32_t, 
 		}
 		co.Algorithm = a
 	}
-	return newLoss(out, p, dtype, dim, o.threads, func(c mpi.Comm, l *lossObj) {
+	return newLoss(out, p, dtype, dim, o.blas_threads, func(c mpi.Comm, l *lossObj) {
 		if l.dtype == dtypeF32 {
 			l.f32 = loss.NewClipLoss[float32](c, l.dim, co)
 		} else {
@@ -561,7 +562,7 @@ func clipmpi_siglip_new(out **C.clipmpi_loss, p *C.clipmpi_comm, dtype C.int32_t
 	if C.cm_read_siglip_options(opt, &o) != 0 {
 		return finish(errorf(codeUsage, "clipmpi_siglip_new: opt->struct_size %d is too small; use clipmpi_siglip_options_init", int64(opt.struct_size)))
 	}
-	so := loss.SigLipOptions{Tile: int(o.tile), MemoryBudget: int64(o.memory_budget)}
+	so := loss.SigLipOptions{Tile: int(o.tile), MemoryBudget: int64(o.memory_budget), Threads: int(o.threads)}
 	if err := parseRates(o.rates_json, &so.Rates); err != nil {
 		return finish(err)
 	}
@@ -572,7 +573,7 @@ func clipmpi_siglip_new(out **C.clipmpi_loss, p *C.clipmpi_comm, dtype C.int32_t
 		}
 		so.Impl = m
 	}
-	return newLoss(out, p, dtype, dim, o.threads, func(c mpi.Comm, l *lossObj) {
+	return newLoss(out, p, dtype, dim, o.blas_threads, func(c mpi.Comm, l *lossObj) {
 		if l.dtype == dtypeF32 {
 			l.f32 = loss.NewSigLipLoss[float32](c, l.dim, so)
 		} else {

@@ -199,14 +199,20 @@ typedef struct clipmpi_clip_options {
                                  cost model, chosen at the first call for
                                  its batch size (loss.Auto) */
     int64_t tile;             /* column tile of tiled and ring; 0: default */
-    int32_t threads;          /* BLAS threads; 0: leave as they are
-                                 (OPENBLAS_NUM_THREADS). Process-wide. */
+    int32_t threads;          /* threads of this loss's elementwise kernels
+                                 (softmax statistics, gradient tiles ...;
+                                 loss.Threads); 0: the BLAS threads when
+                                 the loss is made. Results are the same bit
+                                 for bit for every value. */
     int64_t memory_budget;    /* auto: bytes per rank; 0: the node's
                                  available memory / its ranks */
     const char *rates_json;   /* auto: the cost model's machine rates as
                                  JSON (loss.Rates' fields, as bin/bench
                                  -kernel-rates prints them); NULL: measured
                                  at the first call */
+    int32_t blas_threads;     /* if > 0, set the threads of every GEMM of
+                                 the process (OpenBLAS is process-wide);
+                                 0: leave them (OPENBLAS_NUM_THREADS) */
 } clipmpi_clip_options;
 
 /* Options of a SigLipLoss (OpenCLIP's SigLipLoss). */
@@ -219,6 +225,7 @@ typedef struct clipmpi_siglip_options {
     int32_t threads;       /* as in clipmpi_clip_options */
     int64_t memory_budget; /* as in clipmpi_clip_options */
     const char *rates_json;
+    int32_t blas_threads;
 } clipmpi_siglip_options;
 
 /* Fill *opt with the defaults (OpenCLIP's defaults) and struct_size. */
@@ -230,7 +237,8 @@ void clipmpi_siglip_options_init(clipmpi_siglip_options *opt);
  * CLIPMPI_FLOAT64) and dimension dim. opt NULL means the defaults. Not
  * collective (it communicates nothing), except for the library's
  * initialisation when comm is NULL. CLIPMPI_ERR_USAGE for an unknown
- * algorithm or dist_impl, dim < 1, tile < 0 or another dtype. */
+ * algorithm or dist_impl, dim < 1, tile, threads, blas_threads or
+ * memory_budget < 0, bad rates_json, or another dtype. */
 int clipmpi_clip_new(clipmpi_loss **out, clipmpi_comm *comm, int32_t dtype, int64_t dim,
                      const clipmpi_clip_options *opt);
 int clipmpi_siglip_new(clipmpi_loss **out, clipmpi_comm *comm, int32_t dtype, int64_t dim,

@@ -389,6 +389,27 @@ static void error_paths(void) {
     tight.rates_json = "{\"no_such_rate\": 1}";
     check(clipmpi_clip_new(&l5, NULL, CLIPMPI_FLOAT64, D, &tight) == CLIPMPI_ERR_USAGE, "unknown rate: %s", clipmpi_last_error());
 
+    /* The kernels' threads change no bit of the result. */
+    double gi1[B * D], gt1[B * D];
+    clipmpi_result r1, r3;
+    clipmpi_clip_options th = o;
+    th.threads = 1;
+    if (clipmpi_clip_new(&l5, NULL, CLIPMPI_FLOAT64, D, &th) != CLIPMPI_OK) fail("threads 1: %s", clipmpi_last_error());
+    rc = clipmpi_forward_backward_f64(l5, B, img, txt, gi1, gt1, 10, 0, 0, &r1);
+    clipmpi_loss_free(l5);
+    th.threads = 3;
+    if (clipmpi_clip_new(&l5, NULL, CLIPMPI_FLOAT64, D, &th) != CLIPMPI_OK) fail("threads 3: %s", clipmpi_last_error());
+    int rc3 = clipmpi_forward_backward_f64(l5, B, img, txt, gi, gt, 10, 0, 0, &r3);
+    clipmpi_loss_free(l5);
+    check(rc == CLIPMPI_OK && rc3 == CLIPMPI_OK && r1.loss == r3.loss && r1.grad_logit_scale == r3.grad_logit_scale &&
+              memcmp(gi1, gi, sizeof gi) == 0 && memcmp(gt1, gt, sizeof gt) == 0,
+          "threads 1 and 3 differ (codes %d, %d)", rc, rc3);
+    th.threads = -1;
+    check(clipmpi_clip_new(&l5, NULL, CLIPMPI_FLOAT64, D, &th) == CLIPMPI_ERR_USAGE, "negative threads");
+    th.threads = 0;
+    th.blas_threads = -2;
+    check(clipmpi_clip_new(&l5, NULL, CLIPMPI_FLOAT64, D, &th) == CLIPMPI_ERR_USAGE, "negative blas_threads");
+
     /* An options struct of an older, shorter layout: only local_loss. */
     struct {
         int64_t struct_size;

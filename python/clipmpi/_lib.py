@@ -121,6 +121,7 @@ class ClipOptions(ctypes.Structure):
         ("threads", ctypes.c_int32),
         ("memory_budget", ctypes.c_int64),
         ("rates_json", ctypes.c_char_p),
+        ("blas_threads", ctypes.c_int32),
     ]
 
 
@@ -132,6 +133,7 @@ class SigLipOptions(ctypes.Structure):
         ("threads", ctypes.c_int32),
         ("memory_budget", ctypes.c_int64),
         ("rates_json", ctypes.c_char_p),
+        ("blas_threads", ctypes.c_int32),
     ]
 
 

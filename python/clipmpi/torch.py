@@ -201,8 +201,10 @@ class ClipLoss(_Base):
     algorithm: "fused" (default), "naive" (OpenCLIP's computation), "tiled",
     "ring", or "auto" (the fastest whose memory fits memory_budget, by the
     library's cost model, chosen at the first call); tile: the column tile
-    of tiled and ring (0: default); threads: BLAS threads (0: leave them,
-    process-wide otherwise); memory_budget: bytes per rank for auto (0: the
+    of tiled and ring (0: default); threads: threads of the loss's
+    elementwise kernels (0: the BLAS threads; results are bit-identical for
+    every value); blas_threads: if > 0, the GEMM threads of the whole
+    process (OpenBLAS's are process-wide); memory_budget: bytes per rank for auto (0: the
     node's available memory / its ranks); rates: auto's machine rates, a
     dict of loss.Rates' JSON fields (None: measured at the first call).
     comm: None (MPI_COMM_WORLD), an mpi4py communicator, a Fortran handle,
@@ -210,8 +212,8 @@ class ClipLoss(_Base):
     """
 
     def __init__(self, local_loss=False, gather_with_grad=False, cache_labels=False, rank=None, world_size=None,
-                 use_horovod=False, *, algorithm="fused", tile=0, threads=0, memory_budget=0, rates=None,
-                 comm=None):
+                 use_horovod=False, *, algorithm="fused", tile=0, threads=0, blas_threads=0, memory_budget=0,
+                 rates=None, comm=None):
         super().__init__()
         if use_horovod:
             raise ValueError("clipmpi.torch.ClipLoss: use_horovod is not supported; clipmpi communicates over MPI")
@@ -225,7 +227,7 @@ class ClipLoss(_Base):
         _lib.lib.clipmpi_clip_options_init(ctypes.byref(o))
         o.local_loss, o.gather_with_grad = int(bool(local_loss)), int(bool(gather_with_grad))
         self._keep = (algorithm.encode(), _rates(rates))  # kept alive for the options' pointers
-        o.algorithm, o.tile, o.threads = self._keep[0], tile, threads
+        o.algorithm, o.tile, o.threads, o.blas_threads = self._keep[0], tile, threads, blas_threads
         o.memory_budget, o.rates_json = memory_budget, self._keep[1]
         self._bridge = _Bridge("clip", self.comm, o)
         self._bridge.loss(_lib.FLOAT64, 1)  # checks the options now (UsageError)
@@ -244,12 +246,12 @@ class SigLipLoss(_Base):
 
     dist_impl: "bidir" (default, also None), "shift", "reduce", "gather" or
     "auto"; chunk_size (or tile): the logit tile (0: default). rank,
-    world_size, cache_labels, threads, memory_budget, rates and comm as for
-    ClipLoss.
+    world_size, cache_labels, threads, blas_threads, memory_budget, rates
+    and comm as for ClipLoss.
     """
 
     def __init__(self, cache_labels=False, rank=None, world_size=None, dist_impl=None, *, chunk_size=0, tile=None,
-                 threads=0, memory_budget=0, rates=None, comm=None):
+                 threads=0, blas_threads=0, memory_budget=0, rates=None, comm=None):
         super().__init__()
         self._own_comm = comm is not None and not isinstance(comm, Communicator)
         self.comm = _communicator(comm)
@@ -261,7 +263,7 @@ class SigLipLoss(_Base):
         o = _lib.SigLipOptions()
         _lib.lib.clipmpi_siglip_options_init(ctypes.byref(o))
         self._keep = (self.dist_impl.encode(), _rates(rates))
-        o.dist_impl, o.tile, o.threads = self._keep[0], self.tile or 0, threads
+        o.dist_impl, o.tile, o.threads, o.blas_threads = self._keep[0], self.tile or 0, threads, blas_threads
         o.memory_budget, o.rates_json = memory_budget, self._keep[1]
         self._bridge = _Bridge("siglip", self.comm, o)
         self._bridge.loss(_lib.FLOAT64, 1)

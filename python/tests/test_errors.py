@@ -203,3 +203,18 @@ def test_backward_without_gradients(clip):
         v = clip(*feats(), scale())
     with pytest.raises(RuntimeError):
         v.backward()
+
+
+def test_threads_change_no_bit():
+    """The loss's kernel threads (loss.Threads) give the same bits."""
+    out = []
+    for threads in (1, 3):
+        f = ct.ClipLoss(local_loss=True, gather_with_grad=True, threads=threads)
+        img, txt = feats()
+        loss = f(img, txt, scale())
+        loss.backward()
+        out.append((loss.item(), img.grad.clone(), txt.grad.clone()))
+        f.close()
+    assert out[0][0] == out[1][0] and torch.equal(out[0][1], out[1][1]) and torch.equal(out[0][2], out[1][2])
+    with pytest.raises(clipmpi.UsageError):
+        ct.ClipLoss(threads=-1)
