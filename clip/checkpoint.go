@@ -263,6 +263,9 @@ func parseCheckpoint(b []byte) (ckptHeader, []float64, error) {
 	if v < 3 {
 		h.GlobalBatch, h.Order = h.World*h.BatchSize*h.AccumFreq, ckptOrder
 	}
+	if err := h.check(); err != nil {
+		return h, nil, bad("corrupt header: %v", err)
+	}
 	vals := make([]float64, m)
 	for i := range vals {
 		vals[i] = math.Float64frombits(le.Uint64(b[16+n+8+8*uint64(i):]))
@@ -271,6 +274,38 @@ func parseCheckpoint(b []byte) (ckptHeader, []float64, error) {
 		return h, nil, bad("holds NaN or Inf values")
 	}
 	return h, vals, nil
+}
+
+// check returns what no writer puts in a header (so the file is corrupt,
+// or was not written by clipmpi), or nil: sizes that are not positive, a
+// global batch other than world × batch size × accum freq, progress
+// outside the schedule, an unknown element type, a model configuration
+// that NewModel refuses or whose widths exceed 2^24 (FuzzCheckpoint found
+// headers with a global batch of 0 and a step of -1 accepted).
+func (h *ckptHeader) check() error {
+	for _, f := range []struct {
+		name string
+		v    int
+	}{{"world", h.World}, {"batch_size", h.BatchSize}, {"accum_freq", h.AccumFreq},
+		{"global_batch", h.GlobalBatch}, {"epochs", h.Epochs}, {"train_rows", h.TrainRows}} {
+		if f.v < 1 {
+			return fmt.Errorf("%s is %d", f.name, f.v)
+		}
+	}
+	if g := h.GlobalBatch; g%h.World != 0 || g/h.World%h.AccumFreq != 0 || g/h.World/h.AccumFreq != h.BatchSize {
+		return fmt.Errorf("global batch %d is not world %d × batch size %d × accum freq %d", g, h.World, h.BatchSize, h.AccumFreq)
+	}
+	if pr := h.Progress; h.TotalSteps < 0 || pr.Step < 0 || pr.Step > h.TotalSteps || pr.AdamSteps != pr.Step {
+		return fmt.Errorf("progress: step %d of %d, %d optimizer steps", pr.Step, h.TotalSteps, pr.AdamSteps)
+	}
+	if h.DType != "float32" && h.DType != "float64" {
+		return fmt.Errorf("element type %q", h.DType)
+	}
+	mc := h.Model
+	if mc.numParams() < 0 || mc.ImageDim > 1<<24 || mc.TextDim > 1<<24 || mc.EmbedDim > 1<<24 || mc.Hidden > 1<<24 {
+		return fmt.Errorf("model configuration %+v", mc)
+	}
+	return nil
 }
 
 // read checks the checkpoint at path against this trainer and writes
@@ -297,9 +332,24 @@ func (t *Trainer[T]) read(path string, state []float64) error {
 	if pr.Step < 0 || pr.Step > t.total || pr.AdamSteps != pr.Step {
 		return bad("inconsistent progress: step %d of %d, %d optimizer steps", pr.Step, t.total, pr.AdamSteps)
 	}
+	if i := beyondRange[T](vals); i >= 0 {
+		return bad("value %d, %g, is beyond the range of %s", i, vals[i], dtypeName[T]())
+	}
 	state[0], state[1] = float64(pr.Step), float64(pr.AdamSteps)
 	copy(state[2:], vals)
 	return nil
+}
+
+// beyondRange returns the index of the first value that becomes ±Inf in
+// T, or -1 (FuzzCheckpoint found finite float64 values of 1e300 loaded as
+// +Inf into a float32 model).
+func beyondRange[T blas.Float](vals []float64) int {
+	for i, v := range vals {
+		if math.IsInf(float64(T(v)), 0) {
+			return i
+		}
+	}
+	return -1
 }
 
 // CheckpointInfo is what a checkpoint says about the run that wrote it.
@@ -367,6 +417,10 @@ func LoadModel[T blas.Float](comm mpi.Comm, path string) (*Model[T], CheckpointI
 	info, params, err := readCheckpoint(comm, path, true)
 	if err != nil {
 		return nil, info, err
+	}
+	// Every rank holds the same values and decides alike.
+	if i := beyondRange[T](params); i >= 0 {
+		return nil, info, fmt.Errorf("%w: %s: parameter %d, %g, is beyond the range of %s", ErrCheckpoint, path, i, params[i], dtypeName[T]())
 	}
 	m := NewModel[T](info.Model, 0)
 	for i, v := range params {
@@ -446,8 +500,15 @@ func checkModelValues(path string, mc ModelConfig, vals []float64) (err error) {
 	if mc.ImageDim > 1<<24 || mc.TextDim > 1<<24 || mc.EmbedDim > 1<<24 || mc.Hidden > 1<<24 {
 		return fmt.Errorf("%w: %s: model configuration %+v has widths beyond 2^24", ErrCheckpoint, path, mc)
 	}
-	n := len(NewModel[float64](mc, 0).params)
+	// The values must fit the model before it is made: a header may
+	// promise widths whose model would not fit in memory (found by
+	// FuzzCheckpoint: image and embedding widths of 2^20 made NewModel ask
+	// for 8 TiB).
+	n := mc.numParams()
 	if len(vals) != 3*n {
+		return fmt.Errorf("%w: %s: holds %d values, its model (%d parameters) needs %d", ErrCheckpoint, path, len(vals), n, 3*n)
+	}
+	if n = len(NewModel[float64](mc, 0).params); len(vals) != 3*n {
 		return fmt.Errorf("%w: %s: holds %d values, its model (%d parameters) needs %d", ErrCheckpoint, path, len(vals), n, 3*n)
 	}
 	return nil

@@ -138,6 +138,27 @@ type Model[T blas.Float] struct {
 	bias   int // index of the logit bias, -1 without one
 }
 
+// numParams returns the number of parameters of NewModel(c)'s layout
+// without making the model, or -1 if c is not a valid configuration (NewModel
+// would panic). Widths up to 2^24 cannot overflow it.
+func (c ModelConfig) numParams() int {
+	if c.ImageDim < 1 || c.TextDim < 1 || c.EmbedDim < 1 || (c.Head != Linear && c.Head != MLP) || (c.Head == MLP && c.Hidden < 1) {
+		return -1
+	}
+	n := 1 // the logit scale
+	if c.LogitBias {
+		n++
+	}
+	for _, in := range []int{c.ImageDim, c.TextDim} {
+		if c.Head == Linear {
+			n += in*c.EmbedDim + c.EmbedDim
+		} else {
+			n += in*c.Hidden + c.Hidden + c.Hidden*c.EmbedDim + c.EmbedDim
+		}
+	}
+	return n
+}
+
 // NewModel returns a model with PyTorch's nn.Linear initialisation (weights
 // and biases uniform in ±1/sqrt(fan_in)) drawn from seed, the logit scale
 // and bias at their configured initial values, and zero gradients. The same
