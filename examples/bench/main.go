@@ -222,7 +222,7 @@ func run(comm mpi.Comm, out io.Writer, bc benchConfig) error {
 		fmt.Fprintf(out, "# clipmpi bench: loss=%s W=%d, b=%d, d=%d, mode=%s, %s, %d steps after %d warm-up; blas=%s threads=%d, kernels=%s threads=%d, mpi=%v\n",
 			lossKind, comm.Size(), b, d, mode, dtype, steps, warmup, blas.Backend(), blas.Threads(), loss.KernelISA(), threads, mpi.Enabled)
 	}
-	rates, err := measureRates(comm, dtype, b, d, 0)
+	rates, err := measureRates(comm, dtype, b, d, threads)
 	if err != nil {
 		return err
 	}
