@@ -296,6 +296,11 @@ func newLoss[T blas.Float](comm mpi.Comm, dim int, o *options) (clip.Loss[T], st
 	return loss.NewClipLoss[T](comm, dim, opt), desc, nil
 }
 
+// maxSynthMemory bounds the bytes of a synthetic training set that every
+// rank generates once and keeps (a larger one is generated row by row as
+// the steps read it).
+const maxSynthMemory = 256 << 20
+
 // data opens the training and held-out sets and loads this rank's block of
 // the held-out rows; the trainer reads the training rows it needs itself.
 func data(comm mpi.Comm, o *options) (train clip.Source, val *clip.Pairs, desc string, err error) {
@@ -340,6 +345,17 @@ func data(comm mpi.Comm, o *options) (train clip.Source, val *clip.Pairs, desc s
 		}
 	}
 	train = clip.Range(tsrc, tlo, thi)
+	reads := "each rank reads its rows of each global batch"
+	if syn, ok := tsrc.(*clip.Synthetic); ok && int64(thi-tlo)*int64(syn.ImageDim()+syn.TextDim())*4 <= maxSynthMemory {
+		// Generating a synthetic row costs microseconds, more than a step
+		// spends on it: every rank generates the set once and keeps it.
+		img, txt := make([]float32, (thi-tlo)*syn.ImageDim()), make([]float32, (thi-tlo)*syn.TextDim())
+		if err := syn.Read(img, txt, tlo, thi); err != nil {
+			return nil, nil, "", err
+		}
+		train = clip.NewMemory(img, txt, syn.ImageDim(), syn.TextDim())
+		reads = "generated once, in memory on every rank"
+	}
 	if val, err = clip.LoadShard(comm, vsrc, vlo, vhi); err != nil {
 		return nil, nil, "", err
 	}
@@ -349,8 +365,8 @@ func data(comm mpi.Comm, o *options) (train clip.Source, val *clip.Pairs, desc s
 		}
 		return fmt.Sprintf("%s rows %d..%d", src, lo, hi-1)
 	}
-	desc = fmt.Sprintf("data: train %s: %d pairs (each rank reads its rows of each global batch)\ndata: held out %s: %d pairs, %d on rank 0",
-		at(tsrc, tlo, thi), train.Rows(), at(vsrc, vlo, vhi), val.Total, val.Rows)
+	desc = fmt.Sprintf("data: train %s: %d pairs (%s)\ndata: held out %s: %d pairs, %d on rank 0",
+		at(tsrc, tlo, thi), train.Rows(), reads, at(vsrc, vlo, vhi), val.Total, val.Rows)
 	return train, val, desc, nil
 }
 
