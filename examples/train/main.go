@@ -4,6 +4,9 @@
 //	mpirun -np 2 ./train                               # built-in synthetic set
 //	mpirun -np 4 ./train --train-data DIR --val-data DIR --batch-size 1024 --epochs 10
 //	./train gen-data --out data                        # the synthetic set as .npy files
+//	./train export --resume CKPT --out heads.safetensors   # the heads for PyTorch
+//	mpirun -np 4 ./train embed --resume CKPT --image-data X.npy --text-data Y.npy --out DIR
+//	mpirun -np 4 ./train eval --resume CKPT --val-data DIR --summary eval.json
 //
 // Flags are named like OpenCLIP's (--local-loss, --gather-with-grad,
 // --siglip, --batch-size per rank, --accum-freq, --lr, --wd, --epochs,
@@ -11,9 +14,12 @@
 // its step equals the full-batch step, where OpenCLIP's gives the logit
 // scale and bias accum-freq times their full-batch gradient. Rank 0 prints the backends, then a
 // line every --log-every steps (or a progress bar on a terminal) and the
-// held-out recall after every --val-frequency epochs; it writes
-// LOGS/metrics.csv, LOGS/curves.png, checkpoints under LOGS/checkpoints and,
-// with --summary, a JSON summary. On any error every rank exits non-zero
+// held-out metrics (OpenCLIP's recall, mean and median rank, validation
+// loss) after every --val-frequency epochs; it appends a row per step and
+// per evaluation to LOGS/metrics.csv as it goes, writes checkpoints under
+// LOGS/checkpoints, LOGS/curves.png and, with --summary, a JSON summary. A
+// checkpoint resumes (--resume) on any number of ranks that divides its
+// global batch, continuing metrics.csv. On any error every rank exits non-zero
 // and the cause is printed once, naming the rank that met it: an error the
 // ranks decided together ("train: rank R: CAUSE") by that rank, a failure
 // that only some ranks met ("mpi: rank R of W: CAUSE", see mpi.Fail) by
