@@ -17,7 +17,7 @@ STATICCHECK_VERSION := v0.8.2
 # The OpenCLIP golden cases: the repository's own copy of shared/golden.
 export CLIPMPI_GOLDEN ?= $(CURDIR)/test/testdata/golden
 
-.PHONY: all deps build run test unit test-mpi test-golden race vet lint fmt-check fmt bench bench-loss clean
+.PHONY: all deps build run test fuzz unit test-mpi test-golden race vet lint fmt-check fmt bench bench-loss clean
 
 all: build
 
@@ -133,6 +133,16 @@ test-train: $(BIN)/golden.test $(BIN)/train $(BIN)/clustertool
 .PHONY: test-faults
 test-faults: $(BIN)/train $(BIN)/faultprog $(BIN)/clustertool
 	@scripts/faults.sh $(BIN)
+
+# Native Go fuzz targets, each for FUZZTIME (scripts/fuzz.sh prints the
+# executions and what each found): the Slurm hostlist and tasks-per-node
+# parsers, the checkpoint readers, the .npy reader, and the losses against
+# float64 references on random shapes, scales, biases and inputs. Their
+# seed corpora (testdata/fuzz) run in every go test, so in make test.
+FUZZTIME ?= 30s
+.PHONY: fuzz
+fuzz: deps
+	@GO=$(GO) scripts/fuzz.sh $(FUZZTIME)
 
 vet: deps
 	$(GO) vet ./...
