@@ -37,11 +37,20 @@ RUN=(--progress lines)
 "$MPIRUN" "$NP" "$BIN/train" "${RUN[@]}" --logs "$d/run" --summary "$d/run.json" >"$d/run.log" 2>&1 || { show "$d/run.log"; fail "make run's job"; }
 "$BIN/clustertool" summary -file "$d/run.json" -world "$NP" -min-recall 0.9 || { show "$d/run.log"; fail "make run's recall"; }
 
+# descendants PID: every live descendant of PID.
+descendants() {
+	local c
+	for c in $(pgrep -P "$1"); do
+		echo "$c"
+		descendants "$c"
+	done
+}
+
 # killed W K: run make run's job on W ranks (its global batch of NP × 1024
 # rows: batch size NP·1024/W) with logs in K, and SIGKILL its ranks once the
 # epoch-3 checkpoint (step 48) is written and metrics.csv has gone past it.
 killed() {
-	local w=$1 k=$2 top mp ranks i
+	local w=$1 k=$2 top ranks i
 	"$MPIRUN" "$w" "$BIN/train" "${RUN[@]}" --batch-size $((NP * 1024 / w)) --logs "$k" >"$k.log" 2>&1 &
 	top=$!
 	for ((i = 0; i < 3000; i++)); do
@@ -51,8 +60,9 @@ killed() {
 		kill -0 "$top" 2>/dev/null || break
 		sleep 0.05
 	done
-	mp=$(pgrep -P "$top")
-	ranks=$(for p in $mp; do pgrep -P "$p"; done)
+	# The ranks: the train processes among the launcher's descendants
+	# (timeout, mpirun, the ranks; without CLIPMPI_TIMEOUT no timeout).
+	ranks=$(for p in $(descendants "$top"); do [ "$(ps -o comm= -p "$p")" = train ] && echo "$p"; done)
 	[ -n "$ranks" ] || { wait "$top"; show "$k.log"; fail "the run on $w ranks ended before it could be killed"; }
 	# shellcheck disable=SC2086
 	kill -KILL $ranks
