@@ -52,6 +52,8 @@ const (
 	rejectArgument = 4
 )
 
+var dtypeNames = map[int]string{dtypeF32: "float32", dtypeF64: "float64"}
+
 var rejectNames = map[int]string{rejectDtype: "element type", rejectDevice: "device",
 	rejectShape: "shape", rejectArgument: "argument"}
 
@@ -625,12 +627,11 @@ type stepArgs struct {
 func run[T blas.Float](l *lossObj, fn lossAPI[T], dtype int, a stepArgs) (loss.Result, *apiError) {
 	var zero T
 	size := int64(unsafe.Sizeof(zero))
-	names := map[int]string{dtypeF32: "float32", dtypeF64: "float64"}
 	reason, detail := 0, ""
 	n := a.rows * int64(l.dim)
 	switch {
 	case l.dtype != dtype:
-		reason, detail = rejectDtype, fmt.Sprintf("the loss was made for %s and called with %s buffers", names[l.dtype], names[dtype])
+		reason, detail = rejectDtype, fmt.Sprintf("the loss was made for %s and called with %s buffers", dtypeNames[l.dtype], dtypeNames[dtype])
 	case a.rows < 0:
 		reason, detail = rejectArgument, fmt.Sprintf("rows = %d is negative", a.rows)
 	case a.rows > math.MaxInt64/int64(l.dim)/size:
