@@ -278,7 +278,7 @@ func emit(comm mpi.Comm, out io.Writer, rec *Record) error {
 		}
 	}
 	if err := comm.AllreduceF64(mpi.Max, flag, flag); err != nil {
-		return err
+		return mpi.Fail(comm, err)
 	}
 	if encErr != nil {
 		return encErr
@@ -358,7 +358,7 @@ func measure[T blas.Float](comm mpi.Comm, cfg config, b, d, steps, warmup int, m
 	var mallocs uint64
 	for s := range steps {
 		if err := comm.Barrier(); err != nil {
-			return rec, err
+			return rec, mpi.Fail(comm, err)
 		}
 		// Allocations are counted around the step alone (runtime.MemStats
 		// counts every allocation of the process, the runtime's own too).
@@ -377,7 +377,7 @@ func measure[T blas.Float](comm mpi.Comm, cfg config, b, d, steps, warmup int, m
 	rec.PeakRSSMiB = peakRSSMiB()
 	// Every rank reports the slowest rank's step: a step ends when all do.
 	if err := comm.AllreduceF64(mpi.Max, times, times); err != nil {
-		return rec, err
+		return rec, mpi.Fail(comm, err)
 	}
 	sort.Float64s(times)
 	rec.StepMsMedian, rec.StepMsMin, rec.StepMsMax = times[len(times)/2], times[0], times[len(times)-1]
@@ -458,14 +458,14 @@ func gemmFloor[T blas.Float](comm mpi.Comm, plan loss.Plan) (float64, error) {
 		var ts []float64
 		for range 3 {
 			if err := comm.Barrier(); err != nil {
-				return 0, err
+				return 0, mpi.Fail(comm, err)
 			}
 			t0 := time.Now()
 			blas.Gemm(ta, tb, g.M, g.N, g.K, 1, a, lda, bb, ldb, 0, c, g.N)
 			ts = append(ts, float64(time.Since(t0).Nanoseconds())/1e6)
 		}
 		if err := comm.AllreduceF64(mpi.Max, ts, ts); err != nil {
-			return 0, err
+			return 0, mpi.Fail(comm, err)
 		}
 		sort.Float64s(ts)
 		total += ts[0] * float64(g.Count)
@@ -490,17 +490,17 @@ func bandwidth[T blas.Float](comm mpi.Comm, n int) (float64, error) {
 	const tries = 10
 	for range tries {
 		if err := comm.Barrier(); err != nil {
-			return 0, err
+			return 0, mpi.Fail(comm, err)
 		}
 		t0 := time.Now()
 		if err := mpi.Allgather(cc, dst, src); err != nil {
-			return 0, err
+			return 0, mpi.Fail(cc, err)
 		}
 		best = min(best, time.Since(t0).Seconds())
 	}
 	v := []float64{best}
 	if err := comm.AllreduceF64(mpi.Max, v, v); err != nil {
-		return 0, err
+		return 0, mpi.Fail(comm, err)
 	}
 	return float64(cc.bytes) / tries / v[0] / 1e9, nil
 }

@@ -41,8 +41,8 @@ func main() {
 	// Every rank agrees on the exit status, so mpirun sees the failure.
 	v := []float64{float64(code)}
 	if err := comm.AllreduceF64(mpi.Max, v, v); err != nil {
-		fmt.Fprintln(os.Stderr, "check:", err)
-		comm.Abort(1)
+		mpi.Fail(comm, fmt.Errorf("check: agreeing on the exit status: %w", err))
+		os.Exit(1)
 	}
 	if err := mpi.Finalize(); err != nil {
 		fmt.Fprintln(os.Stderr, "check:", err)
@@ -93,11 +93,11 @@ func run(comm mpi.Comm, b, d int, algoName, dtype string, steps int, scale float
 		dev := got.deviation(ref[r])
 		v := []float64{dev, got.loss}
 		if err := comm.AllreduceF64(mpi.Max, v[:1], v[:1]); err != nil {
-			fmt.Fprintln(os.Stderr, "check:", err)
+			mpi.Fail(comm, fmt.Errorf("check: %w", err))
 			return 1
 		}
 		if err := comm.AllreduceF64(mpi.Sum, v[1:], v[1:]); err != nil {
-			fmt.Fprintln(os.Stderr, "check:", err)
+			mpi.Fail(comm, fmt.Errorf("check: %w", err))
 			return 1
 		}
 		status := "ok"
