@@ -3,10 +3,11 @@ package mpi
 import "unsafe"
 
 // MaxRequests is the most Requests one Comm may have outstanding (started by
-// Isendrecv and not yet completed by Wait). Two is enough for a
-// bidirectional ring: one shift to the right and one to the left. Starting
-// one more panics.
-const MaxRequests = 2
+// Isendrecv and not yet completed by Wait or Test). Four is enough for a
+// bidirectional ring whose blocks and gradient accumulators travel
+// separately: a block and an accumulator each way. Starting one more
+// panics.
+const MaxRequests = 4
 
 // float is the element type of every buffer.
 type float interface{ float32 | float64 }

@@ -92,7 +92,14 @@ type Comm interface {
 	// whatever the order of the Waits. At most MaxRequests requests may
 	// be outstanding on one Comm; starting another panics. It also panics
 	// if from or to is out of range or dst overlaps src. On error the
-	// returned Request is not nil and its Wait returns the same error.
+	// returned Request is not nil, holds no buffer, and its Wait and Test
+	// return the same error.
+	//
+	// Progress: World moves the data only while the process is inside an
+	// MPI call on the Comm. A caller that computes between Isendrecv and
+	// Wait calls Test on its pending requests every millisecond or so (for
+	// example between GEMM tiles): each Test advances every transfer of
+	// the Comm and returns at once. No thread polls in the background.
 	IsendrecvF32(dst []float32, from int, src []float32, to int) (Request, error)
 	// IsendrecvF64 is IsendrecvF32 for float64.
 	IsendrecvF64(dst []float64, from int, src []float64, to int) (Request, error)
@@ -107,10 +114,23 @@ type Comm interface {
 // Request is a pending non-blocking operation.
 //
 // Implementations recycle a Comm's MaxRequests request objects so that
-// Isendrecv allocates nothing: once Wait has returned, the Request may be
-// reused by the Comm's next Isendrecv, so do not keep it past that call.
+// Isendrecv allocates nothing: once Wait has returned, or Test has returned
+// done, the Request may be reused by the Comm's next Isendrecv, so do not
+// keep it past that call.
+//
+// Every outstanding Request must be completed (by Wait, or by Test
+// returning done) before its buffers are reused or dropped, also when
+// another call has failed: a Request that failed to start (Isendrecv
+// returned an error) is already complete.
 type Request interface {
 	// Wait blocks until the operation has completed and its buffers may be
 	// reused. Calling Wait more than once returns the first result.
 	Wait() error
+	// Test advances the operation (and, under MPI, every pending transfer
+	// of the Comm) without blocking and reports whether it has completed.
+	// Once it reports done, the Request is complete as after Wait: err is
+	// the result Wait would return, the buffers may be reused, and later
+	// calls of Test and Wait return the same result. While not done, err
+	// is nil.
+	Test() (done bool, err error)
 }

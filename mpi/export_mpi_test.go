@@ -12,10 +12,7 @@ func SetP2PMode(c Comm, mode string) (old string) {
 	old = w.mode.String()
 	for _, m := range []p2pMode{modeIsend, modeWaitall, modeSendrecv} {
 		if m.String() == mode {
-			if m != modeIsend && w.serial {
-				panic("mpi: " + mode + " needs MPI_THREAD_MULTIPLE")
-			}
-			w.mode = m
+			w.setMode(m)
 			return old
 		}
 	}

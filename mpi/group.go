@@ -21,9 +21,12 @@ import (
 // different lengths, every rank returns the same error instead of reading
 // out of bounds.
 //
-// IsendrecvF32 posts src on a channel to rank to and returns; Wait receives
-// from rank from, copies into dst, acknowledges, and waits for the
-// acknowledgement of its own send. Requests match in the order they were
+// IsendrecvF32 posts src on a channel to rank to and returns. Completing it
+// takes two stages: receive from rank from, copy into dst and acknowledge;
+// and receive the acknowledgement of its own send. Wait does them, and
+// meanwhile those of the rank's other pending requests whose partners are
+// ready; Test does those of every pending request that need no waiting.
+// So, as under MPI, a rank inside Wait or Test advances all its transfers. Requests match in the order they were
 // started, as MPI's non-overtaking rule says, whatever the order of the
 // Waits. A rank whose partner sent a different number or type of values
 // gets an error from Wait. Each rank may have MaxRequests requests
@@ -402,18 +405,23 @@ func (c *groupComm) post(r *groupRequest, from int, m message, to int) (Request,
 		r.reset()
 		return abortedRequest{}, ErrAborted
 	}
-	r.busy = true
+	r.busy, r.received, r.acked = true, false, false
 	r.err = nil
 	return r, nil
 }
 
-// groupRequest is a rank's reusable request slot.
+// groupRequest is a rank's reusable request slot. It completes in two
+// stages, in either order: the receive (take the partner's message, copy
+// it into dst, acknowledge it) and the acknowledgement of its own send.
 type groupRequest struct {
 	c          *groupComm
 	busy       bool
-	err        error
-	from       int // for error messages
-	recv, send int // channel indices
+	received   bool  // the receive stage is done
+	acked      bool  // the partner acknowledged the send
+	rerr       error // the receive stage's result
+	err        error // the result, once complete
+	from       int   // for error messages
+	recv, send int   // channel indices
 	dst32      []float32
 	dst64      []float64
 	isF64      bool
@@ -424,33 +432,131 @@ func (r *groupRequest) reset() {
 }
 
 // Wait completes the request. Calling it again returns the same result
-// until the slot is reused by a later Isendrecv on the same Comm.
+// until the slot is reused by a later Isendrecv on the same Comm. While it
+// waits, it does the stages of the rank's other pending requests as their
+// partners become ready, as an MPI progress engine would, so that a rank
+// blocked here never holds up another rank's transfer.
 func (r *groupRequest) Wait() error {
 	if !r.busy {
 		return r.err
 	}
-	g := r.c.g
-	var err error
+	c := r.c
+	for !r.received || !r.acked {
+		if c.g.isAborted() {
+			return r.complete(ErrAborted)
+		}
+		c.await()
+	}
+	return r.complete(r.rerr)
+}
+
+// Test does the stages of every pending request of the rank that need no
+// waiting, and completes r if both of its stages are done.
+func (r *groupRequest) Test() (bool, error) {
+	if !r.busy {
+		return true, r.err
+	}
+	c := r.c
+	if c.g.isAborted() {
+		return true, r.complete(ErrAborted)
+	}
+	c.progress()
+	if r.received && r.acked {
+		return true, r.complete(r.rerr)
+	}
+	return false, nil
+}
+
+// progress does, without blocking, every stage of the rank's pending
+// requests whose partner is ready.
+func (c *groupComm) progress() {
+	g := c.g
+	for i := range c.reqs {
+		q := &c.reqs[i]
+		if !q.busy {
+			continue
+		}
+		if !q.received {
+			select {
+			case m := <-g.data[q.recv]:
+				q.take(&m)
+			default:
+			}
+		}
+		if !q.acked {
+			select {
+			case <-g.ack[q.send]:
+				q.acked = true
+			default:
+			}
+		}
+	}
+}
+
+// await blocks until one stage of one of the rank's pending requests is
+// done, or the group is aborted. The select has one case per stage of each
+// of the MaxRequests slots; a stage that is done or a free slot waits on a
+// nil channel, which never fires.
+func (c *groupComm) await() {
+	g := c.g
+	var data [MaxRequests]chan message
+	var ack [MaxRequests]chan struct{}
+	for i := range c.reqs {
+		q := &c.reqs[i]
+		if q.busy && !q.received {
+			data[i] = g.data[q.recv]
+		}
+		if q.busy && !q.acked {
+			ack[i] = g.ack[q.send]
+		}
+	}
+	var m message
+	k := -1
 	select {
-	case m := <-g.data[r.recv]:
-		err = r.deliver(&m)
-		select {
-		case g.ack[r.recv] <- struct{}{}:
-		case <-g.done:
-			err = ErrAborted
-		}
+	case m = <-data[0]:
+		k = 0
+	case m = <-data[1]:
+		k = 1
+	case m = <-data[2]:
+		k = 2
+	case m = <-data[3]:
+		k = 3
+	case <-ack[0]:
+		c.reqs[0].acked = true
+	case <-ack[1]:
+		c.reqs[1].acked = true
+	case <-ack[2]:
+		c.reqs[2].acked = true
+	case <-ack[3]:
+		c.reqs[3].acked = true
 	case <-g.done:
-		err = ErrAborted
 	}
-	if err != ErrAborted {
-		select {
-		case <-g.ack[r.send]:
-		case <-g.done:
-			err = ErrAborted
-		}
+	if k >= 0 {
+		c.reqs[k].take(&m)
 	}
-	r.busy = false
-	r.err = err
+}
+
+// The select of await names each slot.
+var _ [MaxRequests - 4]struct{}
+var _ [4 - MaxRequests]struct{}
+
+// take delivers the partner's message and acknowledges it: the receive
+// stage.
+func (r *groupRequest) take(m *message) {
+	g := r.c.g
+	r.received = true
+	r.rerr = r.deliver(m)
+	select {
+	case g.ack[r.recv] <- struct{}{}:
+	case <-g.done:
+		r.rerr = ErrAborted
+	}
+}
+
+// complete frees the slot with result err.
+func (r *groupRequest) complete(err error) error {
+	r.busy, r.received, r.acked = false, false, false
+	r.err, r.rerr = err, nil
 	r.reset()
 	return err
 }

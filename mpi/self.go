@@ -20,11 +20,15 @@ type doneRequest struct{}
 
 func (doneRequest) Wait() error { return nil }
 
+func (doneRequest) Test() (bool, error) { return true, nil }
+
 // abortedRequest is the Request returned with ErrAborted; Wait returns
 // ErrAborted.
 type abortedRequest struct{}
 
 func (abortedRequest) Wait() error { return ErrAborted }
+
+func (abortedRequest) Test() (bool, error) { return true, ErrAborted }
 
 func (selfComm) Rank() int      { return 0 }
 func (selfComm) Size() int      { return 1 }

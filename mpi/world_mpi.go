@@ -118,6 +118,24 @@ static int cm_waitall(MPI_Request *reqs, int f64, int *got) {
 	return MPI_Get_count(&st[0], cm_type(f64), got);
 }
 
+// cm_testall tests the two requests of cm_isendrecv without blocking:
+// *flag is 1 if both have completed (and are freed), and then *got is the
+// number of values received.
+static int cm_testall(MPI_Request *reqs, int f64, int *flag, int *got) {
+	MPI_Status st[2];
+	int rc = MPI_Testall(2, reqs, flag, st);
+	if (rc == MPI_ERR_IN_STATUS) {
+		*flag = 1;
+		for (int i = 0; i < 2; i++) {
+			if (st[i].MPI_ERROR != MPI_SUCCESS && st[i].MPI_ERROR != MPI_ERR_PENDING) {
+				return st[i].MPI_ERROR;
+			}
+		}
+	}
+	if (rc != MPI_SUCCESS || !*flag) return rc;
+	return MPI_Get_count(&st[0], cm_type(f64), got);
+}
+
 // cm_isendrecv_wait posts and completes the exchange in one call, so that
 // MPI holds the buffer addresses only while Go has handed them to C.
 static int cm_isendrecv_wait(void *dst, int ndst, int from, void *src, int nsrc, int to,
@@ -168,15 +186,14 @@ const Enabled = true
 // Later calls return the same Comm (or the same error). If MPI was already
 // initialised by someone else, World uses it and Finalize leaves it alone.
 //
-// With MPI_THREAD_MULTIPLE, IsendrecvF32 posts MPI_Irecv and MPI_Isend and
-// a background goroutine waits in MPI_Waitall, which moves large messages
-// while the caller computes (see p2pDefault for the measurement). Open MPI
-// polls while it waits, so a pending Request keeps one thread busy; with
-// all cores computing, the transfer cannot hide anyway. If MPI provides
-// only MPI_THREAD_SERIALIZED, World accepts it and every MPI call is made
-// under one mutex; Requests then progress only inside MPI calls (Wait and
-// the collectives), and nothing else in the process may call MPI
-// concurrently. A lower level is an error.
+// IsendrecvF32 posts MPI_Irecv and MPI_Isend and returns; Request.Test is
+// MPI_Testall and Request.Wait MPI_Waitall. Open MPI moves a large message
+// only while the process is inside an MPI call, so a caller that computes
+// meanwhile calls Test between pieces of its work (see p2pDefault for the
+// measurement). No thread polls in the background: every core stays with
+// the computation. If MPI provides only MPI_THREAD_SERIALIZED, World
+// accepts it and every MPI call is made under one mutex; nothing else in
+// the process may then call MPI concurrently. A lower level is an error.
 //
 // Collectives use emer/empi where it fits (Allgather, Allreduce, Barrier,
 // Rank, Size) and this package's own cgo for the rest
@@ -207,7 +224,8 @@ func World() (Comm, error) {
 	return world.c, nil
 }
 
-// Finalize completes the use of MPI: it stops the background goroutines,
+// Finalize completes the use of MPI: it stops the background goroutines
+// (those of the test-only point-to-point modes, if any started),
 // frees the communicators of CommFromFortran that Free has not freed
 // (newest first) and World's, and calls MPI_Finalize if this package
 // initialised MPI, on the OS thread that called MPI_Init_thread
@@ -456,23 +474,26 @@ func (c *worldComm) stop() {
 	c.pins.release()
 }
 
-// p2pMode is how IsendrecvF32 and Wait drive MPI.
+// p2pMode is how IsendrecvF32, Test and Wait drive MPI.
 type p2pMode uint8
 
 const (
-	// modeIsend posts MPI_Irecv and MPI_Isend and completes them with
-	// MPI_Waitall in Wait. Open MPI moves large (rendezvous) messages only
-	// inside MPI calls, so little happens while the caller computes.
+	// modeIsend posts MPI_Irecv and MPI_Isend; Test is MPI_Testall and
+	// Wait MPI_Waitall. Open MPI moves large (rendezvous) messages only
+	// inside MPI calls, so the transfer advances while the caller computes
+	// only if it calls Test now and then.
 	modeIsend p2pMode = iota
 	// modeWaitall hands the exchange to a background goroutine that posts
 	// MPI_Irecv and MPI_Isend and sits in MPI_Waitall, all in one C call,
-	// which drives the transfer while the caller computes; Wait waits for
-	// that goroutine. Requests are posted in the order they were started,
-	// each when the one before it has completed. MPI holds the buffers'
-	// addresses only during that C call, so nothing needs pinning.
+	// which drives the transfer while the caller computes, at the price of
+	// a thread that polls; Wait waits for that goroutine and Test looks
+	// whether it has finished. Requests are posted in the order they were
+	// started, each when the one before it has completed. MPI holds the
+	// buffers' addresses only during that C call, so nothing needs
+	// pinning. Kept for comparison (TestWorldOverlap).
 	modeWaitall
 	// modeSendrecv hands the buffers to a background goroutine that calls
-	// MPI_Sendrecv; Wait waits for it.
+	// MPI_Sendrecv; Wait waits for it. Kept for comparison.
 	modeSendrecv
 )
 
@@ -488,24 +509,30 @@ func (m p2pMode) String() string {
 	return "invalid"
 }
 
-// p2pDefault is the mode used with MPI_THREAD_MULTIPLE. TestWorldOverlap
-// chose it (Open MPI 4.1.4, shared memory, 2 ranks on 2 cores; fraction of
-// the exchange hidden, two runs):
+// p2pDefault is the mode World uses. TestWorldOverlap measures the
+// fraction of a ring exchange (both directions, 2 ranks) hidden behind
+// work done between Isendrecv and Wait: "sleep" leaves the core idle,
+// "spin" keeps every core computing, and "spin+test" computes the same
+// work in pieces of about 0.25 ms with a Test call between them. Measured
+// with one rank on each of two network-namespace hosts joined by a TCP
+// link shaped to 2 Gbit/s each way (the bench-net harness,
+// scripts/cluster/benchnet.sh), Open MPI 4.1.4, on 2 cores that other
+// jobs also used:
 //
-//	                     idle core (sleep)        all cores busy (spin)
-//	                     1 MiB       8 MiB        1 MiB       8 MiB
-//	modeIsend            0.01 -0.04  -0.02 0.00   0.16 0.03   0.20 0.10
-//	modeWaitall          0.88  0.79   1.00 1.00   0.13 0.04   0.24 0.13
-//	modeSendrecv         0.60  0.61   1.01 1.01  -0.04 -0.11  0.13 -0.10
+//	                 spin            spin+test        sleep
+//	                 1 MiB  8 MiB    1 MiB  8 MiB     1 MiB  8 MiB
+//	modeIsend        -0.27  -0.45     0.71   0.69     -0.07  -0.07
+//	modeWaitall       0.17   0.62    -0.32   0.36      1.00   1.19
 //
-// With an idle core only a background goroutine inside MPI moves a large
-// message while the caller computes; MPI_Waitall on posted requests beats
-// MPI_Sendrecv at 1 MiB, and keeps MPI's non-blocking semantics (both
-// transfers start at once, in the order posted). When every core computes
-// nothing can hide the copy, and waiting in the background costs no more
-// than waiting in Wait. Messages of 64 KiB and less (eager) gain nothing
-// either way.
-var p2pDefault = modeWaitall
+// Without an MPI call nothing moves (modeIsend under spin and sleep). A
+// background thread polling in MPI_Waitall hides everything on an idle
+// core, but with every core computing it competes with the computation
+// for a core. Test calls between pieces of work move the data on the
+// caller's own thread, a few microseconds each; in shared memory, where
+// the copy itself is the CPU's work, nothing can hide. So World posts the
+// requests and relies on Test: no thread polls, and the losses call Test
+// between GEMM panels (loss/exchange.go).
+var p2pDefault = modeIsend
 
 func newWorld() (*worldComm, error) {
 	if err := initMPI(); err != nil {
@@ -530,11 +557,8 @@ func newComm(comm, p2p C.MPI_Comm, e *empi.Comm, rank, size int) *worldComm {
 	c := &worldComm{e: e, comm: comm, p2p: p2p, rank: rank, size: size,
 		serial: world.provided < C.cm_thread_multiple()}
 	c.mode = modeIsend
-	if !c.serial {
-		c.mode = p2pDefault
-		c.work = make(chan *worldRequest, MaxRequests)
-		c.stopped = make(chan struct{})
-		go c.worker()
+	if !c.serial && p2pDefault != modeIsend {
+		c.setMode(p2pDefault)
 	}
 	for i := range c.reqs {
 		c.reqs[i].c = c
@@ -555,10 +579,25 @@ type worldComm struct {
 	serial     bool       // only MPI_THREAD_SERIALIZED: mu guards every MPI call
 	mu         sync.Mutex // used only if serial
 	mode       p2pMode
-	work       chan *worldRequest // to the background goroutine; nil if serial
+	work       chan *worldRequest // to the background goroutine; nil until a mode needs it
 	stopped    chan struct{}      // closed when it has returned
 	reqs       [MaxRequests]worldRequest
 	pins       pinCache
+}
+
+// setMode switches later Isendrecv calls to mode m, starting the
+// background goroutine the first time a mode needs it. It panics if m
+// needs MPI_THREAD_MULTIPLE and MPI does not provide it.
+func (c *worldComm) setMode(m p2pMode) {
+	if m != modeIsend && c.serial {
+		panic("mpi: " + m.String() + " needs MPI_THREAD_MULTIPLE")
+	}
+	if m != modeIsend && c.work == nil {
+		c.work = make(chan *worldRequest, MaxRequests)
+		c.stopped = make(chan struct{})
+		go c.worker()
+	}
+	c.mode = m
 }
 
 func (c *worldComm) lock() {
@@ -822,6 +861,8 @@ type failedRequest struct{ err error }
 
 func (r *failedRequest) Wait() error { return r.err }
 
+func (r *failedRequest) Test() (bool, error) { return true, r.err }
+
 // worldRequest is a Comm's reusable request slot.
 type worldRequest struct {
 	c    *worldComm
@@ -836,6 +877,7 @@ type worldRequest struct {
 	from, to   C.int
 	f64        C.int
 	got        C.int // values received
+	flag       C.int // MPI_Testall's
 }
 
 // Wait completes the request. Calling it again returns the same result
@@ -853,6 +895,37 @@ func (r *worldRequest) Wait() error {
 		<-r.done
 		err = r.err
 	}
+	return r.complete(err)
+}
+
+// Test completes the request if it can without blocking.
+func (r *worldRequest) Test() (bool, error) {
+	if !r.busy {
+		return true, r.err
+	}
+	if r.mode != modeIsend {
+		select {
+		case <-r.done:
+			return true, r.complete(r.err)
+		default:
+			return false, nil
+		}
+	}
+	r.c.lock()
+	rc := C.cm_testall(&r.reqs[0], r.f64, &r.flag, &r.got)
+	r.c.unlock()
+	if rc == C.MPI_SUCCESS && r.flag == 0 {
+		return false, nil
+	}
+	err := callError("MPI_Testall", rc)
+	if err == nil {
+		err = r.checkGot(r.got)
+	}
+	return true, r.complete(err)
+}
+
+// complete frees the slot with result err.
+func (r *worldRequest) complete(err error) error {
 	r.release()
 	r.busy = false
 	r.err = err

@@ -19,8 +19,10 @@ import (
 //	go test -c -tags mpi -o /tmp/mpi.test ./mpi
 //	mpirun -np 2 -x CLIPMPI_OVERLAP=1 /tmp/mpi.test -test.run TestWorldOverlap -test.v
 //
-// Two kinds of work: "spin", a compute loop on every core MPI could use,
-// and "sleep", which leaves the core idle, as a GEMM on other cores would.
+// Three kinds of work: "spin", a compute loop on every core MPI could use;
+// "spin+test", the same loop in pieces of 0.25 ms with Request.Test on both
+// requests between pieces; and "sleep", which leaves the core idle, as a
+// GEMM on other cores would.
 // overlap = (comm + work - both) / min(comm, work): 1 means the exchange
 // was entirely hidden, 0 that it ran after the work. Times are medians
 // over reps, modes interleaved, of the slowest rank.
@@ -36,7 +38,7 @@ func TestWorldOverlap(t *testing.T) {
 	if c.serial {
 		t.Skip("MPI_THREAD_SERIALIZED: only modeIsend is possible")
 	}
-	defer func(m p2pMode) { c.mode = m }(c.mode)
+	defer c.setMode(c.mode)
 	w, r := c.size, c.rank
 	right, left := (r+1)%w, (r+w-1)%w
 	const reps = 31
@@ -74,12 +76,14 @@ func TestWorldOverlap(t *testing.T) {
 	for _, n := range []int{1 << 14, 1 << 18, 1 << 21} {
 		srcR, srcL := make([]float32, n), make([]float32, n)
 		dstR, dstL := make([]float32, n), make([]float32, n)
+		var qR, qL Request
 		exchange := func(between func()) {
-			qR, err := c.IsendrecvF32(dstR, left, srcR, right)
+			var err error
+			qR, err = c.IsendrecvF32(dstR, left, srcR, right)
 			if err != nil {
 				t.Fatal(err)
 			}
-			qL, err := c.IsendrecvF32(dstL, right, srcL, left)
+			qL, err = c.IsendrecvF32(dstL, right, srcL, left)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -93,7 +97,7 @@ func TestWorldOverlap(t *testing.T) {
 		}
 		// Size the work like the exchange in modeIsend, the same on every
 		// rank.
-		c.mode = modeIsend
+		c.setMode(modeIsend)
 		exchange(func() {})
 		tx := make([]float64, reps)
 		for i := range tx {
@@ -102,11 +106,22 @@ func TestWorldOverlap(t *testing.T) {
 		d := median(tx)
 		t0 := time.Now()
 		spin(100)
-		iters := max(1, int(slowest(d)/slowest(time.Since(t0)/100)))
+		per := slowest(time.Since(t0) / 100)
+		iters := max(1, int(slowest(d)/per))
+		piece := max(1, int(0.25e-3/per)) // iterations in 0.25 ms
 
-		for _, kind := range []string{"spin", "sleep"} {
+		for _, kind := range []string{"spin", "spin+test", "sleep"} {
 			between := func() { spin(iters) }
-			if kind == "sleep" {
+			switch kind {
+			case "spin+test":
+				between = func() {
+					for done := 0; done < iters; done += piece {
+						spin(min(piece, iters-done))
+						qR.Test()
+						qL.Test()
+					}
+				}
+			case "sleep":
 				// Nanosleep blocks the thread for d; time.Sleep may
 				// oversleep by up to a millisecond.
 				ts := syscall.NsecToTimespec(int64(d))
@@ -118,7 +133,7 @@ func TestWorldOverlap(t *testing.T) {
 			for i := range reps {
 				tWork[i] = timeit(between)
 				for m, mode := range modes {
-					c.mode = mode
+					c.setMode(mode)
 					tComm[m] = append(tComm[m], timeit(func() { exchange(func() {}) }))
 					tBoth[m] = append(tBoth[m], timeit(func() { exchange(between) }))
 				}

@@ -45,6 +45,8 @@ type failedRequest struct{ err error }
 
 func (r failedRequest) Wait() error { return r.err }
 
+func (r failedRequest) Test() (bool, error) { return true, r.err }
+
 func (c *FaultComm) AllgatherF32(dst, src []float32) error {
 	if err := c.fail(false); err != nil {
 		return err

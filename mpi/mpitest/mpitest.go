@@ -10,9 +10,11 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"runtime"
 	"runtime/debug"
 	"sync"
 	"testing"
+	"time"
 	"unsafe"
 
 	"github.com/clipmpi/clipmpi/mpi"
@@ -63,7 +65,12 @@ func RunGroup(w int, fn func(c mpi.Comm)) {
 // one t). It covers AllgatherF32/F64, ReduceScatterF32/F64 (blocks of 0, 1,
 // 2, 7 and more elements), AllreduceF32/F64 with Sum and Max in place and
 // not, Barrier, IsendrecvF32/F64 ring shifts with two requests outstanding
-// waited in reverse order, bit-identical Allreduce results on all ranks,
+// waited in reverse order, the same completed by Request.Test alone (up to
+// 1 MiB, past any eager limit) and by Test on some ranks and Wait on
+// others, neighbours waiting for their requests in opposite orders (a
+// rank inside Wait must advance its other transfers), MaxRequests
+// transfers between the same two ranks matching in the order they were
+// started, bit-identical Allreduce results on all ranks,
 // that no call modifies its src or keeps aliasing it, and that misuse
 // panics with the documented message before communicating (every rank
 // commits the same misuse, so the ranks stay in step).
@@ -91,6 +98,10 @@ func Conformance(t testing.TB, c mpi.Comm) {
 		func() { identicalResults(s, s.c.AllreduceF64, s.c.AllgatherF64) },
 		func() { isendrecv(s, s.c.IsendrecvF32) },
 		func() { isendrecv(s, s.c.IsendrecvF64) },
+		func() { isendrecvTest(s, s.c.IsendrecvF32) },
+		func() { isendrecvTest(s, s.c.IsendrecvF64) },
+		func() { crossedWaits(s, s.c.IsendrecvF32) },
+		func() { inOrder(s, s.c.IsendrecvF64) },
 		s.panics,
 		s.barrier,
 	}
@@ -375,6 +386,163 @@ func isendrecv[T float](s *suite, fn func(dst []T, from int, src []T, to int) (m
 		negate(srcL)
 		check(s, what+" after changing src", dstR, wantR)
 		check(s, what+" after changing src", dstL, wantL)
+	}
+}
+
+// testUntilDone calls Test on every request until all are done, and
+// returns the first error. It gives up (with an error) after a minute: a
+// transfer that Test alone cannot finish would otherwise hang the suite.
+func testUntilDone(reqs ...mpi.Request) error {
+	deadline := time.Now().Add(time.Minute)
+	var first error
+	pending := len(reqs)
+	done := make([]bool, len(reqs))
+	for spins := 0; pending > 0; spins++ {
+		for i, q := range reqs {
+			if done[i] {
+				continue
+			}
+			ok, err := q.Test()
+			if !ok {
+				if err != nil && first == nil {
+					first = fmt.Errorf("Test returned not done with error %v", err)
+				}
+				continue
+			}
+			done[i] = true
+			pending--
+			if err != nil && first == nil {
+				first = err
+			}
+		}
+		if pending > 0 && spins%64 == 63 {
+			if time.Now().After(deadline) {
+				return fmt.Errorf("%d of %d requests still not done after a minute of Test calls", pending, len(reqs))
+			}
+			runtime.Gosched()
+		}
+	}
+	return first
+}
+
+// isendrecvTest is isendrecv completed by Test: on every rank by Test
+// alone, then by Test on odd ranks and Wait on even ones. After Test has
+// reported done, Test and Wait report the same result again.
+func isendrecvTest[T float](s *suite, fn func(dst []T, from int, src []T, to int) (mpi.Request, error)) {
+	right, left := (s.rank+1)%s.size, (s.rank+s.size-1)%s.size
+	data := func(r, dir, k int) float64 { return value(r, k) + float64(dir)*0.5 }
+	for _, mixed := range []bool{false, true} {
+		for _, n := range []int{0, 1, 1000, 1 << 17} {
+			what := fmt.Sprintf("Isendrecv%s n=%d completed by Test", typeName[T](), n)
+			if mixed {
+				what += " on odd ranks, Wait on even ones"
+			}
+			srcR, srcL := make([]T, n), make([]T, n)
+			dstR, dstL := make([]T, n), make([]T, n)
+			fill(srcR, func(k int) float64 { return data(s.rank, 0, k) })
+			fill(srcL, func(k int) float64 { return data(s.rank, 1, k) })
+			fill(dstR, func(int) float64 { return sentinel })
+			fill(dstL, func(int) float64 { return sentinel })
+			reqR, err := fn(dstR, left, srcR, right)
+			if !s.ok(err, what+" right") {
+				return
+			}
+			reqL, err := fn(dstL, right, srcL, left)
+			if !s.ok(err, what+" left") {
+				return
+			}
+			if mixed && s.rank%2 == 0 {
+				err = reqR.Wait()
+				if err == nil {
+					err = reqL.Wait()
+				}
+			} else {
+				err = testUntilDone(reqR, reqL)
+			}
+			if !s.ok(err, what) {
+				return
+			}
+			for _, q := range []mpi.Request{reqR, reqL} {
+				if done, err := q.Test(); !done || err != nil {
+					s.errorf("%s: Test after completion = %v, %v; want true, nil", what, done, err)
+				}
+				if err := q.Wait(); err != nil {
+					s.errorf("%s: Wait after completion = %v", what, err)
+				}
+			}
+			check(s, what+" from the left", dstR, func(k int) float64 { return data(left, 0, k) })
+			check(s, what+" from the right", dstL, func(k int) float64 { return data(right, 1, k) })
+		}
+	}
+}
+
+// crossedWaits has every rank start a shift to the right and one to the
+// left, then even ranks wait for the right one first and odd ranks for the
+// left one first: each rank's first Wait needs its neighbour to complete a
+// transfer the neighbour is not waiting for. A rank blocked in Wait must
+// still advance its other transfers, as MPI's progress engine does, or
+// the ranks deadlock.
+func crossedWaits[T float](s *suite, fn func(dst []T, from int, src []T, to int) (mpi.Request, error)) {
+	right, left := (s.rank+1)%s.size, (s.rank+s.size-1)%s.size
+	const n = 1 << 16 // 256 or 512 KiB: a rendezvous transfer under MPI
+	what := fmt.Sprintf("Isendrecv%s n=%d, neighbours waiting in opposite orders", typeName[T](), n)
+	srcR, srcL := make([]T, n), make([]T, n)
+	dstR, dstL := make([]T, n), make([]T, n)
+	fill(srcR, func(k int) float64 { return value(s.rank, k) })
+	fill(srcL, func(k int) float64 { return -value(s.rank, k) })
+	reqR, err := fn(dstR, left, srcR, right)
+	if !s.ok(err, what) {
+		return
+	}
+	reqL, err := fn(dstL, right, srcL, left)
+	if !s.ok(err, what) {
+		return
+	}
+	first, second := reqR, reqL
+	if s.rank%2 == 1 {
+		first, second = reqL, reqR
+	}
+	if !s.ok(first.Wait(), what) || !s.ok(second.Wait(), what) {
+		return
+	}
+	check(s, what+" from the left", dstR, func(k int) float64 { return value(left, k) })
+	check(s, what+" from the right", dstL, func(k int) float64 { return -value(right, k) })
+}
+
+// inOrder starts MaxRequests shifts to the right at once, each with its own
+// data, and completes them in a scrambled order, half by Test: transfers
+// between two ranks match in the order they were started.
+func inOrder[T float](s *suite, fn func(dst []T, from int, src []T, to int) (mpi.Request, error)) {
+	right, left := (s.rank+1)%s.size, (s.rank+s.size-1)%s.size
+	const n = 3000
+	what := fmt.Sprintf("Isendrecv%s: %d transfers in flight", typeName[T](), mpi.MaxRequests)
+	var reqs [mpi.MaxRequests]mpi.Request
+	srcs, dsts := make([][]T, len(reqs)), make([][]T, len(reqs))
+	for i := range reqs {
+		srcs[i], dsts[i] = make([]T, n), make([]T, n)
+		fill(srcs[i], func(k int) float64 { return value(s.rank, k) + float64(i)*0.25 })
+		var err error
+		if reqs[i], err = fn(dsts[i], left, srcs[i], right); !s.ok(err, what) {
+			for _, q := range reqs[:i] {
+				q.Wait()
+			}
+			return
+		}
+	}
+	for j := range reqs {
+		i := (j*3 + s.rank) % len(reqs)
+		var err error
+		if j%2 == 0 {
+			err = testUntilDone(reqs[i])
+		} else {
+			err = reqs[i].Wait()
+		}
+		if !s.ok(err, what) {
+			return
+		}
+	}
+	for i := range reqs {
+		check(s, fmt.Sprintf("%s: transfer %d", what, i), dsts[i], func(k int) float64 { return value(left, k) + float64(i)*0.25 })
 	}
 }
 
