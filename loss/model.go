@@ -180,7 +180,8 @@ func (o ClipOptions) Predict(w, b, d, elemSize int, r Rates) Prediction {
 			t = defaultRingTile
 		}
 		t = min(t, b)
-		tl.kernel(float64(b*d), r.CopyNs)
+		// Forward: text blocks travel right, each hidden behind the
+		// block computed meanwhile.
 		for k := 0; k < w; k++ {
 			x := -1
 			if k < w-1 {
@@ -194,27 +195,32 @@ func (o ClipOptions) Predict(w, b, d, elemSize int, r Rates) Prediction {
 			tl.wait(x)
 		}
 		tl.completeColumns(n)
-		tl.kernel(float64(b*d), r.CopyNs)
-		for k := 0; k < w; k++ {
-			x := -1
+		// Backward (ringClip): visit j sends its text block on at the
+		// start (j < W-2) and its partial sum at the end (j < W-1), which
+		// the next visit hides; the partial sum received is added at the
+		// end of the visit.
+		px := -1
+		for j := 0; j < w; j++ {
+			tx := -1
+			if j < w-2 {
+				tx = tl.post(bd)
+			}
 			for c0 := 0; c0 < b; c0 += t {
 				cw := min(t, b-c0)
 				tl.gemm(b, cw, d)
 				tl.kernel(float64(b*cw), r.GradNs)
 				tl.gemm(cw, d, b)
-				if c0+cw == b {
-					switch {
-					case w == 1:
-						tl.kernel(float64(b*d), r.CopyNs)
-					case k < w-1:
-						x = tl.post(2 * bd)
-					default:
-						x = tl.post(bd)
-					}
-				}
 				tl.gemm(b, d, cw)
 			}
-			tl.wait(x)
+			tl.wait(tx)
+			if j > 0 {
+				tl.wait(px)
+				tl.kernel(float64(b*d), r.CopyNs)
+			}
+			px = -1
+			if j < w-1 {
+				px = tl.post(bd)
+			}
 		}
 		tl.finishClip(local)
 	}
@@ -224,10 +230,11 @@ func (o ClipOptions) Predict(w, b, d, elemSize int, r Rates) Prediction {
 // Predict is ClipOptions.Predict for SigLipLoss. Every method does the same
 // GEMMs and b·N·SigmoidNs of kernels; they differ in communication:
 //
-//	Bidir, Shift  ring hops of the packed [accumulator | text] block (2·b·d
-//	              elements), each posted after the block's visit and hidden
-//	              behind the compute until the next hop's wait (Bidir's two
-//	              directions share the link), then the accumulators home
+//	Bidir, Shift  per direction, ring hops of text blocks (b·d elements,
+//	              posted at the start of a visit) and of partial sums of
+//	              their gradients (b·d, posted at its end, home after the
+//	              last hop), each hidden behind the compute until its
+//	              wait (Bidir's two directions share the link)
 //	Gather        all-gather of N·d, reduce-scatter of N·d, both blocking
 //	Reduce        2·W all-reduces of b·d, blocking
 //
@@ -246,88 +253,77 @@ func (o SigLipOptions) Predict(w, b, d, elemSize int, r Rates) Prediction {
 		t = defaultSigTile
 	}
 	t = min(t, b)
-	last := (b - 1) / t * t
-	// visit: every tile's logits, kernel and text-gradient GEMM, and the
-	// image-gradient GEMMs of all tiles but the last, which finish does.
-	visit := func() {
-		for c0 := 0; c0 < b; c0 += t {
-			cw := min(t, b-c0)
+	// visit: the logits, kernel, text-gradient and image-gradient GEMMs
+	// of the tiles of columns c0..c1 of a block.
+	visit := func(c0, c1 int) {
+		for j0 := c0; j0 < c1; j0 += t {
+			cw := min(t, c1-j0)
 			tl.gemm(b, cw, d)
 			tl.kernel(float64(b*cw), r.SigmoidNs)
 			tl.gemm(cw, d, b)
-			if c0+cw < b {
-				tl.gemm(b, d, cw)
-			}
+			tl.gemm(b, d, cw)
 		}
 	}
-	finish := func() { tl.gemm(b, d, b-last) }
 	tl.prologue(b, d)
 	switch o.Impl {
 	case Gather:
 		tl.allgather(float64(n) * float64(d) * e)
 		for range w {
-			visit()
-			finish()
+			visit(0, b)
 		}
 		tl.reduceScatter(float64(n)*float64(d)*e, n*d)
 	case Reduce:
 		for range w {
 			tl.kernel(float64(b*d), r.CopyNs)
 			tl.allreduce(bd)
-			visit()
-			finish()
+			visit(0, b)
 			tl.allreduce(bd)
 			tl.kernel(float64(b*d), r.CopyNs)
 		}
 	default:
-		hr, hl := w/2, (w-1)/2
+		// The ring methods (SigLipLoss.ring): each stream's first text
+		// block leaves at once, the own block's first half hides it; at
+		// hop k a stream waits for its block, sends it on (k < hops),
+		// visits it, adds the partial sum received (k > 1) and sends its
+		// sum on (home after the last hop); the own block's second half
+		// hides the sums going home.
+		hops := []int{w / 2, (w - 1) / 2}
 		if o.Impl == Shift {
-			hr, hl = w-1, 0
+			hops = []int{w - 1, 0}
 		}
-		tl.kernel(3*float64(b*d), r.CopyNs) // the two copies of txt, the empty accumulator
-		visit()
-		xr, xl := -1, -1
-		if hr > 0 {
-			xr = tl.post(2 * bd)
-		}
-		if hl > 0 {
-			xl = tl.post(2 * bd)
-		}
-		finish()
-		for k := 1; k <= max(hr, hl); k++ {
-			tl.wait(xr)
-			tl.wait(xl)
-			xr, xl = -1, -1
-			if k <= hr {
-				visit()
-				if k < hr {
-					xr = tl.post(2 * bd)
-				}
-				finish()
-			}
-			if k <= hl {
-				visit()
-				if k < hl {
-					xl = tl.post(2 * bd)
-				}
-				finish()
+		half := b
+		tx, px := []int{-1, -1}, []int{-1, -1}
+		for i, h := range hops {
+			if h > 0 {
+				half = (b + 1) / 2
+				tx[i] = tl.post(bd)
 			}
 		}
-		tl.wait(xr)
-		tl.wait(xl)
-		xr, xl = -1, -1
-		if hr == 0 {
-			tl.kernel(float64(b*d), r.CopyNs)
-		} else {
-			xr = tl.post(bd)
+		visit(0, half)
+		for k := 1; k <= hops[0]; k++ {
+			for i, h := range hops {
+				if k > h {
+					continue
+				}
+				tl.wait(tx[i])
+				tx[i] = -1
+				if k < h {
+					tx[i] = tl.post(bd)
+				}
+				visit(0, b)
+				if k > 1 {
+					tl.wait(px[i])
+					tl.kernel(float64(b*d), r.CopyNs)
+				}
+				px[i] = tl.post(bd)
+			}
 		}
-		if hl > 0 {
-			xl = tl.post(bd)
-		}
-		tl.wait(xr)
-		tl.wait(xl)
-		if hl > 0 {
-			tl.kernel(float64(b*d), r.CopyNs)
+		visit(half, b)
+		for i := range hops {
+			if px[i] >= 0 {
+				tl.wait(px[i])
+				tl.kernel(float64(b*d), r.CopyNs)
+			}
 		}
 	}
 	return tl.prediction(o.Impl.String(), p, o.Memory(w, b, d, elemSize))

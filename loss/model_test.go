@@ -161,7 +161,7 @@ func TestPredictPanics(t *testing.T) {
 
 // TestPredictByHand: the step time of Fused and of Ring (one tile) at W = 2,
 // local_gwg, worked out by hand from the rates: Fused adds everything up;
-// Ring waits at each hop for the longer of its shift and the compute
+// Ring waits at each hop for the longer of its transfer and the compute
 // issued after it.
 func TestPredictByHand(t *testing.T) {
 	const w, b, d, e = 2, 512, 64, 4
@@ -190,14 +190,13 @@ func TestPredictByHand(t *testing.T) {
 	}
 
 	fwd := gemm(B, B, D) + B*B*r.StatsNs*1e-9 // one block's forward
-	bwd := gemm(B, B, D) + B*B*r.GradNs*1e-9 + gemm(B, D, B)
-	nn := gemm(B, D, B)
+	bwd := gemm(B, B, D) + B*B*r.GradNs*1e-9 + 2*gemm(B, D, B)
 	copyBD := B * D * r.CopyNs * 1e-9
-	ring := prologue + copyBD +
+	ring := prologue +
 		math.Max(fwd, sendrecv(bd)) + fwd + // hop 1 hides behind block 0, block 1 after it
-		columns + copyBD +
-		bwd + math.Max(nn, sendrecv(2*bd)) + // the accumulator and text block leave during the last GEMM
-		bwd + math.Max(nn, sendrecv(bd)) + // the accumulator goes home
+		columns +
+		bwd + // block 1 (the one forward ended with): no transfer to wait for
+		math.Max(bwd, sendrecv(bd)) + copyBD + // its partial sum goes home while the own block is visited, then is added
 		finish
 	opt.Algorithm = Ring
 	if got := opt.Predict(w, b, d, e, r).Seconds; math.Abs(got-ring) > 1e-9*ring {

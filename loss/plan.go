@@ -112,7 +112,7 @@ func (o ClipOptions) Plan(w, b, d, elemSize int) Plan {
 		if split {
 			blocks = 2
 		}
-		p.WorkspaceBytes = e*(4*int64(b)*int64(d)+blocks*int64(b)*int64(t)) + stats + kernelBytes(b, t)
+		p.WorkspaceBytes = e*(ringBlocks(w)*int64(b)*int64(d)+blocks*int64(b)*int64(t)) + stats + kernelBytes(b, t)
 	default:
 		panic(errAlgorithm)
 	}
@@ -135,15 +135,39 @@ func (o SigLipOptions) Plan(w, b, d, elemSize int) Plan {
 		t = defaultSigTile
 	}
 	t = min(t, b)
-	var p Plan
-	for _, tw := range []struct{ w, count int }{{t, b / t}, {b % t, 1}} {
-		if tw.w == 0 || tw.count == 0 {
-			continue
+	// Tile widths: the W-1 other blocks in tiles of t columns; the rank's
+	// own block too, but the ring methods visit it in two halves of its
+	// columns (ceil(b/2) and floor(b/2)), each in tiles of up to t.
+	var widths []struct{ w, count int }
+	add := func(span, times int) {
+		tw := min(t, span)
+		for _, c := range []struct{ w, count int }{{tw, span / tw * times}, {span % tw, times}} {
+			if c.w == 0 || c.count == 0 {
+				continue
+			}
+			i := 0
+			for i < len(widths) && widths[i].w != c.w {
+				i++
+			}
+			if i == len(widths) {
+				widths = append(widths, struct{ w, count int }{c.w, 0})
+			}
+			widths[i].count += c.count
 		}
+	}
+	add(b, w-1)
+	if ring := o.Impl == Bidir || o.Impl == Shift; ring && w > 1 && b > 1 {
+		add((b+1)/2, 1)
+		add(b/2, 1)
+	} else {
+		add(b, 1)
+	}
+	var p Plan
+	for _, tw := range widths {
 		p.Gemms = append(p.Gemms,
-			GemmShape{TransB: true, M: b, N: tw.w, K: d, Count: w * tw.count},
-			GemmShape{M: b, N: d, K: tw.w, Count: w * tw.count},
-			GemmShape{TransA: true, M: tw.w, N: d, K: b, Count: w * tw.count})
+			GemmShape{TransB: true, M: b, N: tw.w, K: d, Count: tw.count},
+			GemmShape{M: b, N: d, K: tw.w, Count: tw.count},
+			GemmShape{TransA: true, M: tw.w, N: d, K: b, Count: tw.count})
 	}
 	e, bd, n := int64(elemSize), int64(b)*int64(d), int64(w)*int64(b)
 	tileBytes := e * int64(b) * int64(t)
@@ -152,8 +176,10 @@ func (o SigLipOptions) Plan(w, b, d, elemSize int) Plan {
 		p.WorkspaceBytes = 2*e*n*int64(d) + tileBytes
 	case Reduce:
 		p.WorkspaceBytes = 2*e*bd + tileBytes
-	default: // the ring methods: two packed [A | T] blocks per direction
-		p.WorkspaceBytes = 8*e*bd + e*bd + tileBytes
+	case Shift:
+		p.WorkspaceBytes = e*bd*streamBlocks(w-1) + tileBytes
+	default:
+		p.WorkspaceBytes = e*bd*(streamBlocks(w/2)+streamBlocks((w-1)/2)) + tileBytes
 	}
 	return p
 }

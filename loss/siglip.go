@@ -103,11 +103,11 @@ type SigLipLoss[T blas.Float] struct {
 	impl    SigLipImpl  // the method in use
 	auto    *sigLipAuto // with SigLipAuto: the choice per batch size
 
-	bufs [4][]T // packed [A | T] blocks: two per ring direction
-	x    []T    // b×tile logits, then gradients
-	tall []T    // gather: N×d; reduce: b×d
-	part []T    // gather: N×d partials; reduce: b×d
-	home []T    // bidir: the left stream's accumulator coming home
+	rs   [2]sigStream[T] // bidir, shift: the streams to the right and left
+	ex   exchanges       // bidir, shift: the transfers in flight
+	x    []T             // b×tile logits, then gradients
+	tall []T             // gather: N×d; reduce: b×d
+	part []T             // gather: N×d partials; reduce: b×d
 
 	// per call
 	sum      sigSums
@@ -224,24 +224,24 @@ func (l *SigLipLoss[T]) run(dImg, dTxt, img, txt []T, lg Logit, st *clipStep) (R
 	return Result{Loss: l.sum.loss * inv, GradScale: l.sum.gs, GradBias: l.sum.gb}, nil
 }
 
-// visit adds the contribution of the b×d text block tq, global block q, to
-// this rank's loss, to dImg (scaled by Scale; overwritten when first) and to
-// the text-gradient accumulator acc (overwritten when fresh). It stops
-// before the last tile's image-gradient GEMM, which finish does, so that the
-// caller can send acc meanwhile.
-func (l *SigLipLoss[T]) visit(dImg, acc, img, tq []T, q int, st *clipStep, first, fresh bool) {
+// visit adds the contribution of columns c0..c1 of the b×d text block tq,
+// global block q, to this rank's loss, to dImg (scaled by Scale;
+// overwritten by the first tile when first) and to rows c0..c1 of the
+// text-gradient accumulator acc (overwritten). Its GEMMs poll the
+// transfers in flight (gemm).
+func (l *SigLipLoss[T]) visit(dImg, acc, img, tq []T, q, c0, c1 int, st *clipStep, first bool) {
 	b, d := st.b, st.d
 	scale, bias := l.lg.Scale, 0.0
 	if l.lg.HasBias {
 		bias = l.lg.Bias
 	}
 	c := 1 / float64(b)
-	for c0 := 0; c0 < b; c0 += l.tile {
-		cw := min(l.tile, b-c0)
-		blas.Gemm(blas.NoTrans, blas.Trans, b, cw, d, 1, img, d, tq[c0*d:], d, 0, l.x, cw)
+	for j0 := c0; j0 < c1; j0 += l.tile {
+		cw := min(l.tile, c1-j0)
+		gemm(&l.ex, blas.NoTrans, blas.Trans, b, cw, d, 1, img, d, tq[j0*d:], d, 0, l.x, cw)
 		e0 := -1 << 62 // no positive pair in this block
 		if q == st.rank {
-			e0 = -c0
+			e0 = -j0
 		}
 		ls, gs, gb := sigTile(&l.k, l.x, l.x, cw, b, cw, e0, scale, bias, c, l.backward)
 		l.sum.loss += ls
@@ -250,132 +250,138 @@ func (l *SigLipLoss[T]) visit(dImg, acc, img, tq []T, q int, st *clipStep, first
 		if !l.backward {
 			continue
 		}
+		gemm(&l.ex, blas.Trans, blas.NoTrans, cw, d, b, T(scale), l.x, cw, img, d, 0, acc[j0*d:], d)
 		beta := T(1)
-		if fresh {
+		if first && j0 == c0 {
 			beta = 0
 		}
-		blas.Gemm(blas.Trans, blas.NoTrans, cw, d, b, T(scale), l.x, cw, img, d, beta, acc[c0*d:], d)
-		if c0+cw < b {
-			l.imageGrad(dImg, tq, c0, cw, st, first)
-		}
+		gemm(&l.ex, blas.NoTrans, blas.NoTrans, b, d, cw, T(scale), l.x, cw, tq[j0*d:], d, beta, dImg, d)
 	}
 }
 
-// finish does the last tile's image-gradient GEMM of a visit.
-func (l *SigLipLoss[T]) finish(dImg, tq []T, st *clipStep, first bool) {
-	if !l.backward {
-		return
-	}
-	c0 := (st.b - 1) / l.tile * l.tile
-	l.imageGrad(dImg, tq, c0, st.b-c0, st, first)
+// sigStream is one direction of the ring methods: text blocks travel hops
+// steps towards rank r+dir, each followed one step behind by the partial
+// sum of its gradient.
+type sigStream[T blas.Float] struct {
+	dir, hops int
+	tb        [2][]T // text blocks: the one computed on, the one arriving
+	part      [2][]T // partial sums: the one travelling, the one computed
+	in        []T    // the partial sum arriving, then the one coming home
+	cur       []T    // the block of this hop
+	nb        int    // tb[nb] receives the next block
+	tx, px    int    // exchange slots: the next block, the partial sums
 }
 
-func (l *SigLipLoss[T]) imageGrad(dImg, tq []T, c0, cw int, st *clipStep, first bool) {
-	beta := T(1)
-	if first && c0 == 0 {
-		beta = 0
+// streamBlocks is the number of b×d blocks a stream of the ring methods
+// holds for a given number of hops: the text blocks (the one visited and
+// the one arriving), the partial sums (the one travelling and the one
+// computed) and the one arriving; one of each for a single hop.
+func streamBlocks(hops int) int64 {
+	switch {
+	case hops > 1:
+		return 5
+	case hops == 1:
+		return 3
 	}
-	blas.Gemm(blas.NoTrans, blas.NoTrans, st.b, st.d, cw, T(l.lg.Scale), l.x, cw, tq[c0*st.d:], st.d, beta, dImg, st.d)
+	return 0
 }
 
-// ring moves text blocks hr hops to the right and hl hops to the left, each
-// followed by its gradient accumulator; at the end each accumulator goes
-// straight home. Shift is (W-1, 0); Bidir is (⌈(W-1)/2⌉, ⌊(W-1)/2⌋).
+// ring moves text blocks hr hops to the right and hl hops to the left.
+// Shift is (W-1, 0); Bidir is (⌈(W-1)/2⌉, ⌊(W-1)/2⌋).
+//
+// Each direction is a stream. At hop k rank r visits block q = r - dir·k:
+// the block arrived during hop k-1 and is passed on at the start of hop k,
+// to be visited at hop k+1 by rank r+dir. The gradient of block q is summed
+// along the ranks that visit it, one step behind: rank r computes its
+// contribution during hop k, adds the partial sum that rank r-dir sent at
+// the end of hop k-1 (it travelled during hop k), and sends the sum on at
+// the end of hop k, to travel during hop k+1. After the last hop the sum
+// goes home to rank q. The rank's own block is visited in two halves of
+// its columns, the first while the first blocks travel, the second while
+// the sums travel home. So every transfer has a visit (GEMMs, polled
+// between panels; see exchanges) to hide behind.
 func (l *SigLipLoss[T]) ring(dImg, dTxt, img, txt []T, st *clipStep, hr, hl int) error {
 	b, d, w, r := st.b, st.d, st.w, st.rank
 	bd := b * d
-	for i := range l.bufs {
-		l.bufs[i] = grow(l.bufs[i], 2*bd)
-	}
-	rCur, rNext, lCur, lNext := l.bufs[0], l.bufs[1], l.bufs[2], l.bufs[3]
-	copy(rCur[bd:], txt)
-	copy(lCur[bd:], txt)
-	right, left := (r+1)%w, (r+w-1)%w
-
-	// Step 0: this rank's own block, counted once, into the right stream's
-	// accumulator; the left stream starts empty.
-	l.visit(dImg, rCur[:bd], img, txt, r, st, true, true)
-	for i := range lCur[:bd] {
-		lCur[i] = 0
-	}
-	var rReq, lReq mpi.Request
-	var err error
-	if hr > 0 {
-		if rReq, err = mpi.Isendrecv(l.comm, rNext, left, rCur, right); err != nil {
-			return fmt.Errorf("loss: SigLIP ring shift: %w", err)
+	l.ex.comm = l.comm
+	l.rs[0].dir, l.rs[0].hops = 1, hr
+	l.rs[1].dir, l.rs[1].hops = -1, hl
+	half := b
+	for i := range l.rs {
+		s := &l.rs[i]
+		if s.hops == 0 {
+			continue
+		}
+		half = (b + 1) / 2
+		nb := min(s.hops, 2)
+		for k := range nb {
+			s.tb[k] = grow(s.tb[k], bd)
+			if l.backward {
+				s.part[k] = grow(s.part[k], bd)
+			}
+		}
+		if l.backward {
+			s.in = grow(s.in, bd)
+		}
+		// The first hop's block: this rank's own.
+		to, from := (r+s.dir+w)%w, (r-s.dir+w)%w
+		var err error
+		s.nb, s.px = 0, noExchange
+		if s.tx, err = exchange(&l.ex, s.tb[0], from, txt, to); err != nil {
+			return l.ex.drain(fmt.Errorf("loss: SigLIP ring shift: %w", err))
 		}
 	}
-	if hl > 0 {
-		if lReq, err = mpi.Isendrecv(l.comm, lNext, right, lCur, left); err != nil {
-			return fmt.Errorf("loss: SigLIP ring shift: %w", err)
-		}
-	}
-	l.finish(dImg, txt, st, true)
+	l.visit(dImg, dTxt, img, txt, r, 0, half, st, true)
 	for k := 1; k <= max(hr, hl); k++ {
-		if err := wait(rReq, lReq); err != nil {
-			return err
-		}
-		rReq, lReq = nil, nil
-		if k <= hr {
-			rCur, rNext = rNext, rCur
-			l.visit(dImg, rCur[:bd], img, rCur[bd:], (r-k+w)%w, st, false, false)
-			if k < hr {
-				if rReq, err = mpi.Isendrecv(l.comm, rNext, left, rCur, right); err != nil {
-					return fmt.Errorf("loss: SigLIP ring shift: %w", err)
+		for i := range l.rs {
+			s := &l.rs[i]
+			if k > s.hops {
+				continue
+			}
+			to, from := (r+s.dir+w)%w, (r-s.dir+w)%w
+			if err := l.ex.wait(s.tx); err != nil {
+				return l.ex.drain(fmt.Errorf("loss: SigLIP ring shift: %w", err))
+			}
+			s.cur, s.nb, s.tx = s.tb[s.nb], 1-s.nb, noExchange
+			var err error
+			if k < s.hops {
+				if s.tx, err = exchange(&l.ex, s.tb[s.nb], from, s.cur, to); err != nil {
+					return l.ex.drain(fmt.Errorf("loss: SigLIP ring shift: %w", err))
 				}
 			}
-			l.finish(dImg, rCur[bd:], st, false)
-		}
-		if k <= hl {
-			lCur, lNext = lNext, lCur
-			l.visit(dImg, lCur[:bd], img, lCur[bd:], (r+k)%w, st, false, false)
-			if k < hl {
-				if lReq, err = mpi.Isendrecv(l.comm, lNext, right, lCur, left); err != nil {
-					return fmt.Errorf("loss: SigLIP ring shift: %w", err)
-				}
+			acc := s.part[(k-1)%2]
+			l.visit(dImg, acc, img, s.cur, (r-s.dir*k+2*w)%w, 0, b, st, false)
+			if !l.backward {
+				continue
 			}
-			l.finish(dImg, lCur[bd:], st, false)
+			if k > 1 {
+				if err := l.ex.wait(s.px); err != nil {
+					return l.ex.drain(fmt.Errorf("loss: SigLIP text gradients: %w", err))
+				}
+				addTo(&l.k, acc, s.in)
+			}
+			if k == s.hops {
+				// Home: this sum to its block's rank, this rank's own
+				// block's sum from the rank that visited it last.
+				to, from = (r-s.dir*k+2*w)%w, (r+s.dir*k+2*w)%w
+			}
+			if s.px, err = exchange(&l.ex, s.in, from, acc, to); err != nil {
+				return l.ex.drain(fmt.Errorf("loss: SigLIP text gradients: %w", err))
+			}
 		}
 	}
-	if err := wait(rReq, lReq); err != nil {
-		return err
-	}
-	if !l.backward {
-		return nil
-	}
-	// Home: the right stream holds block r-hr's accumulator, the left one
-	// block r+hl's.
-	if hr == 0 {
-		copy(dTxt, rCur[:bd])
-	} else if rReq, err = mpi.Isendrecv(l.comm, dTxt, (r+hr)%w, rCur[:bd], (r-hr+w)%w); err != nil {
-		return fmt.Errorf("loss: SigLIP text gradients home: %w", err)
-	}
-	if hl > 0 {
-		l.home = grow(l.home, bd)
-		if lReq, err = mpi.Isendrecv(l.comm, l.home[:bd], (r-hl+w)%w, lCur[:bd], (r+hl)%w); err != nil {
-			return fmt.Errorf("loss: SigLIP text gradients home: %w", err)
+	l.visit(dImg, dTxt, img, txt, r, half, b, st, false)
+	for i := range l.rs {
+		s := &l.rs[i]
+		if s.hops == 0 || !l.backward {
+			continue
 		}
-	}
-	if err := wait(rReq, lReq); err != nil {
-		return err
-	}
-	if hl > 0 {
-		addTo(&l.k, dTxt, l.home[:bd])
+		if err := l.ex.wait(s.px); err != nil {
+			return l.ex.drain(fmt.Errorf("loss: SigLIP text gradients home: %w", err))
+		}
+		addTo(&l.k, dTxt, s.in)
 	}
 	return nil
-}
-
-// wait waits for the requests that are not nil.
-func wait(reqs ...mpi.Request) error {
-	var first error
-	for _, q := range reqs {
-		if q != nil {
-			if err := q.Wait(); err != nil && first == nil {
-				first = fmt.Errorf("loss: SigLIP ring shift: %w", err)
-			}
-		}
-	}
-	return first
 }
 
 // gather all-gathers the text features, visits every block, and
@@ -389,8 +395,7 @@ func (l *SigLipLoss[T]) gather(dImg, dTxt, img, txt []T, st *clipStep) error {
 	}
 	for q := 0; q < st.w; q++ {
 		tq := l.tall[q*b*d : (q+1)*b*d]
-		l.visit(dImg, l.part[q*b*d:], img, tq, q, st, q == 0, true)
-		l.finish(dImg, tq, st, q == 0)
+		l.visit(dImg, l.part[q*b*d:], img, tq, q, 0, b, st, q == 0)
 	}
 	if !l.backward {
 		return nil
@@ -420,8 +425,7 @@ func (l *SigLipLoss[T]) reduce(dImg, dTxt, img, txt []T, st *clipStep) error {
 		if err := mpi.Allreduce(l.comm, mpi.Sum, l.tall, l.tall); err != nil {
 			return fmt.Errorf("loss: broadcasting text features: %w", err)
 		}
-		l.visit(dImg, l.part, img, l.tall, q, st, q == 0, true)
-		l.finish(dImg, l.tall, st, q == 0)
+		l.visit(dImg, l.part, img, l.tall, q, 0, st.b, st, q == 0)
 		if !l.backward {
 			continue
 		}

@@ -1,0 +1,151 @@
+package loss
+
+import (
+	"github.com/clipmpi/clipmpi/blas"
+	"github.com/clipmpi/clipmpi/mpi"
+)
+
+// exchanges are the non-blocking transfers (Isendrecv) one loss call has in
+// flight. They serve two purposes:
+//
+//   - Progress: under MPI a transfer advances only while the process is
+//     inside an MPI call, and no thread polls in the background (see
+//     mpi.World). gemm splits a GEMM into panels while transfers are in
+//     flight and calls poll (Request.Test) between them, so that the
+//     transfers advance while the GEMM computes.
+//   - Clean error paths: a call must never return while MPI may still read
+//     or write one of its buffers; the next call would reuse them. Every
+//     return after a failure goes through drain, which completes every
+//     transfer still in flight first.
+//
+// A transfer keeps its slot, with its result, until wait collects it, even
+// after poll has seen it complete: the mpi.Request itself may be reused by
+// the Comm's next Isendrecv as soon as Test reports done.
+type exchanges struct {
+	comm mpi.Comm
+	slot [mpi.MaxRequests]struct {
+		req  mpi.Request // nil once complete
+		err  error       // its result, once complete
+		used bool        // started and not yet collected by wait
+	}
+}
+
+// noExchange is the slot index of "no transfer"; wait and drop accept it.
+const noExchange = -1
+
+// exchange starts an Isendrecv on e's communicator (rank from's data into
+// dst, src to rank to) and returns its slot. If it fails to start, nothing
+// is in flight for it: it returns noExchange and the error.
+func exchange[T blas.Float](e *exchanges, dst []T, from int, src []T, to int) (int, error) {
+	i := 0
+	for i < len(e.slot) && e.slot[i].used {
+		i++
+	}
+	if i == len(e.slot) {
+		panic("loss: more exchanges in flight than mpi.MaxRequests")
+	}
+	req, err := mpi.Isendrecv(e.comm, dst, from, src, to)
+	if err != nil {
+		// A Request that failed to start is complete (mpi.Comm).
+		return noExchange, err
+	}
+	s := &e.slot[i]
+	s.req, s.err, s.used = req, nil, true
+	return i, nil
+}
+
+// poll advances every transfer in flight without blocking (mpi.Request.Test)
+// and records the result of those that completed.
+func (e *exchanges) poll() {
+	for i := range e.slot {
+		s := &e.slot[i]
+		if s.req == nil {
+			continue
+		}
+		if done, err := s.req.Test(); done {
+			s.req, s.err = nil, err
+		}
+	}
+}
+
+// inFlight reports whether a transfer has not yet completed.
+func (e *exchanges) inFlight() bool {
+	for i := range e.slot {
+		if e.slot[i].req != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// wait completes the transfer in slot i, frees the slot and returns the
+// transfer's result. wait(noExchange) returns nil.
+func (e *exchanges) wait(i int) error {
+	if i == noExchange {
+		return nil
+	}
+	s := &e.slot[i]
+	if s.req != nil {
+		s.err = s.req.Wait()
+	}
+	err := s.err
+	s.req, s.err, s.used = nil, nil, false
+	return err
+}
+
+// drain completes every transfer in flight and frees every slot, then
+// returns err. Every return of a loss call after a failure passes through
+// it, so that no buffer of the call is left to MPI. It waits: the other
+// ranks' matching transfers were started in the same step and complete
+// while those ranks wait for theirs (every Wait and Test advances all of a
+// rank's transfers, as MPI's progress engine does).
+func (e *exchanges) drain(err error) error {
+	for i := range e.slot {
+		if e.slot[i].used {
+			e.wait(i)
+		}
+	}
+	return err
+}
+
+// pollFlops is the work between two polls while transfers are in flight: a
+// few milliseconds of GEMM at tens of GFLOP/s. A TCP socket's buffers hold
+// that long of a link's traffic, so the link stays busy between polls, and
+// each panel is large enough that re-packing a GEMM operand per panel
+// costs little. (A variable for tests.)
+var pollFlops = 2e8
+
+// gemmHook, when set (by tests), sees every GEMM gemm computes.
+var gemmHook func(tA, tB blas.Transpose, m, n, k int)
+
+// gemm computes C = alpha·op(A)·op(B) + beta·C (row-major, as blas.Gemm).
+// While transfers are in flight it computes C in panels of rows of about
+// pollFlops each and polls the transfers between panels.
+func gemm[T blas.Float](e *exchanges, tA, tB blas.Transpose, m, n, k int, alpha T, a []T, lda int, b []T, ldb int, beta T, c []T, ldc int) {
+	if gemmHook != nil {
+		gemmHook(tA, tB, m, n, k)
+	}
+	e.poll()
+	rows := m
+	if e.inFlight() && n > 0 && k > 0 {
+		rows = max(32, int(pollFlops/(2*float64(n)*float64(k))))
+		rows = (rows + 31) / 32 * 32
+	}
+	if rows >= m {
+		blas.Gemm(tA, tB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+		return
+	}
+	for i0 := 0; i0 < m; i0 += rows {
+		mr := min(rows, m-i0)
+		// Row i of op(A) is row i of A (lda apart) or column i of A.
+		ai := i0 * lda
+		if tA == blas.Trans {
+			ai = i0
+		}
+		blas.Gemm(tA, tB, mr, n, k, alpha, a[ai:], lda, b, ldb, beta, c[i0*ldc:], ldc)
+		if i0+mr < m {
+			e.poll()
+		}
+	}
+	e.poll()
+}
