@@ -181,6 +181,16 @@ THREADS ?= 0
 bench-loss: build
 	$(if $(filter-out 0,$(THREADS)),OPENBLAS_NUM_THREADS=$(THREADS) )$(MPIRUN) $(NP) $(BIN)/bench -loss $(LOSS) -b $(B) -d $(D) -mode $(MODE) -algo $(ALGO) -dtype $(DTYPE) -steps $(STEPS) -tile $(TILE) -threads $(THREADS)
 
+# A shaped network (scripts/cluster/benchnet.sh; root): two hosts in
+# network namespaces, one rank each, each direction of their link limited
+# to RATE by tc's tbf; every algorithm of both losses against the link rate
+# measured in the same run. B, D, STEPS, MODE, TILE, DTYPE as above.
+RATE  ?= 2gbit
+.PHONY: bench-net
+bench-net: build
+	@RATE=$(RATE) B=$(B) D=$(D) STEPS=$(STEPS) MODE=$(MODE) TILE=$(TILE) DTYPE=$(DTYPE) \
+	  flock /tmp/clipmpi-cluster.lock timeout --foreground -k 30 660 scripts/cluster/benchnet.sh $(BIN)
+
 clean:
 	rm -rf $(BIN) run
 

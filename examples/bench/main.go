@@ -21,6 +21,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -68,7 +69,21 @@ type Record struct {
 	// PredictedStepMs is the cost model's step time (loss.Predict) with the
 	// rates loss.MeasureRates measured at the start of the same run.
 	PredictedStepMs float64 `json:"predicted_step_ms"`
-	Skipped         string  `json:"skipped,omitempty"`
+	// The communication hidden behind compute (see README, "A shaped
+	// network"): compute_floor_ms is gemm_floor_ms; link_gbit_s is the
+	// point-to-point rate measured with -net (null without), which then
+	// sets comm_floor_ms; comm_exposed_ms is the median over steps of the
+	// slowest rank's time inside communication calls; comm_hidden_fraction
+	// is 1 - comm_exposed_ms / comm_floor_ms clamped to [0, 1] (null when
+	// nothing is exchanged); max_floor_ms is max(compute_floor_ms,
+	// comm_floor_ms), the step of perfect overlap.
+	LinkGbits          *float64 `json:"link_gbit_s"`
+	ComputeFloorMs     float64  `json:"compute_floor_ms"`
+	CommExposedMs      float64  `json:"comm_exposed_ms"`
+	CommHiddenFraction *float64 `json:"comm_hidden_fraction"`
+	MaxFloorMs         float64  `json:"max_floor_ms"`
+	RatioToMaxFloor    float64  `json:"ratio_to_max_floor"`
+	Skipped            string   `json:"skipped,omitempty"`
 	// With -max-batch: the memory model (workspace from loss.Plan plus the
 	// features and gradients plus the base RSS) checked against the peak RSS
 	// measured at b, and the largest global batch it admits in the budget.
@@ -101,6 +116,7 @@ func main() {
 	memLimit := flag.Float64("mem-limit-mib", 0, "skip configurations whose workspace estimate exceeds this per rank (0: 80% of MemAvailable / ranks)")
 	lossKind := flag.String("loss", "clip", "loss: clip or siglip (then -algo names SigLIP methods: bidir, shift, reduce, gather, or all)")
 	jsonOnly := flag.Bool("json", false, "print only the JSON lines")
+	netRate := flag.Bool("net", false, "measure the point-to-point link rate (a ring exchange of 16 MiB each way, best of 5) and take the communication floor from it: for ranks on different hosts")
 	maxBatch := flag.Float64("max-batch", 0, "memory budget in GiB for all ranks on this node (e.g. 24): report the largest global batch per algorithm that fits, from the memory model checked against the peak RSS measured at -b")
 	flag.Parse()
 
@@ -111,7 +127,7 @@ func main() {
 	}
 	code := 0
 	cfg := benchConfig{loss: *lossKind, b: *b, d: *d, mode: *mode, algos: *algos, dtype: *dtype,
-		steps: *steps, warmup: *warmup, tile: *tile, threads: *threads, memLimit: *memLimit, jsonOnly: *jsonOnly, budget: *maxBatch}
+		steps: *steps, warmup: *warmup, tile: *tile, threads: *threads, memLimit: *memLimit, jsonOnly: *jsonOnly, budget: *maxBatch, net: *netRate}
 	if err := run(comm, os.Stdout, cfg); err != nil {
 		if comm.Rank() == 0 {
 			fmt.Fprintln(os.Stderr, "bench:", err)
@@ -130,6 +146,7 @@ type benchConfig struct {
 	memLimit                  float64 // MiB per rank; 0: 80% of MemAvailable / ranks
 	jsonOnly                  bool
 	budget                    float64 // -max-batch, GiB per node; 0: off
+	net                       bool    // -net: measure the link, floor from it
 }
 
 // config is one configuration to measure: a loss maker, its plan and its
@@ -230,14 +247,25 @@ func run(comm mpi.Comm, out io.Writer, bc benchConfig) error {
 		fmt.Fprintf(out, "# cost model rates: GEMM %.1f GFLOP/s; kernels stats %.2f, grad %.2f, sigmoid %.2f, naive %.1f + %.1f ns per logit; copy %.2f, transpose %.2f ns per element; link %.3g Gbit/s, latency %.3g µs\n",
 			rates.GemmGflops, rates.StatsNs, rates.GradNs, rates.SigmoidNs, rates.NaiveStatsNs, rates.NaiveGradNs, rates.CopyNs, rates.TransposeNs, rates.LinkGbits, rates.LatencyUs)
 	}
+	var link *float64
+	if bc.net && comm.Size() > 1 {
+		gbit, err := linkRate(comm, linkBytes, linkTries)
+		if err != nil {
+			return fmt.Errorf("measuring the link: %w", err)
+		}
+		link = &gbit
+		if rank0 && !jsonOnly {
+			fmt.Fprintf(out, "# link: %.3f Gbit/s each way (ring exchange of %d MiB each way, best of %d)\n", gbit, linkBytes>>20, linkTries)
+		}
+	}
 	var recs []Record
 	for _, cfg := range configs {
 		var rec Record
 		var err error
 		if dtype == "float64" {
-			rec, err = measure[float64](comm, cfg, b, d, steps, warmup, memLimit, bc.budget)
+			rec, err = measure[float64](comm, cfg, b, d, steps, warmup, memLimit, bc.budget, link)
 		} else {
-			rec, err = measure[float32](comm, cfg, b, d, steps, warmup, memLimit, bc.budget)
+			rec, err = measure[float32](comm, cfg, b, d, steps, warmup, memLimit, bc.budget, link)
 		}
 		if err != nil {
 			return fmt.Errorf("%s: %w", cfg.name, err)
@@ -254,7 +282,7 @@ func run(comm mpi.Comm, out io.Writer, bc benchConfig) error {
 		}
 	}
 	if rank0 && !jsonOnly {
-		table(out, recs, bc.budget)
+		table(out, recs, bc.budget, bc.net)
 		fmt.Fprintln(out, autoLine(lossKind, mode, comm.Size(), b, d, dtype, tile, rates, memLimit))
 	}
 	return nil
@@ -294,7 +322,43 @@ type stepper[T blas.Float] interface {
 	ForwardBackward(dImg, dTxt, img, txt []T, lg loss.Logit) (loss.Result, error)
 }
 
-func table(out io.Writer, recs []Record, budget float64) {
+// netTable is the table of a -net run: what the link costs each algorithm
+// and how much of it the algorithm hides.
+func netTable(out io.Writer, recs []Record) {
+	fmt.Fprintf(out, "\n%-7s %9s %10s %9s %9s %9s %8s %9s %8s\n",
+		"algo", "step ms", "compute ms", "comm ms", "link Gb/s", "exposed", "hidden", "x max fl", "comm MB")
+	for _, r := range recs {
+		if r.Skipped != "" {
+			fmt.Fprintf(out, "%-7s skipped: %s\n", r.Algo, r.Skipped)
+			continue
+		}
+		link, hidden := "-", "-"
+		if r.LinkGbits != nil {
+			link = fmt.Sprintf("%.3f", *r.LinkGbits)
+		}
+		if r.CommHiddenFraction != nil {
+			hidden = fmt.Sprintf("%.2f", *r.CommHiddenFraction)
+		}
+		fmt.Fprintf(out, "%-7s %9.1f %10.1f %9.1f %9s %9.1f %8s %9.2f %8.1f\n",
+			r.Algo, r.StepMsMedian, r.ComputeFloorMs, r.CommFloorMs, link, r.CommExposedMs, hidden, r.RatioToMaxFloor, r.CommBytesPerStep/1e6)
+	}
+	var best *Record
+	for i := range recs {
+		if r := &recs[i]; r.Skipped == "" && (best == nil || r.StepMsMedian < best.StepMsMedian) {
+			best = r
+		}
+	}
+	if best != nil {
+		fmt.Fprintf(out, "best: %s %.1f ms = %.2f x max(compute floor %.1f ms, comm floor %.1f ms)\n",
+			best.Algo, best.StepMsMedian, best.RatioToMaxFloor, best.ComputeFloorMs, best.CommFloorMs)
+	}
+}
+
+func table(out io.Writer, recs []Record, budget float64, net bool) {
+	if net && budget == 0 {
+		netTable(out, recs)
+		return
+	}
 	fmt.Fprintf(out, "\n%-7s %9s %9s %9s %8s %9s %10s %9s %9s %8s %10s %7s\n",
 		"algo", "median ms", "min ms", "floor ms", "ratio", "model ms", "GFLOP/s", "x naive", "peak MiB", "ws MiB", "comm MB", "allocs")
 	var naive float64
@@ -322,7 +386,7 @@ func table(out io.Writer, recs []Record, budget float64) {
 	}
 }
 
-func measure[T blas.Float](comm mpi.Comm, cfg config, b, d, steps, warmup int, memLimit, budget float64) (Record, error) {
+func measure[T blas.Float](comm mpi.Comm, cfg config, b, d, steps, warmup int, memLimit, budget float64, link *float64) (Record, error) {
 	esize := 8
 	if blas.Is32[T]() {
 		esize = 4
@@ -354,7 +418,9 @@ func measure[T blas.Float](comm mpi.Comm, cfg config, b, d, steps, warmup int, m
 		}
 	}
 	cc.bytes = 0
-	times := make([]float64, steps)
+	// times[s] is step s's wall time, times[steps+s] its time inside
+	// communication calls.
+	times := make([]float64, 2*steps)
 	var mallocs uint64
 	for s := range steps {
 		if err := comm.Barrier(); err != nil {
@@ -363,9 +429,11 @@ func measure[T blas.Float](comm mpi.Comm, cfg config, b, d, steps, warmup int, m
 		// Allocations are counted around the step alone (runtime.MemStats
 		// counts every allocation of the process, the runtime's own too).
 		m0 := mallocCount()
+		c0 := cc.inside
 		t0 := time.Now()
 		res, err := l.ForwardBackward(dImg, dTxt, img, txt, lg)
 		times[s] = float64(time.Since(t0).Nanoseconds()) / 1e6
+		times[steps+s] = float64(cc.inside-c0) / 1e6
 		mallocs += mallocCount() - m0 // outside the timed span
 		if err != nil {
 			return rec, err
@@ -379,8 +447,12 @@ func measure[T blas.Float](comm mpi.Comm, cfg config, b, d, steps, warmup int, m
 	if err := comm.AllreduceF64(mpi.Max, times, times); err != nil {
 		return rec, mpi.Fail(comm, err)
 	}
+	exposed := times[steps:]
+	times = times[:steps]
 	sort.Float64s(times)
+	sort.Float64s(exposed)
 	rec.StepMsMedian, rec.StepMsMin, rec.StepMsMax = times[len(times)/2], times[0], times[len(times)-1]
+	rec.CommExposedMs = exposed[len(exposed)/2]
 	rec.Gflops = rec.GflopPerStep / (rec.StepMsMedian / 1e3)
 
 	gemmMs, err := gemmFloor[T](comm, plan)
@@ -392,13 +464,24 @@ func measure[T blas.Float](comm mpi.Comm, cfg config, b, d, steps, warmup int, m
 		return rec, err
 	}
 	rec.GemmFloorMs = gemmMs
+	rec.ComputeFloorMs = gemmMs
 	rec.SgemmGflops = rec.GflopPerStep / (gemmMs / 1e3)
 	if w > 1 {
 		rec.CollectiveGBs = &gbs
 		rec.CommFloorMs = rec.CommBytesPerStep / (gbs * 1e9) * 1e3
+		if link != nil {
+			rec.LinkGbits = link
+			rec.CommFloorMs = rec.CommBytesPerStep * 8 / (*link * 1e9) * 1e3
+		}
+		if rec.CommFloorMs > 0 {
+			h := min(max(1-rec.CommExposedMs/rec.CommFloorMs, 0), 1)
+			rec.CommHiddenFraction = &h
+		}
 	}
 	rec.FloorMs = rec.GemmFloorMs + rec.CommFloorMs
 	rec.RatioToFloor = rec.StepMsMedian / rec.FloorMs
+	rec.MaxFloorMs = max(rec.ComputeFloorMs, rec.CommFloorMs)
+	rec.RatioToMaxFloor = rec.StepMsMedian / rec.MaxFloorMs
 	if budget > 0 {
 		maxBatch(&rec, cfg, w, b, d, esize, localRanks(comm), budget)
 	}
@@ -503,6 +586,43 @@ func bandwidth[T blas.Float](comm mpi.Comm, n int) (float64, error) {
 		return 0, mpi.Fail(comm, err)
 	}
 	return float64(cc.bytes) / tries / v[0] / 1e9, nil
+}
+
+// linkBytes and linkTries size the link measurement of -net: long enough
+// that a token bucket's burst (a few hundred KiB) adds under 2%.
+const (
+	linkBytes = 16 << 20
+	linkTries = 5
+)
+
+// linkRate measures the point-to-point rate in Gbit/s: every rank sends
+// bytes to the next rank and receives as many from the previous one at
+// the same time (as the ring algorithms do), and the rate is what a rank
+// receives per second in the best of tries, the slowest rank's time
+// counting in each.
+func linkRate(comm mpi.Comm, bytes, tries int) (float64, error) {
+	w, r := comm.Size(), comm.Rank()
+	n := bytes / 4
+	src, dst := make([]float32, n), make([]float32, n)
+	ts := make([]float64, tries)
+	for i := range ts {
+		if err := comm.Barrier(); err != nil {
+			return 0, err
+		}
+		t0 := time.Now()
+		req, err := comm.IsendrecvF32(dst, (r+w-1)%w, src, (r+1)%w)
+		if err == nil {
+			err = req.Wait()
+		}
+		if err != nil {
+			return 0, err
+		}
+		ts[i] = time.Since(t0).Seconds()
+	}
+	if err := comm.AllreduceF64(mpi.Max, ts, ts); err != nil {
+		return 0, err
+	}
+	return float64(4*n) * 8 / slices.Min(ts) / 1e9, nil
 }
 
 // features returns rank r's b×d unit-norm features, correlated pairs.

@@ -28,6 +28,8 @@ var documentedFields = map[string]bool{
 	"peak_rss_mib": false, "workspace_mib": false, "comm_bytes_per_step": false,
 	"allocs_per_step": false, "blas_backend": false, "blas_threads": false, "threads": false, "loss_value": false,
 	"predicted_step_ms": false,
+	"link_gbit_s":       true, "compute_floor_ms": false, "comm_exposed_ms": false,
+	"comm_hidden_fraction": true, "max_floor_ms": false, "ratio_to_max_floor": false,
 }
 
 // optionalFields may be absent: skipped, and the -max-batch fields.
@@ -91,7 +93,7 @@ func TestBenchJSON(t *testing.T) {
 						if algo == "all" {
 							want = 4
 						}
-						checkOutput(t, out, want, w)
+						checkOutput(t, out, want, w, false)
 					})
 				}
 			}
@@ -99,16 +101,45 @@ func TestBenchJSON(t *testing.T) {
 	}
 }
 
+// TestBenchNet: with -net the bench measures the link and takes the
+// communication floor from it: link_gbit_s is a positive number exactly
+// when W > 1, comm_floor_ms is the bytes at that rate, and the hidden
+// fraction lies in [0, 1]; the table is the link table.
+func TestBenchNet(t *testing.T) {
+	for _, w := range []int{1, 2} {
+		for _, lossKind := range []string{"clip", "siglip"} {
+			t.Run(fmt.Sprintf("W=%d/loss=%s", w, lossKind), func(t *testing.T) {
+				bc := benchConfig{loss: lossKind, b: 6, d: 4, mode: "local_gwg", algos: "all", dtype: "float32",
+					steps: 2, warmup: 1, tile: 4, memLimit: 1 << 20, net: true}
+				out, errs := runGroup(t, w, bc)
+				for r, err := range errs {
+					if err != nil {
+						t.Fatalf("rank %d: %v", r, err)
+					}
+				}
+				checkOutput(t, out, 4, w, true)
+				if w > 1 && !strings.Contains(out, "# link: ") {
+					t.Errorf("no link line in:\n%s", out)
+				}
+				if !strings.Contains(out, "x max fl") {
+					t.Errorf("no link table in:\n%s", out)
+				}
+			})
+		}
+	}
+}
+
 // checkOutput checks that out holds the header, want JSON records (each a
-// parseable object with every documented field), then the table.
-func checkOutput(t *testing.T, out string, want, w int) {
+// parseable object with every documented field), then the table. With net,
+// it also checks the fields of the link measurement.
+func checkOutput(t *testing.T, out string, want, w int, net bool) {
 	t.Helper()
 	sc := bufio.NewScanner(strings.NewReader(out))
 	var recs, blank int
 	for sc.Scan() {
 		line := sc.Text()
 		switch {
-		case strings.HasPrefix(line, "# "): // the header: the run, the cost model's rates
+		case strings.HasPrefix(line, "# "): // the header: the run, the cost model's rates, the link
 			if recs > 0 {
 				t.Errorf("header after a record")
 			}
@@ -152,8 +183,25 @@ func checkOutput(t *testing.T, out string, want, w int) {
 		if v := m["collective_gb_per_s"]; (w == 1) != (v == nil) {
 			t.Errorf("record %d: collective_gb_per_s = %v with W = %d (null exactly when W = 1)", recs, v, w)
 		}
-		if v, ok := m["ratio_to_floor"].(float64); !ok || !(v > 0) {
-			t.Errorf("record %d: ratio_to_floor = %v, want a positive number", recs, m["ratio_to_floor"])
+		for _, f := range []string{"ratio_to_floor", "ratio_to_max_floor", "max_floor_ms", "compute_floor_ms"} {
+			if v, ok := m[f].(float64); !ok || !(v > 0) {
+				t.Errorf("record %d: %s = %v, want a positive number", recs, f, m[f])
+			}
+		}
+		if v := m["comm_hidden_fraction"]; (w == 1) != (v == nil) {
+			t.Errorf("record %d: comm_hidden_fraction = %v with W = %d (null exactly when W = 1)", recs, v, w)
+		} else if h, ok := v.(float64); ok && (h < 0 || h > 1) {
+			t.Errorf("record %d: comm_hidden_fraction = %v, outside [0, 1]", recs, h)
+		}
+		link, hasLink := m["link_gbit_s"].(float64)
+		if hasLink != (net && w > 1) {
+			t.Errorf("record %d: link_gbit_s = %v with W = %d, -net %v (a number exactly with -net and W > 1)", recs, m["link_gbit_s"], w, net)
+		}
+		if hasLink {
+			bytes, floor := m["comm_bytes_per_step"].(float64), m["comm_floor_ms"].(float64)
+			if wantMs := bytes * 8 / (link * 1e9) * 1e3; !(link > 0) || math.Abs(floor-wantMs) > 1e-9*wantMs {
+				t.Errorf("record %d: comm_floor_ms %v, want comm_bytes_per_step·8 / link_gbit_s = %v", recs, floor, wantMs)
+			}
 		}
 	}
 	if recs != want {

@@ -224,12 +224,13 @@ leftovers() {
 	fail "cleanup: processes of this run were still alive (killed now): $list"
 }
 
-# harness_alive PID: PID is a running cluster harness (slurm.sh or multihost.sh).
+# harness_alive PID: PID is a running cluster harness (slurm.sh, multihost.sh
+# or benchnet.sh).
 harness_alive() {
 	local a
 	{
 		while IFS= read -r -d '' a; do
-			case $a in */slurm.sh | */multihost.sh | slurm.sh | multihost.sh) return 0 ;; esac
+			case $a in */slurm.sh | */multihost.sh | */benchnet.sh | slurm.sh | multihost.sh | benchnet.sh) return 0 ;; esac
 		done <"/proc/$1/cmdline"
 	} 2>/dev/null
 	return 1
@@ -432,4 +433,45 @@ nsx() {
 	shift 2
 	nsenter --net="/run/netns/$ns" unshare --uts --mount --propagation private /bin/bash -c \
 		'mount --bind "$0" /etc/hosts && hostname "$1" && shift && exec "$@"' "$W/hosts" "$hn" "$@"
+}
+
+# ---- MPI across the namespaces
+#
+# mpi_hosts: the rsh agent ($W/nsrsh: mpirun calls "nsrsh HOST orted
+# ARGS..." and it runs that in HOST's namespace with HOST as its host
+# name) and Open MPI's settings for the two hosts: daemons through the
+# agent, TCP only on the test subnet, the short keepalive that turns a cut
+# link into an error (shared/cluster/RECIPE.md), one BLAS thread per rank,
+# and session directories and shared memory in the work directory.
+mpi_hosts() {
+	cat >"$W/nsrsh" <<NSRSH
+#!/bin/sh
+host=\$1; shift
+case \$host in
+hostA|$SUB.1) ns=$NS_A; hn=hostA ;;
+hostB|$SUB.2) ns=$NS_B; hn=hostB ;;
+*) echo "nsrsh: unknown host \$host" >&2; exit 255 ;;
+esac
+exec ip netns exec "\$ns" unshare --uts /bin/sh -c 'hostname "\$0"; exec /bin/sh -c "\$1"' "\$hn" "\$*"
+NSRSH
+	chmod +x "$W/nsrsh"
+	export OMPI_MCA_plm_rsh_agent=$W/nsrsh
+	export OMPI_MCA_oob_tcp_if_include=$SUB.0/24 OMPI_MCA_btl_tcp_if_include=$SUB.0/24
+	export OMPI_MCA_oob_tcp_keepalive_time=5 OMPI_MCA_oob_tcp_keepalive_intvl=2 OMPI_MCA_oob_tcp_keepalive_probes=3
+	export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
+	export TMPDIR=$W/tmp OMPI_MCA_btl_vader_backing_directory=$W/shm
+	mkdir -p "$TMPDIR" "$OMPI_MCA_btl_vader_backing_directory"
+}
+
+# mpirun_ns LIMIT ARGS...: mpirun in head (private /etc/hosts naming the
+# hosts, host name "head"), TCP only, bounded by LIMIT seconds or what is
+# left of the run's (then SIGKILL 5 s later). Needs mpi_hosts first.
+mpirun_ns() {
+	local limit
+	limit=$(lim "$1")
+	shift
+	timeout -k 5 "$limit" ip netns exec "$NS_HEAD" unshare --uts --mount --propagation private /bin/bash -c \
+		'mount --bind "$0" /etc/hosts && hostname head && exec "$@"' "$W/hosts" \
+		mpirun --allow-run-as-root --bind-to none --mca pml ob1 --mca btl tcp,self \
+		-x OPENBLAS_NUM_THREADS -x TMPDIR "$@"
 }

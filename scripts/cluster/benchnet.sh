@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# benchnet.sh: make bench-net. Two "hosts", hostA and hostB, are network
+# namespaces joined by veth pairs to a bridge in a third, head, where mpirun
+# runs (the multi-host harness's network, lib.sh); one rank on each host,
+# TCP only. Each host's side of its link is rate-limited with a token
+# bucket, tc qdisc tbf (netem, which could add delay, is not in this
+# kernel), so that each direction carries RATE. Then bin/bench -net runs
+# every algorithm of ClipLoss and of SigLipLoss: it measures the link rate
+# itself (a ring exchange of 16 MiB each way, best of 5), and prints per
+# algorithm one JSON object (the bench's fields, with link_gbit_s,
+# compute_floor_ms, comm_floor_ms = bytes ÷ link rate, comm_exposed_ms and
+# comm_hidden_fraction) and a table, and the best algorithm's step against
+# max(compute floor, communication floor).
+#
+# The namespaces and the shaper are made under /tmp/clipmpi-cluster.lock
+# (the Makefile takes it), the timed runs under /tmp/clipmpi-bench.lock.
+# Qdiscs, namespaces, veths and processes are removed at the end, also on
+# failure or SIGINT/SIGTERM; the run is bounded (CLIPMPI_CLUSTER_LIMIT,
+# here 600 s).
+#
+#   scripts/cluster/benchnet.sh [BIN]      (BIN: built bin/ directory, default ./bin)
+# Environment: RATE (2gbit; any tc rate), BURST (256kb), LATENCY (20ms),
+# B (1024), D (512), STEPS (10), MODE (local_gwg), TILE (0), DTYPE
+# (float32), LOSSES ("clip siglip"), ALGO (all), CLIPMPI_KEEP=1 keeps the
+# work directory.
+set -uo pipefail
+CL_NAME=bench-net
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
+BIN=$(cd "${1:-$REPO/bin}" && pwd)
+export CLIPMPI_CLUSTER_LIMIT=${CLIPMPI_CLUSTER_LIMIT:-600}
+# shellcheck source=lib.sh
+. "$REPO/scripts/cluster/lib.sh"
+RATE=${RATE:-2gbit} BURST=${BURST:-256kb} LATENCY=${LATENCY:-20ms}
+B=${B:-1024} D=${D:-512} STEPS=${STEPS:-10} MODE=${MODE:-local_gwg} TILE=${TILE:-0}
+DTYPE=${DTYPE:-float32} LOSSES=${LOSSES:-clip siglip} ALGO=${ALGO:-all}
+
+[ "$(id -u)" = 0 ] || skip_all "not root: creating network namespaces, veth pairs and qdiscs needs root"
+[ -x "$BIN/bench" ] || { fail "missing $BIN/bench (make bench-net builds it)"; exit 1; }
+sweep_stale
+workdir benchnet
+apt_install iproute2 procps
+for c in ip tc unshare nsenter mpirun timeout flock; do
+	command -v "$c" >/dev/null || skip_all "$c not found"
+done
+
+# ---- the network: head (bridge, mpirun) -- hostA, hostB; each host's
+# egress shaped to RATE, so that each direction of the link carries RATE.
+net_probe || skip_all "$NET_SKIP"
+on_exit net_down
+net_up || exit 1
+on_exit unshape
+shaped=()
+unshape() {
+	local ns
+	for ns in "${shaped[@]}"; do
+		tc -n "$ns" qdisc del dev veth0 root 2>/dev/null
+		tc -n "$ns" qdisc show dev veth0 2>/dev/null | grep -q tbf && fail "cleanup: the tbf qdisc of $ns survives"
+	done
+	[ ${#shaped[@]} = 0 ] || log "qdiscs removed"
+}
+for ns in "$NS_A" "$NS_B"; do
+	if ! err=$(tc -n "$ns" qdisc add dev veth0 root tbf rate "$RATE" burst "$BURST" latency "$LATENCY" 2>&1); then
+		fail "tc qdisc add ... tbf rate $RATE burst $BURST latency $LATENCY on $ns: $err"
+		exit 1
+	fi
+	shaped+=("$ns")
+done
+log "link shaped: $(tc -n "$NS_A" qdisc show dev veth0 | head -1) (each host's veth0, both directions)"
+
+mpi_hosts
+# bench_locked LIMIT ARGS...: mpirun_ns under the bench lock, so that no
+# other benchmark runs meanwhile (waiting for it within LIMIT).
+bench_locked() {
+	{
+		flock -w "$(lim "$1")" 9 || { echo "benchnet: /tmp/clipmpi-bench.lock still held after $(lim "$1") s"; return 1; }
+		mpirun_ns "$@"
+	} 9>/tmp/clipmpi-bench.lock
+}
+BENCH=("$BIN/bench" -net -b "$B" -d "$D" -steps "$STEPS" -mode "$MODE" -tile "$TILE" -dtype "$DTYPE" -algo "$ALGO")
+log "one rank on each of hostA and hostB: ${BENCH[*]}"
+for loss in $LOSSES; do
+	need_time "the $loss bench" 30
+	t0=$(now)
+	run_bg bench_locked 300 -np 2 --host hostA,hostB "${BENCH[@]}" -loss "$loss" >"$W/bench-$loss.log" 2>&1
+	rc=$?
+	grep -v '^#' "$W/bench-$loss.log" | grep -E '^(\{|algo|[a-z]+ +[0-9]|best)' | grep -v '^{' | sed 's/^/  /'
+	if [ $rc = 0 ] && grep -q '^best: ' "$W/bench-$loss.log"; then
+		best=$(grep '^best: ' "$W/bench-$loss.log")
+		link=$(grep -m1 '^# link: ' "$W/bench-$loss.log" | sed 's/^# link: //')
+		ratio=$(sed -nE 's/.* = ([0-9.]+) x max\(.*/\1/p' <<<"$best")
+		target="target 1.25: not met"
+		le "${ratio:-99}" 1.25 && target="target 1.25: met"
+		pass "$loss at RATE=$RATE, measured $link: ${best#best: }; $target ($(elapsed "$t0") s)"
+	else
+		fail "$loss bench across the shaped link: rc=$rc"
+		show "$W/bench-$loss.log" 30
+	fi
+	grep '^{' "$W/bench-$loss.log" >>"$W/bench-net.json"
+	ns_clear 5 "${NSS[@]}" || fail "processes in the namespaces survive SIGKILL for 5 s"
+done
+for ns in "$NS_A" "$NS_B"; do
+	log "${ns##*-}: $(tc -s -n "$ns" qdisc show dev veth0 | tr -s ' \n' ' ' | grep -oE 'Sent [0-9]+ bytes [0-9]+ pkt \(dropped [0-9]+, overlimits [0-9]+')"
+done
+if [ -s "$W/bench-net.json" ]; then
+	echo "JSON records (one per algorithm):"
+	cat "$W/bench-net.json"
+fi
