@@ -21,8 +21,8 @@
 #   scripts/cluster/benchnet.sh [BIN]      (BIN: built bin/ directory, default ./bin)
 # Environment: RATE (2gbit; any tc rate), BURST (256kb), LATENCY (20ms),
 # B (1024), D (512), STEPS (10), MODE (local_gwg), TILE (0), DTYPE
-# (float32), LOSSES ("clip siglip"), ALGO (all), CLIPMPI_KEEP=1 keeps the
-# work directory.
+# (float32), THREADS (1: the two hosts share this machine's cores), LOSSES
+# ("clip siglip"), ALGO (all), CLIPMPI_KEEP=1 keeps the work directory.
 set -uo pipefail
 CL_NAME=bench-net
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
@@ -32,6 +32,8 @@ export CLIPMPI_CLUSTER_LIMIT=${CLIPMPI_CLUSTER_LIMIT:-600}
 . "$REPO/scripts/cluster/lib.sh"
 RATE=${RATE:-2gbit} BURST=${BURST:-256kb} LATENCY=${LATENCY:-20ms}
 B=${B:-1024} D=${D:-512} STEPS=${STEPS:-10} MODE=${MODE:-local_gwg} TILE=${TILE:-0}
+# The two hosts share this machine's cores: one thread per rank unless told.
+THREADS=${THREADS:-1}
 DTYPE=${DTYPE:-float32} LOSSES=${LOSSES:-clip siglip} ALGO=${ALGO:-all}
 
 [ "$(id -u)" = 0 ] || skip_all "not root: creating network namespaces, veth pairs and qdiscs needs root"
@@ -76,7 +78,7 @@ bench_locked() {
 		mpirun_ns "$@"
 	} 9>/tmp/clipmpi-bench.lock
 }
-BENCH=("$BIN/bench" -net -b "$B" -d "$D" -steps "$STEPS" -mode "$MODE" -tile "$TILE" -dtype "$DTYPE" -algo "$ALGO")
+BENCH=("$BIN/bench" -net -b "$B" -d "$D" -steps "$STEPS" -mode "$MODE" -tile "$TILE" -dtype "$DTYPE" -algo "$ALGO" -threads "$THREADS")
 log "one rank on each of hostA and hostB: ${BENCH[*]}"
 for loss in $LOSSES; do
 	need_time "the $loss bench" 30
