@@ -325,8 +325,8 @@ type stepper[T blas.Float] interface {
 // netTable is the table of a -net run: what the link costs each algorithm
 // and how much of it the algorithm hides.
 func netTable(out io.Writer, recs []Record) {
-	fmt.Fprintf(out, "\n%-7s %9s %10s %9s %9s %9s %8s %9s %8s\n",
-		"algo", "step ms", "compute ms", "comm ms", "link Gb/s", "exposed", "hidden", "x max fl", "comm MB")
+	fmt.Fprintf(out, "\n%-7s %9s %9s %10s %9s %9s %9s %8s %9s %8s\n",
+		"algo", "step ms", "model ms", "compute ms", "comm ms", "link Gb/s", "exposed", "hidden", "x max fl", "comm MB")
 	for _, r := range recs {
 		if r.Skipped != "" {
 			fmt.Fprintf(out, "%-7s skipped: %s\n", r.Algo, r.Skipped)
@@ -339,8 +339,8 @@ func netTable(out io.Writer, recs []Record) {
 		if r.CommHiddenFraction != nil {
 			hidden = fmt.Sprintf("%.2f", *r.CommHiddenFraction)
 		}
-		fmt.Fprintf(out, "%-7s %9.1f %10.1f %9.1f %9s %9.1f %8s %9.2f %8.1f\n",
-			r.Algo, r.StepMsMedian, r.ComputeFloorMs, r.CommFloorMs, link, r.CommExposedMs, hidden, r.RatioToMaxFloor, r.CommBytesPerStep/1e6)
+		fmt.Fprintf(out, "%-7s %9.1f %9.1f %10.1f %9.1f %9s %9.1f %8s %9.2f %8.1f\n",
+			r.Algo, r.StepMsMedian, r.PredictedStepMs, r.ComputeFloorMs, r.CommFloorMs, link, r.CommExposedMs, hidden, r.RatioToMaxFloor, r.CommBytesPerStep/1e6)
 	}
 	var best *Record
 	for i := range recs {
