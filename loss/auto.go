@@ -25,16 +25,20 @@ type Choice struct {
 	// Reason says why, in one line: the prediction, the memory against the
 	// budget, the runners-up and what did not fit.
 	Reason string `json:"reason"`
-	// Predictions has every candidate, fastest first; those over the
-	// budget last.
+	// Predictions has every candidate: the choice first, then the others
+	// that fit, fastest first, then those over the budget.
 	Predictions []Prediction `json:"predictions"`
 	// Rates and BudgetBytes are the inputs every rank agreed on.
 	Rates       Rates `json:"rates"`
 	BudgetBytes int64 `json:"budget_bytes"`
 }
 
+// tieTolerance is the relative difference below which two predictions
+// are equal for Choose.
+const tieTolerance = 1e-3
+
 // clipPreference is the order candidates are tried in: on equal
-// predictions the earlier one wins.
+// predictions (within tieTolerance) the earlier one wins.
 var clipPreference = []Algorithm{Fused, Tiled, Ring, Naive}
 
 var sigPreference = []SigLipImpl{Bidir, Shift, Gather, Reduce}
@@ -42,8 +46,8 @@ var sigPreference = []SigLipImpl{Bidir, Shift, Gather, Reduce}
 // Choose returns the algorithm Auto picks for a step of w ranks of b rows
 // of dimension d, elements of elemSize bytes, on ranks with rates r and
 // budget bytes of memory each: the one Predict says is fastest among those
-// whose Memory is at most budget (ties go to Fused, then Tiled, Ring,
-// Naive). It is a pure function of its arguments, so ranks that agree on
+// whose Memory is at most budget (predictions within 0.1% are a tie, which
+// goes to Fused, then Tiled, Ring, Naive). It is a pure function of its arguments, so ranks that agree on
 // them agree on the choice. If none fits it returns an error wrapping
 // ErrNoFit that names the smallest. It panics as Predict does.
 func (o ClipOptions) Choose(w, b, d, elemSize int, r Rates, budget int64) (Algorithm, Choice, error) {
@@ -90,19 +94,25 @@ func shapeDesc(w, b, d, elemSize int) string {
 // choose picks the fastest prediction that fits and explains it; the
 // index is into preds.
 func choose(preds []Prediction, r Rates, budget int64, shape string) (int, Choice, error) {
+	// Predictions within tieTolerance of each other are a tie, which the
+	// earlier candidate wins: the model cannot tell them apart.
 	best := -1
 	for i, p := range preds {
-		if p.MemoryBytes <= budget && (best < 0 || p.Seconds < preds[best].Seconds) {
+		if p.MemoryBytes <= budget && (best < 0 || p.Seconds < preds[best].Seconds*(1-tieTolerance)) {
 			best = i
 		}
 	}
-	// Fastest first, those over the budget after.
+	// The choice first, then the others fastest first, those over the
+	// budget last.
 	order := make([]int, len(preds))
 	for i := range order {
 		order[i] = i
 	}
 	fits := func(i int) bool { return preds[i].MemoryBytes <= budget }
 	less := func(a, b int) bool {
+		if (a == best) != (b == best) {
+			return a == best
+		}
 		if fits(a) != fits(b) {
 			return fits(a)
 		}
