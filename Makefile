@@ -57,6 +57,7 @@ SUITES += test-capi
 SUITES += test-python
 SUITES += test-slurm
 SUITES += test-multihost
+SUITES += test-arm64
 
 test: deps
 	@MAKE='$(MAKE)' scripts/runtests.sh $(SUITES)
@@ -320,3 +321,12 @@ TORCH_REPS ?= 1
 bench-torch: build lib deps-python
 	flock /tmp/clipmpi-bench.lock $(PYTHON_TORCH) examples/torch/bench_torch.py --bin $(BIN) --np $(NP) \
 		-b $(TORCH_B) -d $(D) --steps $(STEPS) --reps $(TORCH_REPS)
+
+# The arm64 port from this amd64 machine (scripts/test-arm64.sh): installs
+# Debian's cross compiler and qemu-user when absent, cross-builds and vets
+# every package and command for GOARCH=arm64 with cgo on (and with the
+# openblas tag against Debian's arm64 OpenBLAS), then runs the unit tests of
+# blas, loss and clip under qemu-aarch64-static.
+.PHONY: test-arm64
+test-arm64:
+	@GO=$(GO) scripts/test-arm64.sh

@@ -40,6 +40,18 @@
 // baseline ISA on amd64, chosen at run time, and NEON on arm64; KernelISA
 // names the one in use. float64, and float32 without cgo, run them in Go.
 //
+// float32 accuracy. In float32 the features, logits and gradients are
+// float32 and every statistic and sum is float64. Against the float64 path
+// at N = 32768 and logit scale 100 (TestFloat32AtScale: 4 ranks of 8192
+// rows, d = 32, local_gwg; SigLIP with bias -10), the largest deviation
+// relative to the largest float64 value was, for ClipLoss (fused, tiled,
+// ring): 8e-8 for the losses, 2.1e-7 for the scale gradients, 2.9e-6 for
+// the image and 3.5e-6 for the text gradients (naive, at N = 8192: 2.2e-7,
+// 2.5e-7, 4.2e-6, 3.0e-6); for SigLIP (every method): 4.8e-8, 7.5e-9,
+// 4.6e-7 and 4.2e-7. The feature gradients' error is that of float32 logits
+// at scale 100 (1e-7 relative rounding of s, times |s| up to 100, enters
+// exp), not of the length of the sums.
+//
 // The references are OpenCLIP's src/open_clip/loss.py (the semantics, checked
 // against its outputs in ../test), FlashAttention's and Inf-CL's online
 // log-sum-exp over tiles, and Inf-CL's ring (Wang et al. 2024) for moving

@@ -560,7 +560,9 @@ func (k *kernels[T]) sigBlock(b int) {
 	s[0] *= math.Ln2
 }
 
-// sigTileGo is sigTile's Go kernel for one block, for either element type.
+// sigTileGo is sigTile's Go kernel for one block, for either element type:
+// softplus(u) = max(u, 0) + log1p(e^-|u|) and σ(u) = 1/(1 + e^-u), both
+// from e^-|u|, so that nothing overflows.
 func sigTileGo[T blas.Float](d, x []T, ld, rows, cols, e0 int, scale, bias, c float64, backward bool) (loss, sumX, sumB float64) {
 	for i := 0; i < rows; i++ {
 		xr := x[i*ld : i*ld+cols]
@@ -577,9 +579,15 @@ func sigTileGo[T blas.Float](d, x []T, ld, rows, cols, e0 int, scale, bias, c fl
 				y = 1
 			}
 			u := -y * z // loss term softplus(u), gradient -c·y·σ(u)
-			loss += softplus(u)
+			e := math.Exp(-math.Abs(u))
+			loss += math.Max(u, 0) + math.Log1p(e)
 			if backward {
-				g := -c * y * sigmoid(u)
+				// σ(u) from the same e^-|u|: 1/(1+e) for u ≥ 0, e/(1+e) below.
+				s := e
+				if u >= 0 {
+					s = 1
+				}
+				g := -c * y * (s / (1 + e))
 				sumX += g * xv
 				sumB += g
 				dr[j] = T(g)
@@ -587,20 +595,6 @@ func sigTileGo[T blas.Float](d, x []T, ld, rows, cols, e0 int, scale, bias, c fl
 		}
 	}
 	return loss, sumX, sumB
-}
-
-// softplus(u) = log(1 + e^u) = max(u, 0) + log1p(e^-|u|).
-func softplus(u float64) float64 {
-	return math.Max(u, 0) + math.Log1p(math.Exp(-math.Abs(u)))
-}
-
-// sigmoid(u) = 1 / (1 + e^-u), through e^-|u| so that nothing overflows.
-func sigmoid(u float64) float64 {
-	if u >= 0 {
-		return 1 / (1 + math.Exp(-u))
-	}
-	e := math.Exp(u)
-	return e / (1 + e)
 }
 
 // rowStats computes the max and log-sum-exp of each row of the rows×cols
