@@ -88,7 +88,7 @@ type meter[T blas.Float] struct {
 	comm mpi.Comm
 	b, t, d,
 	nb int // rows of the naive kernels' tile
-	tn int // side of the transposed matrix
+	tn    int // side of the transposed matrix
 	msg   int // elements of the link message
 	k     kernels[T]
 	times []float64
