@@ -8,13 +8,16 @@ local_loss + gather_with_grad), time forward + backward of
             gloo (clipmpi.reference.clip_loss, examples/torch/bench.py),
 
 each in its own mpirun, REPS rounds interleaved (go, clipmpi, pytorch, go,
-...), and print each run's JSON line, then a table of the medians with the
-ratios and peak RSS, and whether the targets hold: the bridge within 10% of
-the Go step and at least 2x faster than the PyTorch reference, with a lower
-peak RSS than the reference. Step times are the slowest rank's, medians
-over the steps; peak RSS is VmHWM of rank 0's process, counted from just
-before the loss's first step (the process's own baseline, PyTorch's ~250
-MiB for the Python runs, included).
+...), and print each run's JSON line, then a table with the ratios and peak
+RSS, and whether the targets hold: the bridge within 10% of the Go step and
+at least 2x faster than the PyTorch reference, with a lower peak RSS than
+the reference. A run's step is the median over its steps of the slowest
+rank's; the table gives, per implementation, the best round's step (the
+round least disturbed by other work on a shared machine; the targets are
+judged on it) and every round's. Peak RSS is VmHWM of rank 0's process,
+counted from just before the loss's first step (the process's own
+baseline, PyTorch's ~250 MiB for the Python runs, included), the largest
+over rounds.
 
     python3 examples/torch/bench_torch.py --bin bin --np 2 -b 1024 4096 --steps 10 --reps 1
 """
@@ -23,7 +26,6 @@ import argparse
 import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
 
@@ -82,19 +84,21 @@ def main():
 
     print()
     print(f"mpirun -np {a.np}, d = {a.d}, float32, local_loss + gather_with_grad, 1 thread per rank, "
-          f"{a.steps} steps x {a.reps} round(s); medians")
-    print(f"{'b/rank':>7} {'impl':<8} {'step ms':>9} {'peak MiB':>9}   ratios")
+          f"{a.steps} steps x {a.reps} round(s); load average now {open('/proc/loadavg').read().split()[0]}")
+    print(f"{'b/rank':>7} {'impl':<8} {'best ms':>9} {'peak MiB':>9}   {'every round (median step ms)':<30} ratios")
     ok = True
     for b in a.b:
-        med = {i: statistics.median(r["step_ms_median"] for r in results[(b, i)]) for i in ("go", "clipmpi", "pytorch")}
+        rounds = {i: [r["step_ms_median"] for r in results[(b, i)]] for i in ("go", "clipmpi", "pytorch")}
+        best = {i: min(v) for i, v in rounds.items()}
         rss = {i: max(r["peak_rss_mib"] for r in results[(b, i)]) for i in ("go", "clipmpi", "pytorch")}
-        vs_go = med["clipmpi"] / med["go"]
-        speedup = med["pytorch"] / med["clipmpi"]
+        vs_go = best["clipmpi"] / best["go"]
+        speedup = best["pytorch"] / best["clipmpi"]
         for i in ("go", "clipmpi", "pytorch"):
             note = ""
             if i == "clipmpi":
                 note = f"{vs_go:.3f} x go;  pytorch / clipmpi = {speedup:.2f}"
-            print(f"{b:>7} {i:<8} {med[i]:>9.1f} {rss[i]:>9.0f}   {note}")
+            every = " ".join(f"{x:.1f}" for x in rounds[i])
+            print(f"{b:>7} {i:<8} {best[i]:>9.1f} {rss[i]:>9.0f}   {every:<30} {note}")
         checks = [(vs_go <= 1.10, f"bridge within 10% of Go ({vs_go:.3f})"),
                   (speedup >= 2.0, f"bridge >= 2x faster than the PyTorch reference ({speedup:.2f}x)"),
                   (rss["clipmpi"] < rss["pytorch"],
