@@ -57,11 +57,10 @@ KINL float fexp2(const int R, float t) {
 	return p * s;
 }
 
-// flog2p1 is log2(1 + v) for v in [0, 1]: 2·atanh(u)/ln 2 with
-// u = v/(2+v) in [0, 1/3], the series summed to u^15 (truncation below 5e-9
+// flog2p1u is log2(1 + v) given u = v/(2+v) in [0, 1/3] (v in [0, 1]):
+// 2·atanh(u)/ln 2, the series summed to u^15 (truncation below 5e-9
 // relative), so that it keeps its relative precision for tiny v.
-KINL float flog2p1(float v) {
-	float u = v / (2.0f + v);
+KINL float flog2p1u(float u) {
 	float u2 = u * u;
 	float p = 1.0f / 15;
 	p = p * u2 + 1.0f / 13;
@@ -73,6 +72,9 @@ KINL float flog2p1(float v) {
 	p = p * u2 + 1.0f;
 	return 2.8853900817779268f * u * p; // 2/ln 2
 }
+
+// flog2p1 is log2(1 + v) for v in [0, 1].
+KINL float flog2p1(float v) { return flog2p1u(v / (2.0f + v)); }
 
 // max_body writes the row maxima rmax[i] = max_j x_ij and the column maxima
 // cmax[j] = max_i x_ij of the tile, or the minima when neg is set (a
@@ -298,37 +300,54 @@ KINL void grad_body(const int R, float *di, float *dt, const float *x, long ld, 
 	sums[1] = sb;
 }
 
-// sig_body turns the tile of SigLIP logits z = scale·x + bias into its loss
-// and, with backward, its gradient d = -c·y·σ(-y·z), written to d (which may
-// be x), with y = +1 at column e0+i of row i and -1 elsewhere. In base 2,
-// with A = scale·log2(e) and B = bias·log2(e), u2 = -y·(A·x + B) is the
-// margin in bits: softplus(u) = ln 2·(max(u2, 0) + log2(1 + 2^-|u2|)).
-// sums[0] receives Σ softplus(u)/ln 2, sums[1] = Σ d·x, sums[2] = Σ d.
-KINL void sig_row(const int R, const int IN, float *d, const float *x, long cols, long e, float A, float B, float c,
-		int backward, double *rs) {
-	float *dr = IN ? (float *)x : d;
+// sig_term is one SigLIP entry: with label y (±1) and logit x (in units of
+// A = scale·log2(e), B = bias·log2(e)), u2 = -y·(A·x + B) is the margin in
+// bits; it returns softplus(u)/ln 2 = max(u2, 0) + log2(1 + 2^-|u2|) and
+// sets *g = -c·y·σ(u). One division serves v/(2+v) and 1/(1+v).
+KINL float sig_term(const int R, float v, float y, float A, float B, float c, float *g) {
+	float u = -y * (A * v + B);
+	float au = u < 0 ? -u : u;
+	float ev = fexp2(R, -au);
+	float q = 1.0f / ((1.0f + ev) * (2.0f + ev));
+	float sg = (u >= 0 ? 1.0f : ev) * (2.0f + ev) * q;
+	*g = -c * y * sg;
+	return (u > 0 ? u : 0.0f) + flog2p1u(ev * (1.0f + ev) * q);
+}
+
+// sig_row is sig_body for one row whose positive pair is column e (when
+// 0 ≤ e < cols): the loop takes every entry as a negative (y = -1), then
+// the positive pair is corrected. IN: d is x (in place).
+KINL void sig_row(const int R, const int IN, float *restrict d, const float *restrict x, long cols, long e,
+		float A, float B, float c, int backward, double *rs) {
 	double rl = 0, rx = 0, rb = 0;
+	int has_e = e >= 0 && e < cols;
+	float xe = has_e ? (IN ? d[e] : x[e]) : 0;
 	if (backward) {
 		for (long j = 0; j < cols; j++) {
-			float v = x[j];
-			float y = j == e ? 1.0f : -1.0f;
-			float u = -y * (A * v + B);
-			float au = u < 0 ? -u : u;
-			float ev = fexp2(R, -au);
-			rl += (double)((u > 0 ? u : 0.0f) + flog2p1(ev));
-			float sg = (u >= 0 ? 1.0f : ev) / (1.0f + ev);
-			float g = -c * y * sg;
+			float v = IN ? d[j] : x[j];
+			float g;
+			rl += (double)sig_term(R, v, -1.0f, A, B, c, &g);
 			rx += (double)(g * v);
 			rb += (double)g;
-			dr[j] = g;
+			d[j] = g;
 		}
 	} else {
 		for (long j = 0; j < cols; j++) {
-			float v = x[j];
-			float y = j == e ? 1.0f : -1.0f;
-			float u = -y * (A * v + B);
+			float v = IN ? d[j] : x[j];
+			float u = A * v + B; // y = -1
 			float au = u < 0 ? -u : u;
 			rl += (double)((u > 0 ? u : 0.0f) + flog2p1(fexp2(R, -au)));
+		}
+	}
+	if (has_e) {
+		float gn, gp;
+		float ln = sig_term(R, xe, -1.0f, A, B, c, &gn);
+		float lp = sig_term(R, xe, 1.0f, A, B, c, &gp);
+		rl += (double)lp - (double)ln;
+		if (backward) {
+			rx += (double)(gp * xe) - (double)(gn * xe);
+			rb += (double)gp - (double)gn;
+			d[e] = gp;
 		}
 	}
 	rs[0] = rl;
@@ -336,15 +355,21 @@ KINL void sig_row(const int R, const int IN, float *d, const float *x, long cols
 	rs[2] = rb;
 }
 
+// sig_body turns the tile of SigLIP logits z = scale·x + bias into its loss
+// and, with backward, its gradient d = -c·y·σ(-y·z), written to d (which may
+// be x), with y = +1 at column e0+i of row i and -1 elsewhere. In base 2,
+// with A = scale·log2(e) and B = bias·log2(e), u2 = -y·(A·x + B) is the
+// margin in bits: softplus(u) = ln 2·(max(u2, 0) + log2(1 + 2^-|u2|)).
+// sums[0] receives Σ softplus(u)/ln 2, sums[1] = Σ d·x, sums[2] = Σ d.
 KINL void sig_body(const int R, float *d, const float *x, long ld, long rows, long cols, long e0, float A, float B,
 		float c, int backward, double *sums) {
 	double l = 0, sx = 0, sb = 0, rs[3];
 	int in = d == x;
 	for (long i = 0; i < rows; i++) {
 		if (in)
-			sig_row(R, 1, d + i * ld, x + i * ld, cols, e0 + i, A, B, c, backward, rs);
+			sig_row(R, 1, d + i * ld, 0, cols, e0 + i, A, B, c, backward, rs);
 		else
-			sig_row(R, 0, d + i * ld, x + i * ld, cols, e0 + i, A, B, c, backward, rs);
+			sig_row(R, 0, backward ? d + i * ld : 0, x + i * ld, cols, e0 + i, A, B, c, backward, rs);
 		l += rs[0];
 		sx += rs[1];
 		sb += rs[2];

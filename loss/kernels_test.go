@@ -206,22 +206,28 @@ func TestSigLipKernelsMatchGo(t *testing.T) {
 					var ref kernels[float32]
 					isa := kernelISA
 					for _, backward := range []bool{false, true} {
-						dw, dg := append([]float32(nil), x...), append([]float32(nil), x...)
-						kernelISA = isaGo
-						lw, xw, bw := sigTile(&ref, dw, dw, sh.ld, sh.rows, sh.cols, sh.e0, sc.scale, sc.bias, 0.25, backward)
-						kernelISA = isa
-						lg, xg, bg := sigTile(&native, dg, dg, sh.ld, sh.rows, sh.cols, sh.e0, sc.scale, sc.bias, 0.25, backward)
-						// Float32 exponential and log2(1+v) (relative error
-						// < 3e-7) and the float32 rounding of the logit:
-						// 1e-6 relative.
-						for _, s := range []string{
-							diff("loss", []float64{lg}, []float64{lw}, 1e-6, 0),
-							diff("Σ dz∘x", []float64{xg}, []float64{xw}, 1e-5, 1e-9),
-							diff("Σ dz", []float64{bg}, []float64{bw}, 1e-5, 1e-9),
-							diff("dz", tileOf(dg, sh.rows, sh.cols, sh.ld), tileOf(dw, sh.rows, sh.cols, sh.ld), 1e-6, 0),
-						} {
-							if s != "" {
-								t.Errorf("backward=%v: %s", backward, s)
+						for _, inPlace := range []bool{true, false} {
+							dw, dg := append([]float32(nil), x...), append([]float32(nil), x...)
+							xg := dg
+							if !inPlace {
+								xg = x
+							}
+							kernelISA = isaGo
+							lw, xw, bw := sigTile(&ref, dw, dw, sh.ld, sh.rows, sh.cols, sh.e0, sc.scale, sc.bias, 0.25, backward)
+							kernelISA = isa
+							lg, xgs, bg := sigTile(&native, dg, xg, sh.ld, sh.rows, sh.cols, sh.e0, sc.scale, sc.bias, 0.25, backward)
+							// Float32 exponential and log2(1+v) (relative error
+							// < 3e-7) and the float32 rounding of the logit:
+							// 1e-6 relative.
+							for _, s := range []string{
+								diff("loss", []float64{lg}, []float64{lw}, 1e-6, 0),
+								diff("Σ dz∘x", []float64{xgs}, []float64{xw}, 1e-5, 1e-9),
+								diff("Σ dz", []float64{bg}, []float64{bw}, 1e-5, 1e-9),
+								diff("dz", tileOf(dg, sh.rows, sh.cols, sh.ld), tileOf(dw, sh.rows, sh.cols, sh.ld), 1e-6, 0),
+							} {
+								if s != "" {
+									t.Errorf("backward=%v in-place=%v: %s", backward, inPlace, s)
+								}
 							}
 						}
 					}
