@@ -599,7 +599,7 @@ const (
 // bytes to the next rank and receives as many from the previous one at
 // the same time (as the ring algorithms do), and the rate is what a rank
 // receives per second in the best of tries, the slowest rank's time
-// counting in each.
+// counting in each. A failed call goes to mpi.Fail, as the other probes'.
 func linkRate(comm mpi.Comm, bytes, tries int) (float64, error) {
 	w, r := comm.Size(), comm.Rank()
 	n := bytes / 4
@@ -607,7 +607,7 @@ func linkRate(comm mpi.Comm, bytes, tries int) (float64, error) {
 	ts := make([]float64, tries)
 	for i := range ts {
 		if err := comm.Barrier(); err != nil {
-			return 0, err
+			return 0, mpi.Fail(comm, err)
 		}
 		t0 := time.Now()
 		req, err := comm.IsendrecvF32(dst, (r+w-1)%w, src, (r+1)%w)
@@ -615,12 +615,12 @@ func linkRate(comm mpi.Comm, bytes, tries int) (float64, error) {
 			err = req.Wait()
 		}
 		if err != nil {
-			return 0, err
+			return 0, mpi.Fail(comm, err)
 		}
 		ts[i] = time.Since(t0).Seconds()
 	}
 	if err := comm.AllreduceF64(mpi.Max, ts, ts); err != nil {
-		return 0, err
+		return 0, mpi.Fail(comm, err)
 	}
 	return float64(4*n) * 8 / slices.Min(ts) / 1e9, nil
 }

@@ -21,8 +21,9 @@
 #   scripts/cluster/benchnet.sh [BIN]      (BIN: built bin/ directory, default ./bin)
 # Environment: RATE (2gbit; any tc rate), BURST (256kb), LATENCY (20ms),
 # B (1024), D (512), STEPS (10), MODE (local_gwg), TILE (0), DTYPE
-# (float32), THREADS (1: the two hosts share this machine's cores), LOSSES
-# ("clip siglip"), ALGO (all), CLIPMPI_KEEP=1 keeps the work directory.
+# (float32), THREADS (1: the two hosts share this machine's cores), NICE
+# (empty; e.g. -10 puts the ranks ahead of other jobs), LOSSES ("clip
+# siglip"), ALGO (all), CLIPMPI_KEEP=1 keeps the work directory.
 set -uo pipefail
 CL_NAME=bench-net
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
@@ -34,6 +35,10 @@ RATE=${RATE:-2gbit} BURST=${BURST:-256kb} LATENCY=${LATENCY:-20ms}
 B=${B:-1024} D=${D:-512} STEPS=${STEPS:-10} MODE=${MODE:-local_gwg} TILE=${TILE:-0}
 # The two hosts share this machine's cores: one thread per rank unless told.
 THREADS=${THREADS:-1}
+# NICE (e.g. -10): run the ranks at that niceness, ahead of other jobs on a
+# shared machine (as root); empty: as they come.
+NICE=${NICE:-}
+[ -z "$NICE" ] || MPIRUN_PREFIX=(nice -n "$NICE")
 DTYPE=${DTYPE:-float32} LOSSES=${LOSSES:-clip siglip} ALGO=${ALGO:-all}
 
 [ "$(id -u)" = 0 ] || skip_all "not root: creating network namespaces, veth pairs and qdiscs needs root"

@@ -465,12 +465,13 @@ NSRSH
 
 # mpirun_ns LIMIT ARGS...: mpirun in head (private /etc/hosts naming the
 # hosts, host name "head"), TCP only, bounded by LIMIT seconds or what is
-# left of the run's (then SIGKILL 5 s later). Needs mpi_hosts first.
+# left of the run's (then SIGKILL 5 s later), under the command words in
+# the array MPIRUN_PREFIX if set (e.g. nice -n -10). Needs mpi_hosts first.
 mpirun_ns() {
 	local limit
 	limit=$(lim "$1")
 	shift
-	timeout -k 5 "$limit" ip netns exec "$NS_HEAD" unshare --uts --mount --propagation private /bin/bash -c \
+	timeout -k 5 "$limit" "${MPIRUN_PREFIX[@]}" ip netns exec "$NS_HEAD" unshare --uts --mount --propagation private /bin/bash -c \
 		'mount --bind "$0" /etc/hosts && hostname head && exec "$@"' "$W/hosts" \
 		mpirun --allow-run-as-root --bind-to none --mca pml ob1 --mca btl tcp,self \
 		-x OPENBLAS_NUM_THREADS -x TMPDIR "$@"
