@@ -3,11 +3,11 @@ package mpi
 import "unsafe"
 
 // MaxRequests is the most Requests one Comm may have outstanding (started by
-// Isendrecv and not yet completed by Wait or Test). Four is enough for a
-// bidirectional ring whose blocks and gradient accumulators travel
-// separately: a block and an accumulator each way. Starting one more
-// panics.
-const MaxRequests = 4
+// Isendrecv and not yet completed by Wait or Test). Sixteen is enough for a
+// bidirectional ring whose blocks and gradient sums travel separately, each
+// in up to four chunks that are waited for one at a time. Starting one
+// more panics.
+const MaxRequests = 16
 
 // float is the element type of every buffer.
 type float interface{ float32 | float64 }

@@ -49,6 +49,10 @@ func NewGroup(w int) []Comm {
 		s64:  make([]slot[float64], w),
 		data: make([]chan message, w*w*MaxRequests),
 		ack:  make([]chan struct{}, w*w*MaxRequests),
+		wake: make([]chan struct{}, w),
+	}
+	for r := range g.wake {
+		g.wake[r] = make(chan struct{}, 1)
 	}
 	g.cond.L = &g.mu
 	for i := range g.data {
@@ -153,6 +157,18 @@ type group struct {
 	// channel is always empty when its next message or ack is sent.
 	data []chan message
 	ack  []chan struct{}
+	// wake[r] is signalled (without blocking; capacity 1) after a message
+	// or an acknowledgement is posted to rank r, so that a Wait of rank r
+	// blocks on one channel whatever it waits for.
+	wake []chan struct{}
+}
+
+// signal wakes rank r's Wait, if it is blocked.
+func (g *group) signal(r int) {
+	select {
+	case g.wake[r] <- struct{}{}:
+	default:
+	}
 }
 
 // wait is the cyclic barrier. It returns ErrAborted if the group is, or
@@ -401,6 +417,7 @@ func (c *groupComm) post(r *groupRequest, from int, m message, to int) (Request,
 	c.sendSeq[to]++
 	select {
 	case g.data[r.send] <- m:
+		g.signal(to)
 	case <-g.done:
 		r.reset()
 		return abortedRequest{}, ErrAborted
@@ -441,13 +458,16 @@ func (r *groupRequest) Wait() error {
 		return r.err
 	}
 	c := r.c
-	for !r.received || !r.acked {
+	for {
 		if c.g.isAborted() {
 			return r.complete(ErrAborted)
 		}
+		c.progress()
+		if r.received && r.acked {
+			return r.complete(r.rerr)
+		}
 		c.await()
 	}
-	return r.complete(r.rerr)
 }
 
 // Test does the stages of every pending request of the rank that need no
@@ -493,52 +513,14 @@ func (c *groupComm) progress() {
 	}
 }
 
-// await blocks until one stage of one of the rank's pending requests is
-// done, or the group is aborted. The select has one case per stage of each
-// of the MaxRequests slots; a stage that is done or a free slot waits on a
-// nil channel, which never fires.
+// await blocks until a message or an acknowledgement may have been posted
+// to the rank since its last progress, or the group is aborted.
 func (c *groupComm) await() {
-	g := c.g
-	var data [MaxRequests]chan message
-	var ack [MaxRequests]chan struct{}
-	for i := range c.reqs {
-		q := &c.reqs[i]
-		if q.busy && !q.received {
-			data[i] = g.data[q.recv]
-		}
-		if q.busy && !q.acked {
-			ack[i] = g.ack[q.send]
-		}
-	}
-	var m message
-	k := -1
 	select {
-	case m = <-data[0]:
-		k = 0
-	case m = <-data[1]:
-		k = 1
-	case m = <-data[2]:
-		k = 2
-	case m = <-data[3]:
-		k = 3
-	case <-ack[0]:
-		c.reqs[0].acked = true
-	case <-ack[1]:
-		c.reqs[1].acked = true
-	case <-ack[2]:
-		c.reqs[2].acked = true
-	case <-ack[3]:
-		c.reqs[3].acked = true
-	case <-g.done:
-	}
-	if k >= 0 {
-		c.reqs[k].take(&m)
+	case <-c.g.wake[c.rank]:
+	case <-c.g.done:
 	}
 }
-
-// The select of await names each slot.
-var _ [MaxRequests - 4]struct{}
-var _ [4 - MaxRequests]struct{}
 
 // take delivers the partner's message and acknowledges it: the receive
 // stage.
@@ -548,6 +530,7 @@ func (r *groupRequest) take(m *message) {
 	r.rerr = r.deliver(m)
 	select {
 	case g.ack[r.recv] <- struct{}{}:
+		g.signal(r.from)
 	case <-g.done:
 		r.rerr = ErrAborted
 	}
