@@ -12,7 +12,10 @@ import (
 //     inside an MPI call, and no thread polls in the background (see
 //     mpi.World). gemm splits a GEMM into panels while transfers are in
 //     flight and calls poll (Request.Test) between them, so that the
-//     transfers advance while the GEMM computes.
+//     transfers advance while the GEMM computes. The ring methods also cut
+//     each block transfer into pieces (chunking), so that the tiles of a
+//     block start as soon as their piece is here and a gradient's pieces
+//     leave as soon as theirs are done.
 //   - Clean error paths: a call must never return while MPI may still read
 //     or write one of its buffers; the next call would reuse them. Every
 //     return after a failure goes through drain, which completes every
@@ -149,3 +152,50 @@ func gemm[T blas.Float](e *exchanges, tA, tB blas.Transpose, m, n, k int, alpha 
 	}
 	e.poll()
 }
+
+// maxChunks is the most pieces the ring methods cut a block transfer into.
+// A block's tiles are computed as its pieces arrive and its gradient's
+// pieces leave as soon as their tiles are done, so that only one piece's
+// transfer is left exposed at either end of a visit.
+const maxChunks = 4
+
+// ringTile is the default tile width of the ring methods for b rows: a
+// quarter of the block (whole multiples of 32), so that a block travels in
+// maxChunks pieces, and at most 1024.
+func ringTile(b int) int {
+	return min(1024, (b+4*32-1)/(4*32)*32)
+}
+
+// chunking cuts a block of b rows into tiles of t rows (the last may be
+// shorter) and groups g consecutive tiles into each of n pieces, n at most
+// maxChunks.
+type chunking struct{ b, t, g, n int }
+
+func newChunking(b, t int) chunking {
+	tiles := (b + t - 1) / t
+	g := (tiles + maxChunks - 1) / maxChunks
+	return chunking{b: b, t: t, g: g, n: (tiles + g - 1) / g}
+}
+
+// rows returns the rows of piece i.
+func (c chunking) rows(i int) (lo, hi int) {
+	lo = i * c.g * c.t
+	return lo, min(c.b, lo+c.g*c.t)
+}
+
+// piece returns the piece that holds row r.
+func (c chunking) piece(r int) int { return r / (c.g * c.t) }
+
+// pieces are the exchange slots of a transfer cut into pieces.
+type pieces [maxChunks]int
+
+func nopieces() pieces {
+	var p pieces
+	for i := range p {
+		p[i] = noExchange
+	}
+	return p
+}
+
+// rowsOf returns rows lo..hi of a row-major block of width d.
+func rowsOf[T any](x []T, lo, hi, d int) []T { return x[lo*d : hi*d] }

@@ -108,7 +108,6 @@ func (o ClipOptions) Predict(w, b, d, elemSize int, r Rates) Prediction {
 	tl := newTimeline(w, r)
 	n := w * b
 	e := float64(elemSize)
-	bd := float64(b*d) * e
 	local := o.LocalLoss && w > 1
 	tl.prologue(b, d)
 	switch o.Algorithm {
@@ -177,50 +176,77 @@ func (o ClipOptions) Predict(w, b, d, elemSize int, r Rates) Prediction {
 	case Ring:
 		t := o.Tile
 		if t == 0 {
-			t = defaultRingTile
+			t = ringTile(b)
 		}
 		t = min(t, b)
-		// Forward: text blocks travel right, each hidden behind the
-		// block computed meanwhile.
+		ch := newChunking(b, t)
+		piece := func(i int) float64 {
+			lo, hi := ch.rows(i)
+			return float64((hi-lo)*d) * e
+		}
+		// ringClip's program order: a block's pieces are waited for before
+		// their first tile and passed on at once; in backward each piece of
+		// a gradient's partial sum leaves after its last tile, and the
+		// piece received (sent one visit earlier) is waited for and added
+		// there.
+		in := make([]int, ch.n)
+		for i := range in {
+			in[i] = -1
+		}
 		for k := 0; k < w; k++ {
-			x := -1
-			if k < w-1 {
-				x = tl.post(bd)
-			}
+			next := make([]int, ch.n)
 			for c0 := 0; c0 < b; c0 += t {
 				cw := min(t, b-c0)
+				if i := ch.piece(c0); c0 == i*ch.g*ch.t {
+					tl.wait(in[i])
+					next[i] = -1
+					if k < w-1 {
+						next[i] = tl.post(piece(i))
+					}
+				}
 				tl.gemm(b, cw, d)
 				tl.kernel(float64(b*cw), r.StatsNs)
 			}
-			tl.wait(x)
+			if k < w-1 {
+				in = next
+			}
 		}
 		tl.completeColumns(n)
-		// Backward (ringClip): visit j sends its text block on at the
-		// start (j < W-2) and its partial sum at the end (j < W-1), which
-		// the next visit hides; the partial sum received is added at the
-		// end of the visit.
-		px := -1
+		for i := range in {
+			in[i] = -1
+		}
+		part := make([]int, ch.n)
+		for i := range part {
+			part[i] = -1
+		}
 		for j := 0; j < w; j++ {
-			tx := -1
-			if j < w-2 {
-				tx = tl.post(bd)
-			}
+			next, nextPart := make([]int, ch.n), make([]int, ch.n)
 			for c0 := 0; c0 < b; c0 += t {
 				cw := min(t, b-c0)
+				i := ch.piece(c0)
+				if c0 == i*ch.g*ch.t {
+					tl.wait(in[i])
+					next[i] = -1
+					if j < w-2 {
+						next[i] = tl.post(piece(i))
+					}
+				}
 				tl.gemm(b, cw, d)
 				tl.kernel(float64(b*cw), r.GradNs)
 				tl.gemm(cw, d, b)
 				tl.gemm(b, d, cw)
+				if lo, hi := ch.rows(i); c0+cw == hi && w > 1 {
+					if j > 0 {
+						tl.wait(part[i])
+						tl.kernel(float64((hi-lo)*d), r.CopyNs)
+					}
+					nextPart[i] = -1
+					if j < w-1 {
+						nextPart[i] = tl.post(piece(i))
+					}
+				}
 			}
-			tl.wait(tx)
-			if j > 0 {
-				tl.wait(px)
-				tl.kernel(float64(b*d), r.CopyNs)
-			}
-			px = -1
-			if j < w-1 {
-				px = tl.post(bd)
-			}
+			in, part = next, nextPart
 		}
 		tl.finishClip(local)
 	}
@@ -230,11 +256,11 @@ func (o ClipOptions) Predict(w, b, d, elemSize int, r Rates) Prediction {
 // Predict is ClipOptions.Predict for SigLipLoss. Every method does the same
 // GEMMs and b·N·SigmoidNs of kernels; they differ in communication:
 //
-//	Bidir, Shift  per direction, ring hops of text blocks (b·d elements,
-//	              posted at the start of a visit) and of partial sums of
-//	              their gradients (b·d, posted at its end, home after the
-//	              last hop), each hidden behind the compute until its
-//	              wait (Bidir's two directions share the link)
+//	Bidir, Shift  per direction, ring hops of text blocks (b·d elements)
+//	              and of partial sums of their gradients (b·d, home after
+//	              the last hop), in pieces of up to 4 tiles, each hidden
+//	              behind the compute until its wait (Bidir's two
+//	              directions share the link)
 //	Gather        all-gather of N·d, reduce-scatter of N·d, both blocking
 //	Reduce        2·W all-reduces of b·d, blocking
 //
@@ -251,6 +277,9 @@ func (o SigLipOptions) Predict(w, b, d, elemSize int, r Rates) Prediction {
 	t := o.Tile
 	if t == 0 {
 		t = defaultSigTile
+		if o.Impl == Bidir || o.Impl == Shift {
+			t = ringTile(b)
+		}
 	}
 	t = min(t, b)
 	// visit: the logits, kernel, text-gradient and image-gradient GEMMs
@@ -281,22 +310,38 @@ func (o SigLipOptions) Predict(w, b, d, elemSize int, r Rates) Prediction {
 			tl.kernel(float64(b*d), r.CopyNs)
 		}
 	default:
-		// The ring methods (SigLipLoss.ring): each stream's first text
-		// block leaves at once, the own block's first half hides it; at
-		// hop k a stream waits for its block, sends it on (k < hops),
-		// visits it, adds the partial sum received (k > 1) and sends its
-		// sum on (home after the last hop); the own block's second half
-		// hides the sums going home.
+		// The ring methods (SigLipLoss.ring): each stream's own block
+		// leaves at once, in pieces, and the own block's first half hides
+		// them; at hop k a stream waits for each piece before its first
+		// tile and passes it on (k < hops), and after a piece's last tile
+		// waits for the piece of the sum received (k > 1), adds it and
+		// sends the sum on (home after the last hop); the own block's
+		// second half hides the last pieces going home.
+		ch := newChunking(b, t)
+		piece := func(i int) float64 {
+			lo, hi := ch.rows(i)
+			return float64((hi-lo)*d) * e
+		}
+		none := func() []int {
+			x := make([]int, ch.n)
+			for i := range x {
+				x[i] = -1
+			}
+			return x
+		}
 		hops := []int{w / 2, (w - 1) / 2}
 		if o.Impl == Shift {
 			hops = []int{w - 1, 0}
 		}
+		tiles := (b + t - 1) / t
 		half := b
-		tx, px := []int{-1, -1}, []int{-1, -1}
+		blk, sum := [2][]int{none(), none()}, [2][]int{none(), none()}
 		for i, h := range hops {
 			if h > 0 {
-				half = (b + 1) / 2
-				tx[i] = tl.post(bd)
+				half = min(b, (tiles+1)/2*t)
+				for p := range ch.n {
+					blk[i][p] = tl.post(piece(p))
+				}
 			}
 		}
 		visit(0, half)
@@ -305,24 +350,38 @@ func (o SigLipOptions) Predict(w, b, d, elemSize int, r Rates) Prediction {
 				if k > h {
 					continue
 				}
-				tl.wait(tx[i])
-				tx[i] = -1
-				if k < h {
-					tx[i] = tl.post(bd)
+				nblk, nsum := none(), none()
+				for j0 := 0; j0 < b; j0 += t {
+					cw := min(t, b-j0)
+					p := ch.piece(j0)
+					lo, hi := ch.rows(p)
+					if j0 == lo {
+						tl.wait(blk[i][p])
+						if k < h {
+							nblk[p] = tl.post(piece(p))
+						}
+					}
+					visit(j0, j0+cw)
+					if j0+cw == hi {
+						if k > 1 {
+							tl.wait(sum[i][p])
+							tl.kernel(float64((hi-lo)*d), r.CopyNs)
+						}
+						nsum[p] = tl.post(piece(p))
+					}
 				}
-				visit(0, b)
-				if k > 1 {
-					tl.wait(px[i])
-					tl.kernel(float64(b*d), r.CopyNs)
-				}
-				px[i] = tl.post(bd)
+				blk[i], sum[i] = nblk, nsum
 			}
 		}
 		visit(half, b)
-		for i := range hops {
-			if px[i] >= 0 {
-				tl.wait(px[i])
-				tl.kernel(float64(b*d), r.CopyNs)
+		for i, h := range hops {
+			if h == 0 {
+				continue
+			}
+			for p := range ch.n {
+				lo, hi := ch.rows(p)
+				tl.wait(sum[i][p])
+				tl.kernel(float64((hi-lo)*d), r.CopyNs)
 			}
 		}
 	}

@@ -198,7 +198,7 @@ func TestPredictByHand(t *testing.T) {
 		bwd + // block 1 (the one forward ended with): no transfer to wait for
 		math.Max(bwd, sendrecv(bd)) + copyBD + // its partial sum goes home while the own block is visited, then is added
 		finish
-	opt.Algorithm = Ring
+	opt.Algorithm, opt.Tile = Ring, b // one tile: the block travels whole
 	if got := opt.Predict(w, b, d, e, r).Seconds; math.Abs(got-ring) > 1e-9*ring {
 		t.Errorf("ring: predicted %.6f ms, by hand %.6f ms", got*1e3, ring*1e3)
 	}

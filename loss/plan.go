@@ -96,7 +96,7 @@ func (o ClipOptions) Plan(w, b, d, elemSize int) Plan {
 	case Ring:
 		t := o.Tile
 		if t == 0 {
-			t = defaultRingTile
+			t = ringTile(b)
 		}
 		t = min(t, b)
 		tiles, last := b/t, b%t
@@ -133,34 +133,14 @@ func (o SigLipOptions) Plan(w, b, d, elemSize int) Plan {
 	t := o.Tile
 	if t == 0 {
 		t = defaultSigTile
-	}
-	t = min(t, b)
-	// Tile widths: the W-1 other blocks in tiles of t columns; the rank's
-	// own block too, but the ring methods visit it in two halves of its
-	// columns (ceil(b/2) and floor(b/2)), each in tiles of up to t.
-	var widths []struct{ w, count int }
-	add := func(span, times int) {
-		tw := min(t, span)
-		for _, c := range []struct{ w, count int }{{tw, span / tw * times}, {span % tw, times}} {
-			if c.w == 0 || c.count == 0 {
-				continue
-			}
-			i := 0
-			for i < len(widths) && widths[i].w != c.w {
-				i++
-			}
-			if i == len(widths) {
-				widths = append(widths, struct{ w, count int }{c.w, 0})
-			}
-			widths[i].count += c.count
+		if o.Impl == Bidir || o.Impl == Shift {
+			t = ringTile(b)
 		}
 	}
-	add(b, w-1)
-	if ring := o.Impl == Bidir || o.Impl == Shift; ring && w > 1 && b > 1 {
-		add((b+1)/2, 1)
-		add(b/2, 1)
-	} else {
-		add(b, 1)
+	t = min(t, b)
+	widths := []struct{ w, count int }{{t, w * (b / t)}}
+	if b%t != 0 {
+		widths = append(widths, struct{ w, count int }{b % t, w})
 	}
 	var p Plan
 	for _, tw := range widths {

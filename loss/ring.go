@@ -7,35 +7,35 @@ import (
 	"github.com/clipmpi/clipmpi/mpi"
 )
 
-// defaultRingTile bounds the width of the logit tile the Ring algorithm
-// computes at once, so that memory is O(b·tile) even when b is large.
-const defaultRingTile = 1024
-
 // ringClip is the one-block algorithm with the text features travelling
 // around a ring instead of being gathered (after Inf-CL's ring, Wang et al.
 // 2024, and ring attention): no rank ever holds more than two text blocks.
 //
 // Forward: rank r sends to r+1 and receives from r-1. At step k it holds
-// text block q = r-k (mod W), passes it on with a non-blocking send/receive
-// and, meanwhile, computes the logit tiles of I_r·T_qᵀ and their row and
-// column statistics. The column statistics are completed by the same two
-// all-reduces as Fused.
+// text block q = r-k (mod W) and computes the logit tiles of I_r·T_qᵀ and
+// their row and column statistics. The column statistics are completed by
+// the same two all-reduces as Fused.
 //
 // Backward visits the blocks in the other direction, starting with the one
 // forward ended with, so that it needs no transfer to begin and ends with
 // the rank's own block: visit j (j = 0..W-1) works on block q = r+1+j, and
-// text blocks travel to the left (r-1), each sent at the start of a visit
-// for the left neighbour's next one. The gradient of block q,
-// dT_q = Σ over ranks of f·dSᵀ·I, is summed along the path
-// q-1, q-2, ..., q (the ranks that visit q, in that order), one step
-// behind: rank r computes its contribution C_q during visit j, adds the
-// partial sum P_q that rank r+1 sent at the end of its visit j-1 (it
-// travelled during visit j), and sends C_q + P_q to the left at the end of
-// visit j, to travel during the next visit. The last visitor of block q is
-// rank q itself, so the sum ends at home, with nothing left to send. Every
-// transfer has a whole visit (GEMMs, polled between panels, see exchanges)
-// to hide behind; per rank and step, W-1 text blocks travel in forward and
-// W-2 text blocks and W-1 partial sums in backward.
+// text blocks travel to the left (r-1) for the left neighbour's next visit.
+// The gradient of block q, dT_q = Σ over ranks of f·dSᵀ·I, is summed along
+// the path q-1, q-2, ..., q (the ranks that visit q, in that order), one
+// visit behind: rank r computes its contribution during visit j, adds the
+// partial sum that rank r+1 sent during its visit j-1, and sends the sum on
+// to the left, to be added during the next visit. The last visitor of
+// block q is rank q itself, so the sum ends at home, with nothing left to
+// send. Per rank and step, W-1 text blocks travel in forward and W-2 text
+// blocks and W-1 partial sums in backward.
+//
+// Every transfer is cut into the same pieces as the block's tiles
+// (chunking: up to maxChunks pieces of whole tiles). A piece of a text
+// block is waited for just before its first tile and passed on at once; a
+// piece of a partial sum leaves as soon as its last tile is done, and the
+// piece it adds to arrived during the previous visit. So the transfers run
+// behind the GEMMs (which poll them, see gemm), and only the first and the
+// last piece of a block can be exposed.
 //
 // Flops: 4 GEMMs of 2·b·N·d (tiles are recomputed in backward), like Tiled;
 // memory: O(b·tile + b·d) (ringBlocks).
@@ -78,9 +78,10 @@ func (a *ringClip[T]) run(dImg, dTxt, img, txt []T, lg Logit, st *clipStep) (Res
 	}
 	tile := a.tile
 	if tile == 0 {
-		tile = defaultRingTile
+		tile = ringTile(b)
 	}
 	tile = min(tile, b)
+	ch := newChunking(b, tile)
 	// Buffers (ringBlocks): a second text block only for W > 2 (with two
 	// ranks the block received in forward is all backward needs).
 	if w > 1 {
@@ -94,22 +95,44 @@ func (a *ringClip[T]) run(dImg, dTxt, img, txt []T, lg Logit, st *clipStep) (Res
 	a.ex.comm = a.comm
 	right, left := (r+1)%w, (r+w-1)%w
 	diag0 := r * b
+	shift := func(tx *pieces, i int, dst, src []T, from, to int, what string) error {
+		lo, hi := ch.rows(i)
+		var err error
+		if tx[i], err = exchange(&a.ex, rowsOf(dst, lo, hi, d), from, rowsOf(src, lo, hi, d), to); err != nil {
+			return a.ex.drain(fmt.Errorf("loss: ring shift of %s: %w", what, err))
+		}
+		return nil
+	}
+	await := func(tx *pieces, i int, what string) error {
+		err := a.ex.wait(tx[i])
+		tx[i] = noExchange
+		if err != nil {
+			return a.ex.drain(fmt.Errorf("loss: ring shift of %s: %w", what, err))
+		}
+		return nil
+	}
 
-	// Forward: text blocks travel right, statistics accumulate. cur is the
-	// block computed on (the caller's txt first), a.tb[nb] the buffer the
-	// next one arrives in.
+	// Forward: text blocks travel right, in pieces; statistics accumulate.
+	// cur is the block computed on (the caller's txt first), in its pieces
+	// arriving; each piece is passed on as soon as it is here, into
+	// a.tb[nb] on the right neighbour.
 	cur, nb := txt, 0
+	in := nopieces()
 	for k := 0; k < w; k++ {
 		q := (r - k + w) % w
-		x := noExchange
-		if k < w-1 {
-			var err error
-			if x, err = exchange(&a.ex, a.tb[nb], left, cur, right); err != nil {
-				return Result{}, a.ex.drain(fmt.Errorf("loss: ring shift of text features: %w", err))
-			}
-		}
+		next := nopieces()
 		for c0 := 0; c0 < b; c0 += tile {
 			cw := min(tile, b-c0)
+			if i := ch.piece(c0); c0 == i*ch.g*ch.t {
+				if err := await(&in, i, "text features"); err != nil {
+					return Result{}, err
+				}
+				if k < w-1 {
+					if err := shift(&next, i, a.tb[nb], cur, left, right, "text features"); err != nil {
+						return Result{}, err
+					}
+				}
+			}
 			j0 := q*b + c0
 			gemm(&a.ex, blas.NoTrans, blas.Trans, b, cw, d, 1, img, d, cur[c0*d:], d, 0, a.x, cw)
 			stats(&a.k, a.x, cw, b, cw, scale, bias, a.rowM, a.rowS, a.colM[j0:], a.colS[j0:])
@@ -117,11 +140,8 @@ func (a *ringClip[T]) run(dImg, dTxt, img, txt []T, lg Logit, st *clipStep) (Res
 				a.diag[i] = scale*float64(a.x[i*cw+diag0+i-j0]) + bias
 			}
 		}
-		if err := a.ex.wait(x); err != nil {
-			return Result{}, a.ex.drain(fmt.Errorf("loss: ring shift of text features: %w", err))
-		}
 		if k < w-1 {
-			cur, nb = a.tb[nb], 1-nb
+			cur, nb, in = a.tb[nb], 1-nb, next
 		}
 	}
 	lossSum, err := a.complete(a.comm, diag0)
@@ -132,7 +152,7 @@ func (a *ringClip[T]) run(dImg, dTxt, img, txt []T, lg Logit, st *clipStep) (Res
 		return a.forward(a.comm, st, lossSum)
 	}
 
-	// Backward: cur holds block r+1 (r itself when W = 1).
+	// Backward: cur holds block r+1 (r itself when W = 1), all here.
 	c, f, split := a.backward(st, scale)
 	if split {
 		a.dt = grow(a.dt, b*tile)
@@ -145,27 +165,33 @@ func (a *ringClip[T]) run(dImg, dTxt, img, txt []T, lg Logit, st *clipStep) (Res
 		a.part[1] = grow(a.part[1], bd)
 	}
 	var rowX, rowB float64
-	px := noExchange // the partial sum sent at the end of the last visit
+	part := nopieces() // the partial sums arriving in a.in, piece by piece
 	for j := 0; j < w; j++ {
 		q := (r + 1 + j) % w
 		tq := cur
 		if j == w-1 {
 			tq = txt
 		}
-		// The left neighbour visits this block next, unless it is its own.
-		tx := noExchange
-		if j < w-2 {
-			var err error
-			if tx, err = exchange(&a.ex, a.tb[nb], right, tq, left); err != nil {
-				return Result{}, a.ex.drain(fmt.Errorf("loss: ring shift of text features: %w", err))
-			}
-		}
 		acc := dTxt
 		if j < w-1 {
 			acc = a.part[j%2]
 		}
+		next, nextPart := nopieces(), nopieces()
 		for c0 := 0; c0 < b; c0 += tile {
 			cw := min(tile, b-c0)
+			i := ch.piece(c0)
+			if c0 == i*ch.g*ch.t {
+				if err := await(&in, i, "text features"); err != nil {
+					return Result{}, err
+				}
+				// The left neighbour visits this block next, unless it
+				// is its own.
+				if j < w-2 {
+					if err := shift(&next, i, a.tb[nb], tq, right, left, "text features"); err != nil {
+						return Result{}, err
+					}
+				}
+			}
 			j0 := q*b + c0
 			gemm(&a.ex, blas.NoTrans, blas.Trans, b, cw, d, 1, img, d, tq[c0*d:], d, 0, a.x, cw)
 			var dt []T
@@ -186,25 +212,26 @@ func (a *ringClip[T]) run(dImg, dTxt, img, txt []T, lg Logit, st *clipStep) (Res
 				beta = 0
 			}
 			gemm(&a.ex, blas.NoTrans, blas.NoTrans, b, d, cw, T(f), a.x, cw, tq[c0*d:], d, beta, dImg, d)
+			if lo, hi := ch.rows(i); c0+cw == hi && w > 1 {
+				// The piece of block q's gradient is complete here: add
+				// the ranks' before this one, and send it on to the left
+				// (unless this rank is the block's own, the last).
+				if j > 0 {
+					if err := await(&part, i, "text gradients"); err != nil {
+						return Result{}, err
+					}
+					addTo(&a.k, rowsOf(acc, lo, hi, d), rowsOf(a.in, lo, hi, d))
+				}
+				if j < w-1 {
+					if err := shift(&nextPart, i, a.in, acc, right, left, "text gradients"); err != nil {
+						return Result{}, err
+					}
+				}
+			}
 		}
-		if err := a.ex.wait(tx); err != nil {
-			return Result{}, a.ex.drain(fmt.Errorf("loss: ring shift of text features: %w", err))
-		}
+		in, part = next, nextPart
 		if j < w-2 {
 			cur, nb = a.tb[nb], 1-nb
-		}
-		if j > 0 {
-			// The partial sum of block q from the ranks before this one.
-			if err := a.ex.wait(px); err != nil {
-				return Result{}, a.ex.drain(fmt.Errorf("loss: ring shift of text gradients: %w", err))
-			}
-			addTo(&a.k, acc, a.in)
-		}
-		px = noExchange
-		if j < w-1 {
-			if px, err = exchange(&a.ex, a.in, right, acc, left); err != nil {
-				return Result{}, a.ex.drain(fmt.Errorf("loss: ring shift of text gradients: %w", err))
-			}
 		}
 	}
 	return a.finish(a.comm, st, lossSum, rowX, rowB)

@@ -203,6 +203,9 @@ func (l *SigLipLoss[T]) run(dImg, dTxt, img, txt []T, lg Logit, st *clipStep) (R
 	l.tile = l.opt.Tile
 	if l.tile == 0 {
 		l.tile = defaultSigTile
+		if l.impl == Bidir || l.impl == Shift {
+			l.tile = ringTile(b)
+		}
 	}
 	l.tile = min(l.tile, b)
 	l.x = grow(l.x, b*l.tile)
@@ -227,49 +230,52 @@ func (l *SigLipLoss[T]) run(dImg, dTxt, img, txt []T, lg Logit, st *clipStep) (R
 // visit adds the contribution of columns c0..c1 of the b×d text block tq,
 // global block q, to this rank's loss, to dImg (scaled by Scale;
 // overwritten by the first tile when first) and to rows c0..c1 of the
-// text-gradient accumulator acc (overwritten). Its GEMMs poll the
-// transfers in flight (gemm).
+// text-gradient accumulator acc (overwritten), in tiles of l.tile.
 func (l *SigLipLoss[T]) visit(dImg, acc, img, tq []T, q, c0, c1 int, st *clipStep, first bool) {
+	for j0 := c0; j0 < c1; j0 += l.tile {
+		l.visitTile(dImg, acc, img, tq, q, j0, min(l.tile, c1-j0), st, first && j0 == c0)
+	}
+}
+
+// visitTile is visit's work on the cw columns from j0: the logits, the
+// sigmoid tile, the text-gradient and the image-gradient GEMMs (which poll
+// the transfers in flight, see gemm).
+func (l *SigLipLoss[T]) visitTile(dImg, acc, img, tq []T, q, j0, cw int, st *clipStep, first bool) {
 	b, d := st.b, st.d
 	scale, bias := l.lg.Scale, 0.0
 	if l.lg.HasBias {
 		bias = l.lg.Bias
 	}
-	c := 1 / float64(b)
-	for j0 := c0; j0 < c1; j0 += l.tile {
-		cw := min(l.tile, c1-j0)
-		gemm(&l.ex, blas.NoTrans, blas.Trans, b, cw, d, 1, img, d, tq[j0*d:], d, 0, l.x, cw)
-		e0 := -1 << 62 // no positive pair in this block
-		if q == st.rank {
-			e0 = -j0
-		}
-		ls, gs, gb := sigTile(&l.k, l.x, l.x, cw, b, cw, e0, scale, bias, c, l.backward)
-		l.sum.loss += ls
-		l.sum.gs += gs
-		l.sum.gb += gb
-		if !l.backward {
-			continue
-		}
-		gemm(&l.ex, blas.Trans, blas.NoTrans, cw, d, b, T(scale), l.x, cw, img, d, 0, acc[j0*d:], d)
-		beta := T(1)
-		if first && j0 == c0 {
-			beta = 0
-		}
-		gemm(&l.ex, blas.NoTrans, blas.NoTrans, b, d, cw, T(scale), l.x, cw, tq[j0*d:], d, beta, dImg, d)
+	gemm(&l.ex, blas.NoTrans, blas.Trans, b, cw, d, 1, img, d, tq[j0*d:], d, 0, l.x, cw)
+	e0 := -1 << 62 // no positive pair in this block
+	if q == st.rank {
+		e0 = -j0
 	}
+	ls, gs, gb := sigTile(&l.k, l.x, l.x, cw, b, cw, e0, scale, bias, 1/float64(b), l.backward)
+	l.sum.loss += ls
+	l.sum.gs += gs
+	l.sum.gb += gb
+	if !l.backward {
+		return
+	}
+	gemm(&l.ex, blas.Trans, blas.NoTrans, cw, d, b, T(scale), l.x, cw, img, d, 0, acc[j0*d:], d)
+	beta := T(1)
+	if first {
+		beta = 0
+	}
+	gemm(&l.ex, blas.NoTrans, blas.NoTrans, b, d, cw, T(scale), l.x, cw, tq[j0*d:], d, beta, dImg, d)
 }
 
 // sigStream is one direction of the ring methods: text blocks travel hops
 // steps towards rank r+dir, each followed one step behind by the partial
-// sum of its gradient.
+// sum of its gradient, both in pieces (chunking).
 type sigStream[T blas.Float] struct {
 	dir, hops int
-	tb        [2][]T // text blocks: the one computed on, the one arriving
+	tb        [2][]T // text blocks: the one visited, the one arriving
 	part      [2][]T // partial sums: the one travelling, the one computed
 	in        []T    // the partial sum arriving, then the one coming home
-	cur       []T    // the block of this hop
 	nb        int    // tb[nb] receives the next block
-	tx, px    int    // exchange slots: the next block, the partial sums
+	blk, sum  pieces // the pieces of the block and of the sum arriving
 }
 
 // streamBlocks is the number of b×d blocks a stream of the ring methods
@@ -289,32 +295,50 @@ func streamBlocks(hops int) int64 {
 // ring moves text blocks hr hops to the right and hl hops to the left.
 // Shift is (W-1, 0); Bidir is (⌈(W-1)/2⌉, ⌊(W-1)/2⌋).
 //
-// Each direction is a stream. At hop k rank r visits block q = r - dir·k:
-// the block arrived during hop k-1 and is passed on at the start of hop k,
-// to be visited at hop k+1 by rank r+dir. The gradient of block q is summed
-// along the ranks that visit it, one step behind: rank r computes its
-// contribution during hop k, adds the partial sum that rank r-dir sent at
-// the end of hop k-1 (it travelled during hop k), and sends the sum on at
-// the end of hop k, to travel during hop k+1. After the last hop the sum
-// goes home to rank q. The rank's own block is visited in two halves of
-// its columns, the first while the first blocks travel, the second while
-// the sums travel home. So every transfer has a visit (GEMMs, polled
-// between panels; see exchanges) to hide behind.
+// Each direction is a stream. At hop k rank r visits block q = r - dir·k,
+// tile by tile: each piece of the block is waited for before its first
+// tile and passed on at once, to be visited at hop k+1 by rank r+dir. The
+// gradient of block q is summed along the ranks that visit it, one hop
+// behind and piece by piece: once a piece's tiles are done, rank r adds the
+// piece of the partial sum that rank r-dir sent at hop k-1 and sends the
+// sum on (home to rank q after the last hop). The rank's own block is
+// visited in two halves, the first while the first pieces of the other
+// blocks arrive, the second while the last sums travel home. So only one
+// piece's transfer is left exposed at either end, and every transfer
+// advances while GEMMs run (gemm polls).
 func (l *SigLipLoss[T]) ring(dImg, dTxt, img, txt []T, st *clipStep, hr, hl int) error {
 	b, d, w, r := st.b, st.d, st.w, st.rank
 	bd := b * d
+	ch := newChunking(b, l.tile)
 	l.ex.comm = l.comm
 	l.rs[0].dir, l.rs[0].hops = 1, hr
 	l.rs[1].dir, l.rs[1].hops = -1, hl
-	half := b
+	shift := func(x *pieces, i int, dst []T, from int, src []T, to int, what string) error {
+		lo, hi := ch.rows(i)
+		var err error
+		if x[i], err = exchange(&l.ex, rowsOf(dst, lo, hi, d), from, rowsOf(src, lo, hi, d), to); err != nil {
+			return l.ex.drain(fmt.Errorf("loss: SigLIP %s: %w", what, err))
+		}
+		return nil
+	}
+	await := func(x *pieces, i int, what string) error {
+		err := l.ex.wait(x[i])
+		x[i] = noExchange
+		if err != nil {
+			return l.ex.drain(fmt.Errorf("loss: SigLIP %s: %w", what, err))
+		}
+		return nil
+	}
+	tiles := (b + l.tile - 1) / l.tile
+	half := b // the own block's first half: whole tiles
 	for i := range l.rs {
 		s := &l.rs[i]
+		s.blk, s.sum, s.nb = nopieces(), nopieces(), 0
 		if s.hops == 0 {
 			continue
 		}
-		half = (b + 1) / 2
-		nb := min(s.hops, 2)
-		for k := range nb {
+		half = min(b, (tiles+1)/2*l.tile)
+		for k := range min(s.hops, 2) {
 			s.tb[k] = grow(s.tb[k], bd)
 			if l.backward {
 				s.part[k] = grow(s.part[k], bd)
@@ -323,12 +347,12 @@ func (l *SigLipLoss[T]) ring(dImg, dTxt, img, txt []T, st *clipStep, hr, hl int)
 		if l.backward {
 			s.in = grow(s.in, bd)
 		}
-		// The first hop's block: this rank's own.
+		// The first hop's block, this rank's own, leaves at once.
 		to, from := (r+s.dir+w)%w, (r-s.dir+w)%w
-		var err error
-		s.nb, s.px = 0, noExchange
-		if s.tx, err = exchange(&l.ex, s.tb[0], from, txt, to); err != nil {
-			return l.ex.drain(fmt.Errorf("loss: SigLIP ring shift: %w", err))
+		for p := range ch.n {
+			if err := shift(&s.blk, p, s.tb[0], from, txt, to, "ring shift"); err != nil {
+				return err
+			}
 		}
 	}
 	l.visit(dImg, dTxt, img, txt, r, 0, half, st, true)
@@ -338,48 +362,65 @@ func (l *SigLipLoss[T]) ring(dImg, dTxt, img, txt []T, st *clipStep, hr, hl int)
 			if k > s.hops {
 				continue
 			}
+			q := (r - s.dir*k + 2*w) % w
 			to, from := (r+s.dir+w)%w, (r-s.dir+w)%w
-			if err := l.ex.wait(s.tx); err != nil {
-				return l.ex.drain(fmt.Errorf("loss: SigLIP ring shift: %w", err))
-			}
-			s.cur, s.nb, s.tx = s.tb[s.nb], 1-s.nb, noExchange
-			var err error
-			if k < s.hops {
-				if s.tx, err = exchange(&l.ex, s.tb[s.nb], from, s.cur, to); err != nil {
-					return l.ex.drain(fmt.Errorf("loss: SigLIP ring shift: %w", err))
-				}
-			}
-			acc := s.part[(k-1)%2]
-			l.visit(dImg, acc, img, s.cur, (r-s.dir*k+2*w)%w, 0, b, st, false)
-			if !l.backward {
-				continue
-			}
-			if k > 1 {
-				if err := l.ex.wait(s.px); err != nil {
-					return l.ex.drain(fmt.Errorf("loss: SigLIP text gradients: %w", err))
-				}
-				addTo(&l.k, acc, s.in)
-			}
+			sumTo, sumFrom := to, from
 			if k == s.hops {
 				// Home: this sum to its block's rank, this rank's own
-				// block's sum from the rank that visited it last.
-				to, from = (r-s.dir*k+2*w)%w, (r+s.dir*k+2*w)%w
+				// block's sum from the rank that visits it last.
+				sumTo, sumFrom = q, (r+s.dir*k+2*w)%w
 			}
-			if s.px, err = exchange(&l.ex, s.in, from, acc, to); err != nil {
-				return l.ex.drain(fmt.Errorf("loss: SigLIP text gradients: %w", err))
+			cur := s.tb[s.nb]
+			s.nb = 1 - s.nb
+			acc := s.part[(k-1)%2]
+			blk, sum := nopieces(), nopieces()
+			for j0 := 0; j0 < b; j0 += l.tile {
+				cw := min(l.tile, b-j0)
+				p := ch.piece(j0)
+				lo, hi := ch.rows(p)
+				if j0 == lo {
+					if err := await(&s.blk, p, "ring shift"); err != nil {
+						return err
+					}
+					if k < s.hops {
+						if err := shift(&blk, p, s.tb[s.nb], from, cur, to, "ring shift"); err != nil {
+							return err
+						}
+					}
+				}
+				l.visitTile(dImg, acc, img, cur, q, j0, cw, st, false)
+				if !l.backward || j0+cw < hi {
+					continue
+				}
+				if k > 1 {
+					if err := await(&s.sum, p, "text gradients"); err != nil {
+						return err
+					}
+					addTo(&l.k, rowsOf(acc, lo, hi, d), rowsOf(s.in, lo, hi, d))
+				}
+				if err := shift(&sum, p, s.in, sumFrom, acc, sumTo, "text gradients"); err != nil {
+					return err
+				}
 			}
+			s.blk, s.sum = blk, sum
 		}
 	}
 	l.visit(dImg, dTxt, img, txt, r, half, b, st, false)
+	if !l.backward {
+		return nil
+	}
 	for i := range l.rs {
 		s := &l.rs[i]
-		if s.hops == 0 || !l.backward {
+		if s.hops == 0 {
 			continue
 		}
-		if err := l.ex.wait(s.px); err != nil {
-			return l.ex.drain(fmt.Errorf("loss: SigLIP text gradients home: %w", err))
+		for p := range ch.n {
+			if err := await(&s.sum, p, "text gradients home"); err != nil {
+				return err
+			}
+			lo, hi := ch.rows(p)
+			addTo(&l.k, rowsOf(dTxt, lo, hi, d), rowsOf(s.in, lo, hi, d))
 		}
-		addTo(&l.k, dTxt, s.in)
 	}
 	return nil
 }
