@@ -185,11 +185,15 @@ bench-loss: build
 # A shaped network (scripts/cluster/benchnet.sh; root): two hosts in
 # network namespaces, one rank each, each direction of their link limited
 # to RATE by tc's tbf; every algorithm of both losses against the link rate
-# measured in the same run. B, D, STEPS, MODE, TILE, DTYPE as above.
-RATE  ?= 2gbit
+# measured in the same run, REPEAT rounds (each algorithm's fastest
+# reported). B, D, STEPS, MODE, TILE, DTYPE as above; NICE (e.g. -10) runs
+# the ranks ahead of other jobs on a shared machine.
+RATE   ?= 2gbit
+REPEAT ?= 3
+NICE   ?=
 .PHONY: bench-net
 bench-net: build
-	@RATE=$(RATE) B=$(B) D=$(D) STEPS=$(STEPS) MODE=$(MODE) TILE=$(TILE) DTYPE=$(DTYPE) \
+	@RATE=$(RATE) REPEAT=$(REPEAT) NICE=$(NICE) B=$(B) D=$(D) STEPS=$(STEPS) MODE=$(MODE) TILE=$(TILE) DTYPE=$(DTYPE) \
 	  flock /tmp/clipmpi-cluster.lock timeout --foreground -k 30 660 scripts/cluster/benchnet.sh $(BIN)
 
 clean:

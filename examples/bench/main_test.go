@@ -101,16 +101,17 @@ func TestBenchJSON(t *testing.T) {
 	}
 }
 
-// TestBenchNet: with -net the bench measures the link and takes the
-// communication floor from it: link_gbit_s is a positive number exactly
-// when W > 1, comm_floor_ms is the bytes at that rate, and the hidden
-// fraction lies in [0, 1]; the table is the link table.
+// TestBenchNet: with -net the bench measures the link (once per round of
+// -repeat 2) and takes the communication floor from it: link_gbit_s is a
+// positive number exactly when W > 1, comm_floor_ms is the bytes at that
+// rate, and the hidden fraction lies in [0, 1]; there is one record per
+// configuration whatever the rounds; the table is the link table.
 func TestBenchNet(t *testing.T) {
 	for _, w := range []int{1, 2} {
 		for _, lossKind := range []string{"clip", "siglip"} {
 			t.Run(fmt.Sprintf("W=%d/loss=%s", w, lossKind), func(t *testing.T) {
 				bc := benchConfig{loss: lossKind, b: 6, d: 4, mode: "local_gwg", algos: "all", dtype: "float32",
-					steps: 2, warmup: 1, tile: 4, memLimit: 1 << 20, net: true}
+					steps: 2, warmup: 1, tile: 4, memLimit: 1 << 20, net: true, repeat: 2}
 				out, errs := runGroup(t, w, bc)
 				for r, err := range errs {
 					if err != nil {
@@ -118,8 +119,8 @@ func TestBenchNet(t *testing.T) {
 					}
 				}
 				checkOutput(t, out, 4, w, true)
-				if w > 1 && !strings.Contains(out, "# link: ") {
-					t.Errorf("no link line in:\n%s", out)
+				if n := strings.Count(out, "# link: "); (w > 1) != (n == 2) || w == 1 && n != 0 {
+					t.Errorf("%d link lines with W = %d and two rounds, want one per round with W > 1:\n%s", n, w, out)
 				}
 				if !strings.Contains(out, "x max fl") {
 					t.Errorf("no link table in:\n%s", out)
