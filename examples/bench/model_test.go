@@ -81,7 +81,9 @@ func TestModelMode(t *testing.T) {
 		}
 	}
 	for l, ms := range autoMs {
-		if ms != best[l] {
+		// Choose counts predictions within 0.1% as a tie, won by the
+		// earlier candidate.
+		if ms > best[l]*1.001 {
 			t.Errorf("%s: auto chose a step of %g ms, the fastest that fits takes %g", l, ms, best[l])
 		}
 	}
