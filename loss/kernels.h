@@ -158,7 +158,7 @@ KINL void grad_row4(const int R, const int IN, const int SPLIT,
 		double *restrict cx, double *restrict cb, double *rs) {
 	float m0 = xr[0], m1 = xr[1], m2 = xr[2], m3 = xr[3];
 	float w0 = wr[0], w1 = wr[1], w2 = wr[2], w3 = wr[3];
-	double rx0 = 0, rx1 = 0, rx2 = 0, rx3 = 0, rb0 = 0, rb1 = 0, rb2 = 0, rb3 = 0;
+	double rx = 0, rb = 0;
 	for (long j = 0; j < cols; j++) {
 		float c = xc[j], w = wc[j];
 		float v0 = IN ? d0[j] : x0[j], v1 = IN ? d1[j] : x1[j], v2 = IN ? d2[j] : x2[j], v3 = IN ? d3[j] : x3[j];
@@ -170,14 +170,10 @@ KINL void grad_row4(const int R, const int IN, const int SPLIT,
 		float gt1 = w * fexp2(R, A * (v1 - c));
 		float gt2 = w * fexp2(R, A * (v2 - c));
 		float gt3 = w * fexp2(R, A * (v3 - c));
-		rx0 += (double)(gi0 * v0);
-		rx1 += (double)(gi1 * v1);
-		rx2 += (double)(gi2 * v2);
-		rx3 += (double)(gi3 * v3);
-		rb0 += (double)gi0;
-		rb1 += (double)gi1;
-		rb2 += (double)gi2;
-		rb3 += (double)gi3;
+		// Only the sums over the four rows are wanted: four terms of
+		// each in float32, then float64, as for the columns.
+		rx += (double)((gi0 * v0 + gi1 * v1) + (gi2 * v2 + gi3 * v3));
+		rb += (double)((gi0 + gi1) + (gi2 + gi3));
 		float tx = (gt0 * v0 + gt1 * v1) + (gt2 * v2 + gt3 * v3);
 		float tb = (gt0 + gt1) + (gt2 + gt3);
 		cx[j] += (double)tx;
@@ -198,8 +194,8 @@ KINL void grad_row4(const int R, const int IN, const int SPLIT,
 			d3[j] = gi3 + gt3;
 		}
 	}
-	rs[0] = (rx0 + rx1) + (rx2 + rx3);
-	rs[1] = (rb0 + rb1) + (rb2 + rb3);
+	rs[0] = rx;
+	rs[1] = rb;
 }
 
 // grad_row1 is grad_row4 for one row.
