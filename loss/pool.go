@@ -2,7 +2,6 @@ package loss
 
 import (
 	"runtime"
-	"sync"
 	"sync/atomic"
 
 	"github.com/clipmpi/clipmpi/blas"
@@ -19,24 +18,33 @@ type job interface {
 // wait on a channel, so that a run allocates nothing; they end when the
 // pool is closed. A pool is not safe for concurrent use (a loss is not).
 //
-// Blocks are claimed from an atomic counter, so which goroutine runs which
-// block varies from run to run; results do not, because a block's output
-// depends on the block alone and callers reduce per-block partials in block
-// order.
+// Blocks are claimed one at a time from state, which holds the run's
+// generation and its next unclaimed block; a run ends when all its blocks
+// are done, not when every helper has woken: a helper that wakes late finds
+// its generation over (or its blocks all claimed) and waits again. Which
+// goroutine runs which block varies from run to run; results do not,
+// because a block's output depends on the block alone and callers reduce
+// per-block partials in block order.
 type pool struct {
 	threads int
 	started int
-	wake    chan struct{}
-	done    sync.WaitGroup
+	wake    chan token    // one token per helper wanted by a run
+	done    chan struct{} // the goroutine that finishes a run's last block says so
 	closed  bool
 
-	// The job being run: set before the helpers are woken, read by them
-	// until they call done.Done.
-	job  job
-	n    int
-	next atomic.Int64
+	gen   uint32        // the current run (written by the caller only)
+	state atomic.Uint64 // gen<<32 | next unclaimed block
+	fin   atomic.Int64  // blocks of the current run done
 
 	live atomic.Int32 // helpers running (for tests)
+}
+
+// token is a helper's share in one run: the job, its blocks and its
+// generation. Sent by value, so that waking allocates nothing.
+type token struct {
+	job job
+	n   int
+	gen uint32
 }
 
 // newPool returns a pool of the given number of threads (the caller
@@ -77,42 +85,67 @@ func (p *pool) run(n int, j job) {
 	if p.closed {
 		panic("loss: internal error: pool used after close")
 	}
+	if n >= 1<<31 {
+		panic("loss: internal error: too many blocks")
+	}
 	for p.started < helpers {
 		if p.wake == nil {
-			p.wake = make(chan struct{}, p.threads)
+			p.wake = make(chan token, p.threads)
+			p.done = make(chan struct{}, 1)
 		}
 		p.live.Add(1)
 		go p.helper(p.wake)
 		p.started++
 	}
-	p.job, p.n = j, n
-	p.next.Store(0)
-	p.done.Add(helpers)
-	for range helpers {
-		p.wake <- struct{}{}
+	// Tokens still queued are from runs that are over: drop them, so that
+	// this run's tokens find room.
+	for len(p.wake) > 0 {
+		select {
+		case <-p.wake:
+		default:
+		}
 	}
-	p.work()
-	p.done.Wait()
-	p.job = nil
+	p.gen++
+	p.fin.Store(0)
+	p.state.Store(uint64(p.gen) << 32)
+	for range helpers {
+		select {
+		case p.wake <- token{j, n, p.gen}:
+		default: // the helpers have tokens enough to find this run
+		}
+	}
+	p.work(j, n, p.gen)
+	for p.fin.Load() < int64(n) {
+		<-p.done // a signal from this run, or a stale one: check again
+	}
 }
 
-// work runs blocks until none is left.
-func (p *pool) work() {
+// work claims and runs blocks of run gen until none is left.
+func (p *pool) work(j job, n int, gen uint32) {
 	for {
-		i := int(p.next.Add(1) - 1)
-		if i >= p.n {
+		s := p.state.Load()
+		i := int(uint32(s))
+		if uint32(s>>32) != gen || i >= n {
 			return
 		}
-		p.job.block(i)
+		if !p.state.CompareAndSwap(s, s+1) {
+			continue
+		}
+		j.block(i)
+		if p.fin.Add(1) == int64(n) {
+			select {
+			case p.done <- struct{}{}:
+			default:
+			}
+		}
 	}
 }
 
-// helper is a helper goroutine: one token on wake is one share in a run.
-func (p *pool) helper(wake <-chan struct{}) {
+// helper is a helper goroutine: one token is one share in a run.
+func (p *pool) helper(wake <-chan token) {
 	defer p.live.Add(-1)
-	for range wake {
-		p.work()
-		p.done.Done()
+	for t := range wake {
+		p.work(t.job, t.n, t.gen)
 	}
 }
 

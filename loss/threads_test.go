@@ -173,6 +173,18 @@ func TestPool(t *testing.T) {
 			}
 		}
 	}
+	// Many short runs: late helpers must neither run a block of a later
+	// run nor hold a run up.
+	for r := 0; r < 3000; r++ {
+		n := 1 + r%9
+		c := countJob{seen: make([]int, n)}
+		p.run(n, &c)
+		for i, v := range c.seen {
+			if v != 1 {
+				t.Fatalf("run %d of %d blocks: block %d ran %d times", r, n, i, v)
+			}
+		}
+	}
 	var q *pool
 	func() {
 		owner := new([16]int)
