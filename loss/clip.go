@@ -111,8 +111,16 @@ func newClipImpl[T blas.Float](comm mpi.Comm, opt ClipOptions, p *pool) clipImpl
 	switch opt.Algorithm {
 	case Naive:
 		return &naiveClip[T]{comm: comm, k: k}
-	case Fused, Tiled:
-		return &blockClip[T]{comm: comm, tiled: opt.Algorithm == Tiled, tile: opt.Tile, k: k}
+	case Fused:
+		if comm.Size() > 1 {
+			// The one logit block, its text blocks and gradients moved
+			// around the ring behind the GEMMs instead of by blocking
+			// all-gather and reduce-scatter.
+			return &ringClip[T]{comm: comm, keep: true, k: k}
+		}
+		return &blockClip[T]{comm: comm, k: k}
+	case Tiled:
+		return &blockClip[T]{comm: comm, tiled: true, tile: opt.Tile, k: k}
 	case Ring:
 		return &ringClip[T]{comm: comm, tile: opt.Tile, k: k}
 	}

@@ -238,9 +238,9 @@ func blasGemm(tA, tB blas.Transpose, m, n, k int, alpha float64, a []float64, ld
 }
 
 // TestPlanMatchesGemms: the GEMMs Plan lists are the ones a
-// ForwardBackward step computes (through gemm), shape by shape, for Ring
-// and every SigLIP method, tiles that do and do not divide the blocks and
-// the own block's halves.
+// ForwardBackward step computes (through gemm), shape by shape, for Ring,
+// Fused with W > 1 and every SigLIP method, with tiles that do and do not
+// divide the blocks.
 func TestPlanMatchesGemms(t *testing.T) {
 	type shape struct {
 		tA, tB  bool
@@ -267,6 +267,10 @@ func TestPlanMatchesGemms(t *testing.T) {
 				cfgs := []cfg{}
 				co := ClipOptions{LocalLoss: true, GatherWithGrad: true, Algorithm: Ring, Tile: tile}
 				cfgs = append(cfgs, cfg{"clip/ring", co.Plan(w, b, d, 8), func(c mpi.Comm) stepper[float64] { return NewClipLoss[float64](c, d, co) }})
+				if w > 1 { // with one rank Fused calls blas.Gemm itself
+					fo := ClipOptions{Algorithm: Fused, Tile: tile}
+					cfgs = append(cfgs, cfg{"clip/fused", fo.Plan(w, b, d, 8), func(c mpi.Comm) stepper[float64] { return NewClipLoss[float64](c, d, fo) }})
+				}
 				for _, m := range SigLipImpls() {
 					so := SigLipOptions{Impl: m, Tile: tile}
 					cfgs = append(cfgs, cfg{"siglip/" + m.String(), so.Plan(w, b, d, 8), func(c mpi.Comm) stepper[float64] { return NewSigLipLoss[float64](c, d, so) }})

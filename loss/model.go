@@ -147,6 +147,11 @@ func (o ClipOptions) Predict(w, b, d, elemSize int, r Rates) Prediction {
 			}
 		}
 	case Fused, Tiled:
+		if o.Algorithm == Fused && w > 1 {
+			tl.ring(w, b, d, min(ringTile(b), b), e, true)
+			tl.finishClip(local)
+			break
+		}
 		t := n
 		if o.Algorithm == Tiled {
 			t = o.Tile
@@ -178,76 +183,7 @@ func (o ClipOptions) Predict(w, b, d, elemSize int, r Rates) Prediction {
 		if t == 0 {
 			t = ringTile(b)
 		}
-		t = min(t, b)
-		ch := newChunking(b, t)
-		piece := func(i int) float64 {
-			lo, hi := ch.rows(i)
-			return float64((hi-lo)*d) * e
-		}
-		// ringClip's program order: a block's pieces are waited for before
-		// their first tile and passed on at once; in backward each piece of
-		// a gradient's partial sum leaves after its last tile, and the
-		// piece received (sent one visit earlier) is waited for and added
-		// there.
-		in := make([]int, ch.n)
-		for i := range in {
-			in[i] = -1
-		}
-		for k := 0; k < w; k++ {
-			next := make([]int, ch.n)
-			for c0 := 0; c0 < b; c0 += t {
-				cw := min(t, b-c0)
-				if i := ch.piece(c0); c0 == i*ch.g*ch.t {
-					tl.wait(in[i])
-					next[i] = -1
-					if k < w-1 {
-						next[i] = tl.post(piece(i))
-					}
-				}
-				tl.gemm(b, cw, d)
-				tl.kernel(float64(b*cw), r.StatsNs)
-			}
-			if k < w-1 {
-				in = next
-			}
-		}
-		tl.completeColumns(n)
-		for i := range in {
-			in[i] = -1
-		}
-		part := make([]int, ch.n)
-		for i := range part {
-			part[i] = -1
-		}
-		for j := 0; j < w; j++ {
-			next, nextPart := make([]int, ch.n), make([]int, ch.n)
-			for c0 := 0; c0 < b; c0 += t {
-				cw := min(t, b-c0)
-				i := ch.piece(c0)
-				if c0 == i*ch.g*ch.t {
-					tl.wait(in[i])
-					next[i] = -1
-					if j < w-2 {
-						next[i] = tl.post(piece(i))
-					}
-				}
-				tl.gemm(b, cw, d)
-				tl.kernel(float64(b*cw), r.GradNs)
-				tl.gemm(cw, d, b)
-				tl.gemm(b, d, cw)
-				if lo, hi := ch.rows(i); c0+cw == hi && w > 1 {
-					if j > 0 {
-						tl.wait(part[i])
-						tl.kernel(float64((hi-lo)*d), r.CopyNs)
-					}
-					nextPart[i] = -1
-					if j < w-1 {
-						nextPart[i] = tl.post(piece(i))
-					}
-				}
-			}
-			in, part = next, nextPart
-		}
+		tl.ring(w, b, d, min(t, b), e, false)
 		tl.finishClip(local)
 	}
 	return tl.prediction(o.Algorithm.String(), p, o.Memory(w, b, d, elemSize))
@@ -386,6 +322,77 @@ func (o SigLipOptions) Predict(w, b, d, elemSize int, r Rates) Prediction {
 		}
 	}
 	return tl.prediction(o.Impl.String(), p, o.Memory(w, b, d, elemSize))
+}
+
+// ring replays ringClip's step but for finishClip, with tiles of t columns,
+// elements of e bytes, the logits kept from forward (Fused) or recomputed
+// in backward (Ring). A block's pieces are waited for before their first
+// tile and passed on at once; in backward each piece of a gradient's
+// partial sum leaves after its last tile, and the piece received (sent
+// one visit earlier) is waited for and added there.
+func (tl *timeline) ring(w, b, d, t int, e float64, keep bool) {
+	r := tl.r
+	ch := newChunking(b, t)
+	piece := func(i int) float64 {
+		lo, hi := ch.rows(i)
+		return float64((hi-lo)*d) * e
+	}
+	none := func() []int {
+		x := make([]int, ch.n)
+		for i := range x {
+			x[i] = -1
+		}
+		return x
+	}
+	in := none()
+	for k := 0; k < w; k++ {
+		next := none()
+		for c0 := 0; c0 < b; c0 += t {
+			cw := min(t, b-c0)
+			if i := ch.piece(c0); c0 == i*ch.g*ch.t {
+				tl.wait(in[i])
+				if k < w-1 {
+					next[i] = tl.post(piece(i))
+				}
+			}
+			tl.gemm(b, cw, d)
+			tl.kernel(float64(b*cw), r.StatsNs)
+		}
+		if k < w-1 {
+			in = next
+		}
+	}
+	tl.completeColumns(w * b)
+	in, part := none(), none()
+	for j := 0; j < w; j++ {
+		next, nextPart := none(), none()
+		for c0 := 0; c0 < b; c0 += t {
+			cw := min(t, b-c0)
+			i := ch.piece(c0)
+			if c0 == i*ch.g*ch.t {
+				tl.wait(in[i])
+				if j < w-2 {
+					next[i] = tl.post(piece(i))
+				}
+			}
+			if !keep {
+				tl.gemm(b, cw, d)
+			}
+			tl.kernel(float64(b*cw), r.GradNs)
+			tl.gemm(cw, d, b)
+			tl.gemm(b, d, cw)
+			if lo, hi := ch.rows(i); c0+cw == hi && w > 1 {
+				if j > 0 {
+					tl.wait(part[i])
+					tl.kernel(float64((hi-lo)*d), r.CopyNs)
+				}
+				if j < w-1 {
+					nextPart[i] = tl.post(piece(i))
+				}
+			}
+		}
+		in, part = next, nextPart
+	}
 }
 
 // timeline replays one rank's step: a compute clock, a link that carries

@@ -67,6 +67,25 @@ func (o ClipOptions) Plan(w, b, d, elemSize int) Plan {
 		}
 		p.WorkspaceBytes = e*(4*int64(n)*int64(d)+2*int64(b)*int64(n)+int64(b)*int64(d)) + stats
 	case Fused, Tiled:
+		if o.Algorithm == Fused && w > 1 {
+			// ringClip keeping the logits: the ring's tiles, none
+			// recomputed, the b×N block kept.
+			t := min(ringTile(b), b)
+			blocks := int64(1)
+			if split {
+				blocks = 2
+			}
+			for _, tw := range []struct{ w, count int }{{t, b / t}, {b % t, 1}} {
+				if tw.w == 0 || tw.count == 0 {
+					continue
+				}
+				add(false, true, b, tw.w, d, w*tw.count)
+				add(false, false, b, d, tw.w, w*tw.count)
+				add(true, false, tw.w, d, b, w*tw.count)
+			}
+			p.WorkspaceBytes = e*(ringBlocks(w)*int64(b)*int64(d)+blocks*int64(b)*int64(n)) + stats + kernelBytes(b, t)
+			break
+		}
 		t := n
 		if o.Algorithm == Tiled {
 			t = o.Tile

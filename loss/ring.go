@@ -42,6 +42,11 @@ import (
 type ringClip[T blas.Float] struct {
 	comm mpi.Comm
 	tile int
+	// keep: Fused with W > 1. The logits of every block are kept from
+	// forward (b×N) instead of recomputed tile by tile in backward: 3
+	// GEMMs of 2·b·N·d instead of 4, in O(b·N + b·d) memory, with the
+	// ring's transfers hidden behind them.
+	keep bool
 	k    kernels[T]
 	ex   exchanges
 
@@ -77,10 +82,23 @@ func (a *ringClip[T]) run(dImg, dTxt, img, txt []T, lg Logit, st *clipStep) (Res
 		bias = lg.Bias
 	}
 	tile := a.tile
-	if tile == 0 {
+	if tile == 0 || a.keep {
 		tile = ringTile(b)
 	}
 	tile = min(tile, b)
+	// xt returns the logit tile of global columns j0..j0+cw and its
+	// leading dimension: a column slice of the kept b×N block, or the
+	// reused b×tile one.
+	xt := func(buf []T, j0, cw int) ([]T, int) {
+		if a.keep {
+			return buf[j0:], n
+		}
+		return buf, cw
+	}
+	xlen := b * tile
+	if a.keep {
+		xlen = b * n
+	}
 	ch := newChunking(b, tile)
 	// Buffers (ringBlocks): a second text block only for W > 2 (with two
 	// ranks the block received in forward is all backward needs).
@@ -90,7 +108,7 @@ func (a *ringClip[T]) run(dImg, dTxt, img, txt []T, lg Logit, st *clipStep) (Res
 	if w > 2 {
 		a.tb[1] = grow(a.tb[1], bd)
 	}
-	a.x = grow(a.x, b*tile)
+	a.x = grow(a.x, xlen)
 	a.reset(b, n)
 	a.ex.comm = a.comm
 	right, left := (r+1)%w, (r+w-1)%w
@@ -134,10 +152,11 @@ func (a *ringClip[T]) run(dImg, dTxt, img, txt []T, lg Logit, st *clipStep) (Res
 				}
 			}
 			j0 := q*b + c0
-			gemm(&a.ex, blas.NoTrans, blas.Trans, b, cw, d, 1, img, d, cur[c0*d:], d, 0, a.x, cw)
-			stats(&a.k, a.x, cw, b, cw, scale, bias, a.rowM, a.rowS, a.colM[j0:], a.colS[j0:])
+			x, ld := xt(a.x, j0, cw)
+			gemm(&a.ex, blas.NoTrans, blas.Trans, b, cw, d, 1, img, d, cur[c0*d:], d, 0, x, ld)
+			stats(&a.k, x, ld, b, cw, scale, bias, a.rowM, a.rowS, a.colM[j0:], a.colS[j0:])
 			for i := max(0, j0-diag0); i < b && diag0+i < j0+cw; i++ {
-				a.diag[i] = scale*float64(a.x[i*cw+diag0+i-j0]) + bias
+				a.diag[i] = scale*float64(x[i*ld+diag0+i-j0]) + bias
 			}
 		}
 		if k < w-1 {
@@ -155,7 +174,7 @@ func (a *ringClip[T]) run(dImg, dTxt, img, txt []T, lg Logit, st *clipStep) (Res
 	// Backward: cur holds block r+1 (r itself when W = 1), all here.
 	c, f, split := a.backward(st, scale)
 	if split {
-		a.dt = grow(a.dt, b*tile)
+		a.dt = grow(a.dt, xlen)
 	}
 	if w > 1 {
 		a.in = grow(a.in, bd)
@@ -193,25 +212,28 @@ func (a *ringClip[T]) run(dImg, dTxt, img, txt []T, lg Logit, st *clipStep) (Res
 				}
 			}
 			j0 := q*b + c0
-			gemm(&a.ex, blas.NoTrans, blas.Trans, b, cw, d, 1, img, d, tq[c0*d:], d, 0, a.x, cw)
+			x, ld := xt(a.x, j0, cw)
+			if !a.keep {
+				gemm(&a.ex, blas.NoTrans, blas.Trans, b, cw, d, 1, img, d, tq[c0*d:], d, 0, x, ld)
+			}
 			var dt []T
 			if split {
-				dt = a.dt
+				dt, _ = xt(a.dt, j0, cw)
 			}
-			sx, sb := grad(&a.k, a.x, dt, a.x, cw, b, cw, j0, diag0, scale, bias, c, c,
+			sx, sb := grad(&a.k, x, dt, x, ld, b, cw, j0, diag0, scale, bias, c, c,
 				a.rowM, a.rowS, a.colM[j0:], a.colS[j0:], a.colX[j0:], a.colB[j0:])
 			rowX += sx
 			rowB += sb
-			src := a.x
+			src := x
 			if split {
 				src = dt
 			}
-			gemm(&a.ex, blas.Trans, blas.NoTrans, cw, d, b, T(f), src, cw, img, d, 0, acc[c0*d:], d)
+			gemm(&a.ex, blas.Trans, blas.NoTrans, cw, d, b, T(f), src, ld, img, d, 0, acc[c0*d:], d)
 			beta := T(1)
 			if j == 0 && c0 == 0 {
 				beta = 0
 			}
-			gemm(&a.ex, blas.NoTrans, blas.NoTrans, b, d, cw, T(f), a.x, cw, tq[c0*d:], d, beta, dImg, d)
+			gemm(&a.ex, blas.NoTrans, blas.NoTrans, b, d, cw, T(f), x, ld, tq[c0*d:], d, beta, dImg, d)
 			if lo, hi := ch.rows(i); c0+cw == hi && w > 1 {
 				// The piece of block q's gradient is complete here: add
 				// the ranks' before this one, and send it on to the left
