@@ -6,6 +6,11 @@
 #   --bind-to none          ranks and BLAS threads are placed by the kernel;
 #   OPENBLAS_NUM_THREADS    cores / NP (at least 1), unless already set, so
 #                           ranks x threads never exceeds the cores;
+#   OPENBLAS_THREAD_TIMEOUT 4, unless already set: an idle OpenBLAS thread
+#                           sleeps after 2^4 cycles instead of spinning on
+#                           sched_yield for 2^28 (about 0.1 s) after every
+#                           GEMM, which took a core from the loss kernels'
+#                           threads (README, "Threads inside a rank");
 #   the OpenMPI TCP keepalive settings that turn a lost peer into an error
 #   within seconds instead of minutes (shared/cluster/RECIPE.md).
 # With CLIPMPI_TIMEOUT=SECONDS the whole run is bounded (timeout, SIGKILL 10 s
@@ -27,6 +32,7 @@ flags=(--bind-to none)
 threads=$(( cores / np ))
 [ "$threads" -ge 1 ] || threads=1
 export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-$threads}
+export OPENBLAS_THREAD_TIMEOUT=${OPENBLAS_THREAD_TIMEOUT:-4}
 export OMPI_MCA_oob_tcp_keepalive_time=${OMPI_MCA_oob_tcp_keepalive_time:-5}
 export OMPI_MCA_oob_tcp_keepalive_intvl=${OMPI_MCA_oob_tcp_keepalive_intvl:-2}
 export OMPI_MCA_oob_tcp_keepalive_probes=${OMPI_MCA_oob_tcp_keepalive_probes:-3}
@@ -35,6 +41,6 @@ export OMPI_MCA_oob_tcp_keepalive_probes=${OMPI_MCA_oob_tcp_keepalive_probes:-3}
 export OMPI_MCA_btl_vader_single_copy_mechanism=${OMPI_MCA_btl_vader_single_copy_mechanism:-none}
 if [ -n "${CLIPMPI_TIMEOUT:-}" ]; then
   [[ $CLIPMPI_TIMEOUT =~ ^[0-9]+$ ]] || { echo "$0: CLIPMPI_TIMEOUT=$CLIPMPI_TIMEOUT: want whole seconds" >&2; exit 2; }
-  exec timeout -k 10 "$CLIPMPI_TIMEOUT" mpirun "${flags[@]}" -x OPENBLAS_NUM_THREADS -np "$np" "$@"
+  exec timeout -k 10 "$CLIPMPI_TIMEOUT" mpirun "${flags[@]}" -x OPENBLAS_NUM_THREADS -x OPENBLAS_THREAD_TIMEOUT -np "$np" "$@"
 fi
-exec mpirun "${flags[@]}" -x OPENBLAS_NUM_THREADS -np "$np" "$@"
+exec mpirun "${flags[@]}" -x OPENBLAS_NUM_THREADS -x OPENBLAS_THREAD_TIMEOUT -np "$np" "$@"
