@@ -310,45 +310,71 @@ KINL float sig_term(const int R, float v, float y, float A, float B, float c, fl
 	return (u > 0 ? u : 0.0f) + flog2p1u(ev * (1.0f + ev) * q);
 }
 
-// sig_row is sig_body for one row whose positive pair is column e (when
-// 0 ≤ e < cols): the loop takes every entry as a negative (y = -1), then
-// the positive pair is corrected. IN: d is x (in place).
-KINL void sig_row(const int R, const int IN, float *restrict d, const float *restrict x, long cols, long e,
-		float A, float B, float c, int backward, double *rs) {
+// sig_rows4 is sig_body's loop over four rows, every entry taken as a
+// negative (y = -1): the rows' terms are added in float32 before the
+// float64 sums (only the tile's sums are wanted). It reads row r from x_r,
+// or from d_r when IN, and with backward writes its gradient to d_r.
+KINL void sig_rows4(const int R, const int IN, int backward,
+		const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3,
+		float *restrict d0, float *restrict d1, float *restrict d2, float *restrict d3,
+		long cols, float A, float B, float c, double *rs) {
 	double rl = 0, rx = 0, rb = 0;
-	int has_e = e >= 0 && e < cols;
-	float xe = has_e ? (IN ? d[e] : x[e]) : 0;
 	if (backward) {
 		for (long j = 0; j < cols; j++) {
-			float v = IN ? d[j] : x[j];
-			float g;
-			rl += (double)sig_term(R, v, -1.0f, A, B, c, &g);
-			rx += (double)(g * v);
-			rb += (double)g;
-			d[j] = g;
+			float v0 = IN ? d0[j] : x0[j], v1 = IN ? d1[j] : x1[j], v2 = IN ? d2[j] : x2[j], v3 = IN ? d3[j] : x3[j];
+			float g0, g1, g2, g3;
+			float l0 = sig_term(R, v0, -1.0f, A, B, c, &g0);
+			float l1 = sig_term(R, v1, -1.0f, A, B, c, &g1);
+			float l2 = sig_term(R, v2, -1.0f, A, B, c, &g2);
+			float l3 = sig_term(R, v3, -1.0f, A, B, c, &g3);
+			rl += (double)((l0 + l1) + (l2 + l3));
+			rx += (double)((g0 * v0 + g1 * v1) + (g2 * v2 + g3 * v3));
+			rb += (double)((g0 + g1) + (g2 + g3));
+			d0[j] = g0;
+			d1[j] = g1;
+			d2[j] = g2;
+			d3[j] = g3;
 		}
 	} else {
 		for (long j = 0; j < cols; j++) {
-			float v = IN ? d[j] : x[j];
-			float u = A * v + B; // y = -1
-			float au = u < 0 ? -u : u;
-			rl += (double)((u > 0 ? u : 0.0f) + flog2p1(fexp2(R, -au)));
-		}
-	}
-	if (has_e) {
-		float gn, gp;
-		float ln = sig_term(R, xe, -1.0f, A, B, c, &gn);
-		float lp = sig_term(R, xe, 1.0f, A, B, c, &gp);
-		rl += (double)lp - (double)ln;
-		if (backward) {
-			rx += (double)(gp * xe) - (double)(gn * xe);
-			rb += (double)gp - (double)gn;
-			d[e] = gp;
+			float v0 = IN ? d0[j] : x0[j], v1 = IN ? d1[j] : x1[j], v2 = IN ? d2[j] : x2[j], v3 = IN ? d3[j] : x3[j];
+			float g;
+			rl += (double)((sig_term(R, v0, -1.0f, A, B, c, &g) + sig_term(R, v1, -1.0f, A, B, c, &g)) +
+				(sig_term(R, v2, -1.0f, A, B, c, &g) + sig_term(R, v3, -1.0f, A, B, c, &g)));
 		}
 	}
 	rs[0] = rl;
 	rs[1] = rx;
 	rs[2] = rb;
+}
+
+// sig_row1 is sig_rows4 for one row.
+KINL void sig_row1(const int R, const int IN, int backward, const float *restrict x, float *restrict d, long cols,
+		float A, float B, float c, double *rs) {
+	double rl = 0, rx = 0, rb = 0;
+	for (long j = 0; j < cols; j++) {
+		float v = IN ? d[j] : x[j];
+		float g;
+		rl += (double)sig_term(R, v, -1.0f, A, B, c, &g);
+		if (backward) {
+			rx += (double)(g * v);
+			rb += (double)g;
+			d[j] = g;
+		}
+	}
+	rs[0] = rl;
+	rs[1] = rx;
+	rs[2] = rb;
+}
+
+// sig_rows dispatches rows i.. (four, or one when n is 1).
+KINL void sig_rows(const int R, const int IN, int backward, long n, const float *x, float *d, long ld, long cols,
+		float A, float B, float c, double *rs) {
+	if (n == 4)
+		sig_rows4(R, IN, backward, x, x + ld, x + 2 * ld, x + 3 * ld, d, d + ld, d + 2 * ld, d + 3 * ld,
+			cols, A, B, c, rs);
+	else
+		sig_row1(R, IN, backward, x, d, cols, A, B, c, rs);
 }
 
 // sig_body turns the tile of SigLIP logits z = scale·x + bias into its loss
@@ -357,18 +383,43 @@ KINL void sig_row(const int R, const int IN, float *restrict d, const float *res
 // with A = scale·log2(e) and B = bias·log2(e), u2 = -y·(A·x + B) is the
 // margin in bits: softplus(u) = ln 2·(max(u2, 0) + log2(1 + 2^-|u2|)).
 // sums[0] receives Σ softplus(u)/ln 2, sums[1] = Σ d·x, sums[2] = Σ d.
+// The loops take every entry as a negative; the positive pairs are
+// corrected afterwards.
 KINL void sig_body(const int R, float *d, const float *x, long ld, long rows, long cols, long e0, float A, float B,
 		float c, int backward, double *sums) {
 	double l = 0, sx = 0, sb = 0, rs[3];
 	int in = d == x;
-	for (long i = 0; i < rows; i++) {
+	for (long i = 0; i < rows;) {
+		long n = rows - i >= 4 ? 4 : 1;
+		// The positive pairs' x, read before d (which may be x) is written.
+		float xe[4];
+		for (long r = 0; r < n; r++) {
+			long e = e0 + i + r;
+			xe[r] = e >= 0 && e < cols ? x[(i + r) * ld + e] : 0;
+		}
+		float *di = backward ? d + i * ld : (float *)0;
 		if (in)
-			sig_row(R, 1, d + i * ld, 0, cols, e0 + i, A, B, c, backward, rs);
+			sig_rows(R, 1, backward, n, d + i * ld, d + i * ld, ld, cols, A, B, c, rs);
 		else
-			sig_row(R, 0, backward ? d + i * ld : 0, x + i * ld, cols, e0 + i, A, B, c, backward, rs);
+			sig_rows(R, 0, backward, n, x + i * ld, di, ld, cols, A, B, c, rs);
 		l += rs[0];
 		sx += rs[1];
 		sb += rs[2];
+		for (long r = 0; r < n; r++) {
+			long e = e0 + i + r;
+			if (e < 0 || e >= cols)
+				continue;
+			float gn, gp, v = xe[r];
+			float ln = sig_term(R, v, -1.0f, A, B, c, &gn);
+			float lp = sig_term(R, v, 1.0f, A, B, c, &gp);
+			l += (double)lp - (double)ln;
+			if (backward) {
+				sx += (double)(gp * v) - (double)(gn * v);
+				sb += (double)gp - (double)gn;
+				d[(i + r) * ld + e] = gp;
+			}
+		}
+		i += n;
 	}
 	sums[0] = l;
 	sums[1] = sx;
