@@ -145,6 +145,46 @@ KINL void expsum_body(const int R, const float *x, long ld, long rows, long cols
 	}
 }
 
+// stats_body is max_body then expsum_body on one block, whose rows are
+// offset by their own maxima and whose columns by the block's column maxima
+// (the block, a few hundred KiB, is still in cache for the second pass):
+// rmax, racc per row; cmax, cacc per column, for colmerge_body to combine
+// with the other blocks'.
+KINL void stats_body(const int R, const float *x, long ld, long rows, long cols, float A, int neg,
+		float *rmax, double *racc, float *cmax, double *cacc) {
+	max_body(x, ld, rows, cols, neg, rmax, cmax);
+	expsum_body(R, x, ld, rows, cols, A, rmax, cmax, racc, cacc);
+}
+
+// colmerge_body combines nb blocks' column statistics (pm: maxima, or
+// minima when neg, and ps: sums of 2^(A·(x - pm)); block b's at b·stride)
+// into m[j], the overall maximum, and s[j] = Σ_b ps_b·2^(A·(pm_b - m)),
+// added in block order. The rescaling exponent is taken in float64 and
+// rounded once, as the elements' are.
+__attribute__((optimize("finite-math-only"))) KINL void colmerge_body(const int R, long nb, long cols, long stride,
+		const float *pm, const double *ps, float A, int neg, float *m, double *s) {
+	for (long j = 0; j < cols; j++)
+		m[j] = pm[j];
+	for (long b = 1; b < nb; b++) {
+		const float *p = pm + b * stride;
+		if (neg) {
+			for (long j = 0; j < cols; j++)
+				m[j] = p[j] < m[j] ? p[j] : m[j];
+		} else {
+			for (long j = 0; j < cols; j++)
+				m[j] = p[j] > m[j] ? p[j] : m[j];
+		}
+	}
+	for (long j = 0; j < cols; j++)
+		s[j] = 0;
+	for (long b = 0; b < nb; b++) {
+		const float *p = pm + b * stride;
+		const double *q = ps + b * stride;
+		for (long j = 0; j < cols; j++)
+			s[j] += q[j] * (double)fexp2(R, (float)((double)A * ((double)p[j] - (double)m[j])));
+	}
+}
+
 // grad_row4 is grad_body's inner loop over four rows: it reads row r of x
 // from x_r, or from d_r when IN (in place), writes the image direction (or
 // the sum) to d_r and, when SPLIT, the column direction to t_r. The

@@ -30,6 +30,14 @@ T static void sig_##S(float *d, const float *x, long ld, long rows, long cols, l
 } \
 T static int finite_##S(const float *x, long n) { \
 	return finite_body(x, n); \
+} \
+T static void stats_##S(const float *x, long ld, long rows, long cols, float A, int neg, float *rmax, double *racc, \
+		float *cmax, double *cacc) { \
+	stats_body(R, x, ld, rows, cols, A, neg, rmax, racc, cmax, cacc); \
+} \
+T static void colmerge_##S(long nb, long cols, long stride, const float *pm, const double *ps, float A, int neg, \
+		float *m, double *s) { \
+	colmerge_body(R, nb, cols, stride, pm, ps, A, neg, m, s); \
 }
 
 VARIANTS(T512, avx512, 1)
@@ -71,4 +79,14 @@ void clip_sig32(int isa, float *d, const float *x, long ld, long rows, long cols
 
 int clip_finite32(int isa, const float *x, long n) {
 	return PICK(isa, finite)(x, n);
+}
+
+void clip_stats32(int isa, const float *x, long ld, long rows, long cols, float A, int neg, float *rmax, double *racc,
+		float *cmax, double *cacc) {
+	PICK(isa, stats)(x, ld, rows, cols, A, neg, rmax, racc, cmax, cacc);
+}
+
+void clip_colmerge32(int isa, long nb, long cols, long stride, const float *pm, const double *ps, float A, int neg,
+		float *m, double *s) {
+	PICK(isa, colmerge)(nb, cols, stride, pm, ps, A, neg, m, s);
 }

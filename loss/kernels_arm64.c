@@ -29,3 +29,13 @@ void clip_sig32(int isa, float *d, const float *x, long ld, long rows, long cols
 }
 
 int clip_finite32(int isa, const float *x, long n) { return finite_body(x, n); }
+
+void clip_stats32(int isa, const float *x, long ld, long rows, long cols, float A, int neg, float *rmax, double *racc,
+		float *cmax, double *cacc) {
+	stats_body(1, x, ld, rows, cols, A, neg, rmax, racc, cmax, cacc);
+}
+
+void clip_colmerge32(int isa, long nb, long cols, long stride, const float *pm, const double *ps, float A, int neg,
+		float *m, double *s) {
+	colmerge_body(1, nb, cols, stride, pm, ps, A, neg, m, s);
+}

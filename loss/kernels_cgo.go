@@ -18,6 +18,10 @@ void clip_grad32(int isa, float *di, float *dt, const float *x, long ld, long ro
 void clip_sig32(int isa, float *d, const float *x, long ld, long rows, long cols, long e0, float A, float B,
 	float c, int backward, double *sums);
 int clip_finite32(int isa, const float *x, long n);
+void clip_stats32(int isa, const float *x, long ld, long rows, long cols, float A, int neg, float *rmax, double *racc,
+	float *cmax, double *cacc);
+void clip_colmerge32(int isa, long nb, long cols, long stride, const float *pm, const double *ps, float A, int neg,
+	float *m, double *s);
 */
 import "C"
 
@@ -77,6 +81,28 @@ func sig32(isa int, d, x []float32, ld, rows, cols, e0 int, a, b, c float32, bac
 	}
 	C.clip_sig32(C.int(isa), ptr32(d), ptr32(x), C.long(ld), C.long(rows), C.long(cols), C.long(e0),
 		C.float(a), C.float(b), C.float(c), bw, ptr64(sums))
+}
+
+func bint(v bool) C.int {
+	if v {
+		return 1
+	}
+	return 0
+}
+
+func stats32(isa int, x []float32, ld, rows, cols int, a float32, neg bool, rmax []float32, racc []float64,
+	cmax []float32, cacc []float64) {
+	_, _, _, _ = rmax[rows-1], racc[rows-1], cmax[cols-1], cacc[cols-1]
+	C.clip_stats32(C.int(isa), ptr32(x), C.long(ld), C.long(rows), C.long(cols), C.float(a), bint(neg),
+		ptr32(rmax), ptr64(racc), ptr32(cmax), ptr64(cacc))
+}
+
+// colmerge32 reads nb blocks of cols columns at stride (pm, ps hold
+// (nb-1)·stride + cols elements).
+func colmerge32(isa, nb, cols, stride int, pm []float32, ps []float64, a float32, neg bool, m []float32, s []float64) {
+	_, _, _, _ = pm[(nb-1)*stride+cols-1], ps[(nb-1)*stride+cols-1], m[cols-1], s[cols-1]
+	C.clip_colmerge32(C.int(isa), C.long(nb), C.long(cols), C.long(stride), ptr32(pm), ptr64(ps), C.float(a),
+		bint(neg), ptr32(m), ptr64(s))
 }
 
 func finite32(isa int, x []float32) bool {

@@ -28,3 +28,12 @@ func sig32(isa int, d, x []float32, ld, rows, cols, e0 int, a, b, c float32, bac
 }
 
 func finite32(isa int, x []float32) bool { panic(errNoNative) }
+
+func stats32(isa int, x []float32, ld, rows, cols int, a float32, neg bool, rmax []float32, racc []float64,
+	cmax []float32, cacc []float64) {
+	panic(errNoNative)
+}
+
+func colmerge32(isa, nb, cols, stride int, pm []float32, ps []float64, a float32, neg bool, m []float32, s []float64) {
+	panic(errNoNative)
+}

@@ -46,10 +46,12 @@ func forEachNativeLevel(t *testing.T, fn func(t *testing.T)) {
 
 // kernelShapes are tiles at vector-width edges and block edges (several
 // row blocks, a last block short of rows, rows not a multiple of 4), with
-// the positive pair inside, at the border and outside the tile.
+// the positive pair inside, at the border and outside the tile; the last
+// is wider than statsCacheBytes allows for one pass (the statistics then
+// take the maxima of the whole tile first).
 var kernelShapes = []struct{ rows, cols, ld, diag0, j0 int }{
 	{1, 1, 1, 0, 0}, {3, 7, 9, 2, 0}, {9, 17, 17, 5, 3}, {16, 33, 40, 40, 0}, {5, 64, 64, -3, 0},
-	{31, 8, 8, 0, 4}, {70, 19, 21, 3, 0}, {133, 100, 100, 60, 40},
+	{31, 8, 8, 0, 4}, {70, 19, 21, 3, 0}, {133, 100, 100, 60, 40}, {40, 3100, 3104, 7, 0},
 }
 
 // kernelScales are logits from flat to saturated (scale 100 on large x:
@@ -259,8 +261,17 @@ func TestKernelsThreadInvariant(t *testing.T) {
 }
 
 func checkThreadInvariant[T blas.Float](t *testing.T) {
+	// 8 blocks of 32 rows, the last of 6; then a tile too wide for the
+	// one-pass statistics.
+	for _, sh := range []struct{ rows, cols, ld int }{{230, 75, 80}, {70, 3100, 3100}} {
+		t.Run(fmt.Sprintf("rows=%d/cols=%d", sh.rows, sh.cols), func(t *testing.T) {
+			checkThreadInvariantShape[T](t, sh.rows, sh.cols, sh.ld)
+		})
+	}
+}
+
+func checkThreadInvariantShape[T blas.Float](t *testing.T, rows, cols, ld int) {
 	rnd := rand.New(rand.NewPCG(5, 5))
-	const rows, cols, ld = 230, 75, 80 // 8 blocks of 32 rows, the last of 6
 	x := make([]T, rows*ld)
 	for i := range x {
 		x[i] = T(rnd.Float64()*2 - 1)
