@@ -125,9 +125,15 @@ func (a *blockClip[T]) run(dImg, dTxt, img, txt []T, lg Logit, st *clipStep) (Re
 		}
 		tile = min(tile, n)
 	}
-	a.tall = grow(a.tall, n*d)
-	if err := mpi.Allgather(a.comm, a.tall, txt); err != nil {
-		return Result{}, fmt.Errorf("loss: gathering text features: %w", err)
+	// With one rank the gathered text features are this rank's own, and
+	// the text gradients need no reduce-scatter: no copies.
+	tall := txt
+	if st.w > 1 {
+		a.tall = grow(a.tall, n*d)
+		if err := mpi.Allgather(a.comm, a.tall, txt); err != nil {
+			return Result{}, fmt.Errorf("loss: gathering text features: %w", err)
+		}
+		tall = a.tall
 	}
 	a.x = grow(a.x, b*tile)
 	a.reset(b, n)
@@ -137,7 +143,7 @@ func (a *blockClip[T]) run(dImg, dTxt, img, txt []T, lg Logit, st *clipStep) (Re
 	for j0 := 0; j0 < n; j0 += tile {
 		w := min(tile, n-j0)
 		x, ld := a.tileBuf(a.x, j0, w, tile, n)
-		blas.Gemm(blas.NoTrans, blas.Trans, b, w, d, 1, img, d, a.tall[j0*d:], d, 0, x, ld)
+		blas.Gemm(blas.NoTrans, blas.Trans, b, w, d, 1, img, d, tall[j0*d:], d, 0, x, ld)
 		stats(&a.k, x, ld, b, w, scale, bias, a.rowM, a.rowS, a.colM[j0:], a.colS[j0:])
 		for i := max(0, j0-diag0); i < b && diag0+i < j0+w; i++ {
 			a.diag[i] = scale*float64(x[i*ld+diag0+i-j0]) + bias
@@ -156,13 +162,17 @@ func (a *blockClip[T]) run(dImg, dTxt, img, txt []T, lg Logit, st *clipStep) (Re
 	if split {
 		a.dt = grow(a.dt, b*tile)
 	}
-	a.partial = grow(a.partial, n*d)
+	partial := dTxt
+	if st.w > 1 {
+		a.partial = grow(a.partial, n*d)
+		partial = a.partial
+	}
 	var rowX, rowB float64
 	for j0 := 0; j0 < n; j0 += tile {
 		w := min(tile, n-j0)
 		x, ld := a.tileBuf(a.x, j0, w, tile, n)
 		if a.tiled && tile < n {
-			blas.Gemm(blas.NoTrans, blas.Trans, b, w, d, 1, img, d, a.tall[j0*d:], d, 0, x, ld)
+			blas.Gemm(blas.NoTrans, blas.Trans, b, w, d, 1, img, d, tall[j0*d:], d, 0, x, ld)
 		}
 		var dt []T
 		if split {
@@ -176,15 +186,17 @@ func (a *blockClip[T]) run(dImg, dTxt, img, txt []T, lg Logit, st *clipStep) (Re
 		if j0 == 0 {
 			beta = 0
 		}
-		blas.Gemm(blas.NoTrans, blas.NoTrans, b, d, w, T(f), x, ld, a.tall[j0*d:], d, beta, dImg, d)
+		blas.Gemm(blas.NoTrans, blas.NoTrans, b, d, w, T(f), x, ld, tall[j0*d:], d, beta, dImg, d)
 		src := x
 		if split {
 			src = dt
 		}
-		blas.Gemm(blas.Trans, blas.NoTrans, w, d, b, T(f), src, ld, img, d, 0, a.partial[j0*d:], d)
+		blas.Gemm(blas.Trans, blas.NoTrans, w, d, b, T(f), src, ld, img, d, 0, partial[j0*d:], d)
 	}
-	if err := mpi.ReduceScatter(a.comm, dTxt, a.partial); err != nil {
-		return Result{}, fmt.Errorf("loss: sending text gradients home: %w", err)
+	if st.w > 1 {
+		if err := mpi.ReduceScatter(a.comm, dTxt, partial); err != nil {
+			return Result{}, fmt.Errorf("loss: sending text gradients home: %w", err)
+		}
 	}
 	return a.finish(a.comm, st, lossSum, rowX, rowB)
 }
