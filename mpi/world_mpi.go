@@ -515,23 +515,25 @@ func (m p2pMode) String() string {
 // "spin" keeps every core computing, and "spin+test" computes the same
 // work in pieces of about 0.25 ms with a Test call between them. Measured
 // with one rank on each of two network-namespace hosts joined by a TCP
-// link shaped to 2 Gbit/s each way (the bench-net harness,
-// scripts/cluster/benchnet.sh), Open MPI 4.1.4, on 2 cores that other
-// jobs also used:
+// link shaped to 2 Gbit/s each way with a 5 ms queue (as bench-net's,
+// scripts/cluster/benchnet.sh), Open MPI 4.1.4, on 2 cores that other jobs
+// also used; two runs:
 //
 //	                 spin            spin+test        sleep
 //	                 1 MiB  8 MiB    1 MiB  8 MiB     1 MiB  8 MiB
-//	modeIsend        -0.27  -0.45     0.71   0.69     -0.07  -0.07
-//	modeWaitall       0.17   0.62    -0.32   0.36      1.00   1.19
+//	modeIsend        -0.31   0.14     1.01   0.83     -0.11  -0.17
+//	                  0.22   0.25     0.87   1.23      0.40  -0.04
+//	modeWaitall       0.18   0.38    -0.14   0.54      0.97   1.12
+//	                  0.33   0.53     0.31   0.60      0.79   1.21
 //
-// Without an MPI call nothing moves (modeIsend under spin and sleep). A
-// background thread polling in MPI_Waitall hides everything on an idle
-// core, but with every core computing it competes with the computation
-// for a core. Test calls between pieces of work move the data on the
-// caller's own thread, a few microseconds each; in shared memory, where
-// the copy itself is the CPU's work, nothing can hide. So World posts the
-// requests and relies on Test: no thread polls, and the losses call Test
-// between GEMM panels (loss/exchange.go).
+// Without an MPI call little moves (modeIsend under spin and sleep: what
+// the sockets' buffers take). A background thread polling in MPI_Waitall
+// hides everything on an idle core, but with every core computing it
+// competes with the computation for a core. Test calls between pieces of
+// work move the data on the caller's own thread, a few microseconds each;
+// in shared memory, where the copy itself is the CPU's work, nothing can
+// hide. So World posts the requests and relies on Test: no thread polls,
+// and the losses call Test between GEMM panels (loss/exchange.go).
 var p2pDefault = modeIsend
 
 func newWorld() (*worldComm, error) {

@@ -85,20 +85,25 @@ done
 log "link shaped: $(tc -n "$NS_A" qdisc show dev veth0 | head -1) (each host's veth0, both directions)"
 
 mpi_hosts
-# bench_locked LIMIT ARGS...: mpirun_ns under the bench lock, so that no
-# other benchmark runs meanwhile (waiting for it within LIMIT).
+# bench_locked OUT LIMIT ARGS...: mpirun_ns LIMIT ARGS... under the bench
+# lock, so that no other benchmark runs meanwhile (waiting for it within
+# LIMIT), its output in OUT. run_bg runs it in the background: the
+# redirection is the background job's, so that a signal's cleanup, which
+# runs in this shell, still prints to the harness's output.
 bench_locked() {
+	local out=$1
+	shift
 	{
 		flock -w "$(lim "$1")" 9 || { echo "benchnet: /tmp/clipmpi-bench.lock still held after $(lim "$1") s"; return 1; }
 		mpirun_ns "$@"
-	} 9>/tmp/clipmpi-bench.lock
+	} 9>/tmp/clipmpi-bench.lock >"$out" 2>&1
 }
 BENCH=("$BIN/bench" -net -b "$B" -d "$D" -steps "$STEPS" -mode "$MODE" -tile "$TILE" -dtype "$DTYPE" -algo "$ALGO" -threads "$THREADS" -repeat "$REPEAT")
 log "one rank on each of hostA and hostB: ${BENCH[*]}"
 for loss in $LOSSES; do
 	need_time "the $loss bench" 30
 	t0=$(now)
-	run_bg bench_locked 300 -np 2 --host hostA,hostB "${BENCH[@]}" -loss "$loss" >"$W/bench-$loss.log" 2>&1
+	run_bg bench_locked "$W/bench-$loss.log" 300 -np 2 --host hostA,hostB "${BENCH[@]}" -loss "$loss"
 	rc=$?
 	grep -v '^#' "$W/bench-$loss.log" | grep -E '^(\{|algo|[a-z]+ +[0-9]|best)' | grep -v '^{' | sed 's/^/  /'
 	if [ $rc = 0 ] && grep -q '^best: ' "$W/bench-$loss.log"; then
