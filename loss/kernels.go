@@ -23,8 +23,9 @@ import (
 // partials are then added up in block order, and column partials column
 // chunk by column chunk, in block order too. So the result is the same bit
 // for bit whichever goroutine ran which block, for every thread count, and
-// the partials take at most 16 bytes per column per block: at most an
-// eighth of a float32 tile (blocks have at least 32 rows).
+// the partials take 20 bytes per column per block of at least 32 rows
+// (two float64 sums and a float32 maximum): about a sixth of a float32
+// tile's 4 bytes per entry, never b×N of them.
 //
 // Two implementations compute each block: the generic Go kernels below (the
 // reference, and float64's path) and, for float32 when cgo is on, the C
