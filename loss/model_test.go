@@ -183,7 +183,9 @@ func TestPredictByHand(t *testing.T) {
 	prologue := 2*B*D*r.CopyNs*1e-9 + allreduce(8*float64(agreeFixed+w))
 	columns := 2 * allreduce(8*n)
 	finish := alpha + 16*2/2/beta // reduce-scatter of 2W float64
-	sendrecv := func(bytes float64) float64 { return alpha + bytes/beta }
+	// A posted transfer also holds the link for its rendezvous, one poll
+	// period of GEMM.
+	sendrecv := func(bytes float64) float64 { return alpha + pollFlops/(r.GemmGflops*1e9) + bytes/beta }
 
 	tiled := prologue +
 		alpha + bd/beta + // all-gather: (W-1)·α + N·d·e·(1/2)/β
