@@ -30,7 +30,7 @@ build: deps
 	$(GO) build $(GOTAGS) -o $(BIN)/bench ./examples/bench
 
 # The main job: train projection heads on NP ranks on the built-in synthetic
-# set (local_loss + gather_with_grad, fused); summary, metrics and plot in run/.
+# set (local_loss + gather_with_grad, the algorithm Auto picks); summary, metrics and plot in run/.
 run: build $(BIN)/train
 	$(MPIRUN) $(NP) $(BIN)/train --logs run --summary run/summary.json
 
@@ -179,8 +179,12 @@ LOSS  ?= clip
 TILE  ?= 0
 # Threads per rank for the BLAS and the loss kernels; 0: usable CPUs / NP.
 THREADS ?= 0
+# Rounds: every configuration is measured REPEAT times, round after round,
+# and each reports its round with the lowest median step against the lowest
+# GEMM floor of its rounds (shared machines: others' work only adds time).
+REPEAT ?= 3
 bench-loss: build
-	$(if $(filter-out 0,$(THREADS)),OPENBLAS_NUM_THREADS=$(THREADS) )$(MPIRUN) $(NP) $(BIN)/bench -loss $(LOSS) -b $(B) -d $(D) -mode $(MODE) -algo $(ALGO) -dtype $(DTYPE) -steps $(STEPS) -tile $(TILE) -threads $(THREADS)
+	$(if $(filter-out 0,$(THREADS)),OPENBLAS_NUM_THREADS=$(THREADS) )$(MPIRUN) $(NP) $(BIN)/bench -loss $(LOSS) -b $(B) -d $(D) -mode $(MODE) -algo $(ALGO) -dtype $(DTYPE) -steps $(STEPS) -tile $(TILE) -threads $(THREADS) -repeat $(REPEAT)
 
 # A shaped network (scripts/cluster/benchnet.sh; root): two hosts in
 # network namespaces, one rank each, each direction of their link limited
@@ -189,7 +193,6 @@ bench-loss: build
 # reported). B, D, STEPS, MODE, TILE, DTYPE as above; NICE (e.g. -10) runs
 # the ranks ahead of other jobs on a shared machine.
 RATE   ?= 2gbit
-REPEAT ?= 3
 NICE   ?=
 .PHONY: bench-net
 bench-net: build

@@ -105,7 +105,9 @@ for loss in $LOSSES; do
 	t0=$(now)
 	run_bg bench_locked "$W/bench-$loss.log" 300 -np 2 --host hostA,hostB "${BENCH[@]}" -loss "$loss"
 	rc=$?
-	grep -v '^#' "$W/bench-$loss.log" | grep -E '^(\{|algo|[a-z]+ +[0-9]|best)' | grep -v '^{' | sed 's/^/  /'
+	# The rates the model used, the table, the best step and what Auto
+	# chooses with those rates (bin/train's --algo auto does the same).
+	grep -E '^(# cost model rates|algo|[a-z]+ +[0-9]|best|auto)' "$W/bench-$loss.log" | sed 's/^/  /'
 	if [ $rc = 0 ] && grep -q '^best: ' "$W/bench-$loss.log"; then
 		best=$(grep '^best: ' "$W/bench-$loss.log")
 		ratio=$(sed -nE 's/.* = ([0-9.]+) x max\(.*/\1/p' <<<"$best")
