@@ -258,24 +258,14 @@ func (o SigLipOptions) Predict(w, b, d, elemSize int, r Rates) Prediction {
 		// sends the sum on (home after the last hop); the own block's
 		// second half hides the last pieces going home.
 		ch := newChunking(b, t)
-		piece := func(i int) float64 {
-			lo, hi := ch.rows(i)
-			return float64((hi-lo)*d) * e
-		}
-		none := func() []int {
-			x := make([]int, ch.n)
-			for i := range x {
-				x[i] = -1
-			}
-			return x
-		}
+		piece := func(i int) float64 { return ch.bytes(i, d, e) }
 		hops := []int{w / 2, (w - 1) / 2}
 		if o.Impl == Shift {
 			hops = []int{w - 1, 0}
 		}
 		tiles := (b + t - 1) / t
 		half := b
-		blk, sum := [2][]int{none(), none()}, [2][]int{none(), none()}
+		blk, sum := [2]pieces{nopieces(), nopieces()}, [2]pieces{nopieces(), nopieces()}
 		for i, h := range hops {
 			if h > 0 {
 				half = min(b, (tiles+1)/2*t)
@@ -290,7 +280,7 @@ func (o SigLipOptions) Predict(w, b, d, elemSize int, r Rates) Prediction {
 				if k > h {
 					continue
 				}
-				nblk, nsum := none(), none()
+				nblk, nsum := nopieces(), nopieces()
 				for j0 := 0; j0 < b; j0 += t {
 					cw := min(t, b-j0)
 					p := ch.piece(j0)
@@ -337,20 +327,10 @@ func (o SigLipOptions) Predict(w, b, d, elemSize int, r Rates) Prediction {
 func (tl *timeline) ring(w, b, d, t int, e float64, keep bool) {
 	r := tl.r
 	ch := newChunking(b, t)
-	piece := func(i int) float64 {
-		lo, hi := ch.rows(i)
-		return float64((hi-lo)*d) * e
-	}
-	none := func() []int {
-		x := make([]int, ch.n)
-		for i := range x {
-			x[i] = -1
-		}
-		return x
-	}
-	in := none()
+	piece := func(i int) float64 { return ch.bytes(i, d, e) }
+	in := nopieces()
 	for k := 0; k < w; k++ {
-		next := none()
+		next := nopieces()
 		for c0 := 0; c0 < b; c0 += t {
 			cw := min(t, b-c0)
 			if i := ch.piece(c0); c0 == i*ch.g*ch.t {
@@ -367,9 +347,9 @@ func (tl *timeline) ring(w, b, d, t int, e float64, keep bool) {
 		}
 	}
 	tl.completeColumns(w * b)
-	in, part := none(), none()
+	in, part := nopieces(), nopieces()
 	for j := 0; j < w; j++ {
-		next, nextPart := none(), none()
+		next, nextPart := nopieces(), nopieces()
 		for c0 := 0; c0 < b; c0 += t {
 			cw := min(t, b-c0)
 			i := ch.piece(c0)
@@ -545,4 +525,11 @@ func ceilLog2(w int) int {
 		k++
 	}
 	return k
+}
+
+// bytes returns the size of piece i of a block of width d with elements of
+// e bytes.
+func (c chunking) bytes(i, d int, e float64) float64 {
+	lo, hi := c.rows(i)
+	return float64((hi-lo)*d) * e
 }
