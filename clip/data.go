@@ -138,8 +138,8 @@ func ReadRows(src Source, img, txt []float32, rows []int) error {
 
 // Range returns rows lo..hi-1 of src as a Source of hi−lo rows (row i is
 // row lo+i of src): the training rows when the held-out rows are the last
-// ones of the same files. It panics if the range is out of bounds. Like
-// src, it is not safe for concurrent use.
+// ones of the same files. It panics if the range is out of bounds. It is
+// safe for concurrent use if src is.
 func Range(src Source, lo, hi int) Source {
 	if lo < 0 || hi < lo || hi > src.Rows() {
 		panic(errRows)

@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // Npy is a paired data set stored as .npy files of shape [n, d], dtype
@@ -25,14 +26,16 @@ import (
 // order of their names (numbers compared as numbers).
 //
 // Opening reads only the headers; Read and ReadRows read only the requested
-// rows. An Npy is not safe for concurrent use.
+// rows. An Npy is safe for concurrent use (in-process ranks may share
+// one); its reads are serialised.
 type Npy struct {
 	path           string
 	shards         []npyShard
 	rows           int
 	imgDim, txtDim int
-	order          []int  // ReadRows' scratch
-	buf            []byte // ReadRows' read buffer
+	mu             sync.Mutex // guards order and buf
+	order          []int      // ReadRows' scratch
+	buf            []byte     // ReadRows' read buffer
 }
 
 type npyShard struct {
@@ -317,11 +320,13 @@ func (d *Npy) Read(img, txt []float32, lo, hi int) error {
 
 // ReadRows implements RowReader: it reads the rows in any order, sorted by
 // file and offset, each run of consecutive rows with one pread, opening
-// each shard's files once per call. It is not safe for concurrent use.
+// each shard's files once per call.
 func (d *Npy) ReadRows(img, txt []float32, rows []int) error {
 	if len(img) != len(rows)*d.imgDim || len(txt) != len(rows)*d.txtDim {
 		panic(errBufLen)
 	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	d.order = d.order[:0]
 	for i, r := range rows {
 		if r < 0 || r >= d.rows {
