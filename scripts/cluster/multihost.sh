@@ -48,31 +48,12 @@ done
 net_probe || skip_all "$NET_SKIP"
 on_exit net_down
 net_up || exit 1
-# The rsh agent: mpirun calls "nsrsh HOST orted ARGS..."; run it in HOST's
-# namespace with HOST as its host name.
-cat >"$W/nsrsh" <<EOF
-#!/bin/sh
-host=\$1; shift
-case \$host in
-hostA|$SUB.1) ns=$NS_A; hn=hostA ;;
-hostB|$SUB.2) ns=$NS_B; hn=hostB ;;
-*) echo "nsrsh: unknown host \$host" >&2; exit 255 ;;
-esac
-exec ip netns exec "\$ns" unshare --uts /bin/sh -c 'hostname "\$0"; exec /bin/sh -c "\$1"' "\$hn" "\$*"
-EOF
-chmod +x "$W/nsrsh"
-
-# Open MPI across the namespaces: daemons through the agent, TCP only, on
-# the test subnet, and the short keepalive that turns a cut link into an
-# error (shared/cluster/RECIPE.md). Its session directories and shared
-# memory segments go to the work directory, so that what killed ranks
-# leave goes with it.
-export OMPI_MCA_plm_rsh_agent=$W/nsrsh
-export OMPI_MCA_oob_tcp_if_include=$SUB.0/24 OMPI_MCA_btl_tcp_if_include=$SUB.0/24
-export OMPI_MCA_oob_tcp_keepalive_time=5 OMPI_MCA_oob_tcp_keepalive_intvl=2 OMPI_MCA_oob_tcp_keepalive_probes=3
+# The rsh agent and Open MPI across the namespaces (lib.sh): daemons through
+# the agent, TCP only on the test subnet, the short keepalive, one BLAS
+# thread per rank, session directories and shared memory in the work
+# directory, so that what killed ranks leave goes with it.
 export OPENBLAS_NUM_THREADS=1
-export TMPDIR=$W/tmp OMPI_MCA_btl_vader_backing_directory=$W/shm
-mkdir -p "$TMPDIR" "$OMPI_MCA_btl_vader_backing_directory"
+mpi_hosts
 
 # mpirun_x LIMIT ARGS...: mpirun in head (private /etc/hosts naming the
 # hosts, host name "head"), bounded by LIMIT seconds or what is left of the
