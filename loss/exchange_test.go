@@ -191,9 +191,9 @@ func (q *pendingRequest) Test() (bool, error) { q.tests++; return false, nil }
 // rows with a poll between them, and the result is blas.Gemm's, for every
 // transposition and a row count that the panels do not divide.
 func TestGemmPanels(t *testing.T) {
-	defer func(f float64) { pollFlops = f }(pollFlops)
+	defer func(f float64, r int) { pollFlops, minPanelRows = f, r }(pollFlops, minPanelRows)
 	const m, n, k = 100, 7, 5
-	pollFlops = 2 * 32 * n * k // panels of 32 rows: 4 of them for 100
+	pollFlops, minPanelRows = 2*32*n*k, 32 // panels of 32 rows: 4 of them for 100
 	rnd := newProblem(1, 1, m, k, 1)
 	for _, tA := range []bool{false, true} {
 		for _, tB := range []bool{false, true} {
