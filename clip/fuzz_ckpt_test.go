@@ -12,13 +12,20 @@ import (
 	"github.com/clipmpi/clipmpi/mpi"
 )
 
-// fuzzTempRoot is where fuzz targets write their files: /dev/shm when it
-// exists (a file write per input is cheaper in memory), else the default.
-func fuzzTempRoot() string {
+// fuzzTempFile returns the path of a file named name in a fresh directory
+// for one fuzz target, on /dev/shm where it exists (the targets write a
+// file per input: memory is faster than disk), removed when f ends.
+func fuzzTempFile(f *testing.F, pattern, name string) string {
+	root := ""
 	if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() {
-		return "/dev/shm"
+		root = "/dev/shm"
 	}
-	return ""
+	dir, err := os.MkdirTemp(root, pattern)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { os.RemoveAll(dir) })
+	return filepath.Join(dir, name)
 }
 
 // allocatedSince returns the bytes allocated since before (TotalAlloc).
@@ -38,12 +45,7 @@ func allocatedSince(before *runtime.MemStats) uint64 {
 // the rest, so that mutations reach the header and the values behind the
 // checksum.
 func FuzzCheckpoint(f *testing.F) {
-	dir, err := os.MkdirTemp(fuzzTempRoot(), "clipmpi-fuzz-ckpt")
-	if err != nil {
-		f.Fatal(err)
-	}
-	f.Cleanup(func() { os.RemoveAll(dir) })
-	path := filepath.Join(dir, "x.ckpt")
+	path := fuzzTempFile(f, "clipmpi-fuzz-ckpt", "x.ckpt")
 	// The trainer of the seed corpus's checkpoints (testdata/fuzz).
 	cfg := testConfig(Linear, false)
 	cfg.BatchSize = 4

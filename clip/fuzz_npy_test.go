@@ -5,7 +5,6 @@ import (
 	"errors"
 	"math"
 	"os"
-	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
@@ -43,12 +42,7 @@ func halfRef(h uint16) float32 {
 // plus 64 KiB (a header that promises more than the file holds is an error,
 // never an allocation).
 func FuzzNpy(f *testing.F) {
-	dir, err := os.MkdirTemp(fuzzTempRoot(), "clipmpi-fuzz-npy")
-	if err != nil {
-		f.Fatal(err)
-	}
-	f.Cleanup(func() { os.RemoveAll(dir) })
-	path := filepath.Join(dir, "x.npy")
+	path := fuzzTempFile(f, "clipmpi-fuzz-npy", "x.npy")
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if err := os.WriteFile(path, b, 0o644); err != nil {
 			t.Fatal(err)

@@ -1,6 +1,8 @@
 package loss
 
 import (
+	"fmt"
+
 	"github.com/clipmpi/clipmpi/blas"
 	"github.com/clipmpi/clipmpi/mpi"
 )
@@ -196,6 +198,9 @@ func (c chunking) rows(i int) (lo, hi int) {
 // piece returns the piece that holds row r.
 func (c chunking) piece(r int) int { return r / (c.g * c.t) }
 
+// starts reports whether row r is the first row of its piece.
+func (c chunking) starts(r int) bool { return r%(c.g*c.t) == 0 }
+
 // pieces are the exchange slots of a transfer cut into pieces.
 type pieces [maxChunks]int
 
@@ -205,6 +210,30 @@ func nopieces() pieces {
 		p[i] = noExchange
 	}
 	return p
+}
+
+// shiftPiece starts the transfer of piece i of ch (rows of width d): those
+// rows of src to rank to and, from rank from, into dst; tx[i] holds its
+// slot. If it fails to start, it completes every transfer in flight
+// (drain) and returns the error as "loss: <kind><what>: ...".
+func shiftPiece[T blas.Float](e *exchanges, ch chunking, d int, tx *pieces, i int, dst []T, from int, src []T, to int, kind, what string) error {
+	lo, hi := ch.rows(i)
+	var err error
+	if tx[i], err = exchange(e, rowsOf(dst, lo, hi, d), from, rowsOf(src, lo, hi, d), to); err != nil {
+		return e.drain(fmt.Errorf("loss: %s%s: %w", kind, what, err))
+	}
+	return nil
+}
+
+// awaitPiece waits for the transfer tx[i] and clears the slot; a failure
+// is returned as shiftPiece returns one.
+func (e *exchanges) awaitPiece(tx *pieces, i int, kind, what string) error {
+	err := e.wait(tx[i])
+	tx[i] = noExchange
+	if err != nil {
+		return e.drain(fmt.Errorf("loss: %s%s: %w", kind, what, err))
+	}
+	return nil
 }
 
 // rowsOf returns rows lo..hi of a row-major block of width d.

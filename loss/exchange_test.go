@@ -109,14 +109,7 @@ func runTracked(t *testing.T, fc faultCase, w, bad, failStart, failWait int) (er
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			l := fc.newLoss(c, d)
-			bd := b * d
-			img, txt := convert[float32](p.img[r*bd:(r+1)*bd]), convert[float32](p.txt[r*bd:(r+1)*bd])
-			if fc.backward {
-				_, errs[r] = l.ForwardBackward(make([]float32, bd), make([]float32, bd), img, txt, p.lg)
-			} else {
-				_, errs[r] = l.Forward(img, txt, p.lg)
-			}
+			errs[r] = fc.call(c, p, r)
 			started[r], pending[r] = tc.started, tc.pending
 		}()
 	}

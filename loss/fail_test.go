@@ -18,6 +18,19 @@ type faultCase struct {
 	backward bool
 }
 
+// call makes the case's one loss call on comm with rank r's rows of p.
+func (fc faultCase) call(c mpi.Comm, p *problem, r int) error {
+	l := fc.newLoss(c, p.d)
+	bd := p.b * p.d
+	img, txt := convert[float32](p.img[r*bd:(r+1)*bd]), convert[float32](p.txt[r*bd:(r+1)*bd])
+	if fc.backward {
+		_, err := l.ForwardBackward(make([]float32, bd), make([]float32, bd), img, txt, p.lg)
+		return err
+	}
+	_, err := l.Forward(img, txt, p.lg)
+	return err
+}
+
 func faultCases() []faultCase {
 	var cases []faultCase
 	for _, backward := range []bool{false, true} {
@@ -67,14 +80,7 @@ func runFault(t *testing.T, fc faultCase, w, bad, failAt int) (errs []error, see
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			l := fc.newLoss(c, d)
-			bd := b * d
-			img, txt := convert[float32](p.img[r*bd:(r+1)*bd]), convert[float32](p.txt[r*bd:(r+1)*bd])
-			if fc.backward {
-				_, errs[r] = l.ForwardBackward(make([]float32, bd), make([]float32, bd), img, txt, p.lg)
-			} else {
-				_, errs[r] = l.Forward(img, txt, p.lg)
-			}
+			errs[r] = fc.call(c, p, r)
 			calls[r] = fcomm.Calls
 		}()
 	}

@@ -333,7 +333,7 @@ func (tl *timeline) ring(w, b, d, t int, e float64, keep bool) {
 		next := nopieces()
 		for c0 := 0; c0 < b; c0 += t {
 			cw := min(t, b-c0)
-			if i := ch.piece(c0); c0 == i*ch.g*ch.t {
+			if i := ch.piece(c0); ch.starts(c0) {
 				tl.wait(in[i])
 				if k < w-1 {
 					next[i] = tl.post(piece(i))
@@ -353,7 +353,7 @@ func (tl *timeline) ring(w, b, d, t int, e float64, keep bool) {
 		for c0 := 0; c0 < b; c0 += t {
 			cw := min(t, b-c0)
 			i := ch.piece(c0)
-			if c0 == i*ch.g*ch.t {
+			if ch.starts(c0) {
 				tl.wait(in[i])
 				if j < w-2 {
 					next[i] = tl.post(piece(i))

@@ -1,8 +1,6 @@
 package loss
 
 import (
-	"fmt"
-
 	"github.com/clipmpi/clipmpi/blas"
 	"github.com/clipmpi/clipmpi/mpi"
 )
@@ -62,17 +60,10 @@ type ringClip[T blas.Float] struct {
 }
 
 // ringBlocks is the number of b×d blocks a ring step holds beyond the
-// caller's buffers: with W > 2 two text blocks, two partial sums and the
-// partial sum received; with W = 2 one of each; none with W = 1.
-func ringBlocks(w int) int64 {
-	switch {
-	case w > 2:
-		return 5
-	case w == 2:
-		return 3
-	}
-	return 0
-}
+// caller's buffers: those of a SigLIP stream of W-1 hops (two text blocks,
+// two partial sums and the partial sum received; one of each for W = 2;
+// none for W = 1).
+func ringBlocks(w int) int64 { return streamBlocks(w - 1) }
 
 func (a *ringClip[T]) run(dImg, dTxt, img, txt []T, lg Logit, st *clipStep) (Result, error) {
 	b, n, d, w, r := st.b, st.n, st.d, st.w, st.rank
@@ -114,21 +105,9 @@ func (a *ringClip[T]) run(dImg, dTxt, img, txt []T, lg Logit, st *clipStep) (Res
 	right, left := (r+1)%w, (r+w-1)%w
 	diag0 := r * b
 	shift := func(tx *pieces, i int, dst, src []T, from, to int, what string) error {
-		lo, hi := ch.rows(i)
-		var err error
-		if tx[i], err = exchange(&a.ex, rowsOf(dst, lo, hi, d), from, rowsOf(src, lo, hi, d), to); err != nil {
-			return a.ex.drain(fmt.Errorf("loss: ring shift of %s: %w", what, err))
-		}
-		return nil
+		return shiftPiece(&a.ex, ch, d, tx, i, dst, from, src, to, "ring shift of ", what)
 	}
-	await := func(tx *pieces, i int, what string) error {
-		err := a.ex.wait(tx[i])
-		tx[i] = noExchange
-		if err != nil {
-			return a.ex.drain(fmt.Errorf("loss: ring shift of %s: %w", what, err))
-		}
-		return nil
-	}
+	await := func(tx *pieces, i int, what string) error { return a.ex.awaitPiece(tx, i, "ring shift of ", what) }
 
 	// Forward: text blocks travel right, in pieces; statistics accumulate.
 	// cur is the block computed on (the caller's txt first), in its pieces
@@ -141,7 +120,7 @@ func (a *ringClip[T]) run(dImg, dTxt, img, txt []T, lg Logit, st *clipStep) (Res
 		next := nopieces()
 		for c0 := 0; c0 < b; c0 += tile {
 			cw := min(tile, b-c0)
-			if i := ch.piece(c0); c0 == i*ch.g*ch.t {
+			if i := ch.piece(c0); ch.starts(c0) {
 				if err := await(&in, i, "text features"); err != nil {
 					return Result{}, err
 				}
@@ -199,7 +178,7 @@ func (a *ringClip[T]) run(dImg, dTxt, img, txt []T, lg Logit, st *clipStep) (Res
 		for c0 := 0; c0 < b; c0 += tile {
 			cw := min(tile, b-c0)
 			i := ch.piece(c0)
-			if c0 == i*ch.g*ch.t {
+			if ch.starts(c0) {
 				if err := await(&in, i, "text features"); err != nil {
 					return Result{}, err
 				}

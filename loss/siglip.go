@@ -314,21 +314,9 @@ func (l *SigLipLoss[T]) ring(dImg, dTxt, img, txt []T, st *clipStep, hr, hl int)
 	l.rs[0].dir, l.rs[0].hops = 1, hr
 	l.rs[1].dir, l.rs[1].hops = -1, hl
 	shift := func(x *pieces, i int, dst []T, from int, src []T, to int, what string) error {
-		lo, hi := ch.rows(i)
-		var err error
-		if x[i], err = exchange(&l.ex, rowsOf(dst, lo, hi, d), from, rowsOf(src, lo, hi, d), to); err != nil {
-			return l.ex.drain(fmt.Errorf("loss: SigLIP %s: %w", what, err))
-		}
-		return nil
+		return shiftPiece(&l.ex, ch, d, x, i, dst, from, src, to, "SigLIP ", what)
 	}
-	await := func(x *pieces, i int, what string) error {
-		err := l.ex.wait(x[i])
-		x[i] = noExchange
-		if err != nil {
-			return l.ex.drain(fmt.Errorf("loss: SigLIP %s: %w", what, err))
-		}
-		return nil
-	}
+	await := func(x *pieces, i int, what string) error { return l.ex.awaitPiece(x, i, "SigLIP ", what) }
 	tiles := (b + l.tile - 1) / l.tile
 	half := b // the own block's first half: whole tiles
 	for i := range l.rs {

@@ -115,20 +115,19 @@ func (c *countingComm) AllreduceF64(op mpi.Op, dst, src []float64) error {
 }
 
 func (c *countingComm) IsendrecvF32(dst []float32, from int, src []float32, to int) (mpi.Request, error) {
-	c.bytes += int64(len(dst) * 4)
-	t0 := time.Now()
-	r, err := c.Comm.IsendrecvF32(dst, from, src, to)
-	c.inside += int64(time.Since(t0))
-	if err != nil {
-		return r, err
-	}
-	return c.wrap(r), nil
+	return c.started(int64(len(dst)*4), func() (mpi.Request, error) { return c.Comm.IsendrecvF32(dst, from, src, to) })
 }
 
 func (c *countingComm) IsendrecvF64(dst []float64, from int, src []float64, to int) (mpi.Request, error) {
-	c.bytes += int64(len(dst) * 8)
+	return c.started(int64(len(dst)*8), func() (mpi.Request, error) { return c.Comm.IsendrecvF64(dst, from, src, to) })
+}
+
+// started counts the bytes a transfer receives and the time start takes,
+// and wraps the request it starts so that its Wait and Test are timed too.
+func (c *countingComm) started(bytes int64, start func() (mpi.Request, error)) (mpi.Request, error) {
+	c.bytes += bytes
 	t0 := time.Now()
-	r, err := c.Comm.IsendrecvF64(dst, from, src, to)
+	r, err := start()
 	c.inside += int64(time.Since(t0))
 	if err != nil {
 		return r, err

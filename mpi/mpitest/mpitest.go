@@ -346,46 +346,67 @@ func identicalResults[T float](s *suite, reduce func(op mpi.Op, dst, src []T) er
 	}
 }
 
+// shiftData is what rank r sends in direction dir (0 right, 1 left) at
+// element k: the sender's rank and direction in every element.
+func shiftData(r, dir, k int) float64 { return value(r, k) + float64(dir)*0.5 }
+
+// shifts are one rank's two outstanding ring shifts of n elements: to the
+// right (receiving from the left neighbour into dstR) and to the left.
+type shifts[T float] struct {
+	left, right            int
+	srcR, srcL, dstR, dstL []T
+	reqR, reqL             mpi.Request
+}
+
+// startShifts fills the sources with shiftData and the destinations with
+// the sentinel and starts the right shift, then the left one. It reports
+// a failed start and returns false.
+func startShifts[T float](s *suite, fn func(dst []T, from int, src []T, to int) (mpi.Request, error), n int, what string) (*shifts[T], bool) {
+	x := &shifts[T]{right: (s.rank + 1) % s.size, left: (s.rank + s.size - 1) % s.size,
+		srcR: make([]T, n), srcL: make([]T, n), dstR: make([]T, n), dstL: make([]T, n)}
+	fill(x.srcR, func(k int) float64 { return shiftData(s.rank, 0, k) })
+	fill(x.srcL, func(k int) float64 { return shiftData(s.rank, 1, k) })
+	fill(x.dstR, func(int) float64 { return sentinel })
+	fill(x.dstL, func(int) float64 { return sentinel })
+	var err error
+	if x.reqR, err = fn(x.dstR, x.left, x.srcR, x.right); !s.ok(err, what+" right") {
+		return nil, false
+	}
+	if x.reqL, err = fn(x.dstL, x.right, x.srcL, x.left); !s.ok(err, what+" left") {
+		return nil, false
+	}
+	return x, true
+}
+
+// checkReceived checks what both shifts delivered.
+func (x *shifts[T]) checkReceived(s *suite, what string) {
+	check(s, what+" from the left", x.dstR, func(k int) float64 { return shiftData(x.left, 0, k) })
+	check(s, what+" from the right", x.dstL, func(k int) float64 { return shiftData(x.right, 1, k) })
+}
+
 func isendrecv[T float](s *suite, fn func(dst []T, from int, src []T, to int) (mpi.Request, error)) {
-	right, left := (s.rank+1)%s.size, (s.rank+s.size-1)%s.size
-	// Sends carry the sender's rank and direction in every element.
-	data := func(r, dir, k int) float64 { return value(r, k) + float64(dir)*0.5 }
 	for _, n := range []int{0, 1, 1000, 1 << 16} {
 		what := fmt.Sprintf("Isendrecv%s n=%d", typeName[T](), n)
-		srcR, srcL := make([]T, n), make([]T, n)
-		dstR, dstL := make([]T, n), make([]T, n)
-		fill(srcR, func(k int) float64 { return data(s.rank, 0, k) })
-		fill(srcL, func(k int) float64 { return data(s.rank, 1, k) })
-		fill(dstR, func(int) float64 { return sentinel })
-		fill(dstL, func(int) float64 { return sentinel })
-
 		// Shift right (receive from the left neighbour), then left; both
 		// outstanding, waited in the opposite order.
-		reqR, err := fn(dstR, left, srcR, right)
-		if !s.ok(err, what+" right") {
+		x, ok := startShifts(s, fn, n, what)
+		if !ok {
 			return
 		}
-		reqL, err := fn(dstL, right, srcL, left)
-		if !s.ok(err, what+" left") {
-			return
-		}
+		srcR, srcL, dstR, dstL, reqR, reqL := x.srcR, x.srcL, x.dstR, x.dstL, x.reqR, x.reqL
 		if !s.ok(reqL.Wait(), what+" left Wait") || !s.ok(reqR.Wait(), what+" right Wait") {
 			return
 		}
 		if !s.ok(reqR.Wait(), what+" second Wait") {
 			return
 		}
-		wantR := func(k int) float64 { return data(left, 0, k) }
-		wantL := func(k int) float64 { return data(right, 1, k) }
-		check(s, what+" from the left", dstR, wantR)
-		check(s, what+" from the right", dstL, wantL)
-		check(s, what+" src", srcR, func(k int) float64 { return data(s.rank, 0, k) })
+		x.checkReceived(s, what)
+		check(s, what+" src", srcR, func(k int) float64 { return shiftData(s.rank, 0, k) })
 		disjoint(s, what, dstR, srcL)
 		disjoint(s, what, dstL, srcR)
 		negate(srcR)
 		negate(srcL)
-		check(s, what+" after changing src", dstR, wantR)
-		check(s, what+" after changing src", dstL, wantL)
+		x.checkReceived(s, what+" after changing src")
 	}
 }
 
@@ -429,28 +450,18 @@ func testUntilDone(reqs ...mpi.Request) error {
 // alone, then by Test on odd ranks and Wait on even ones. After Test has
 // reported done, Test and Wait report the same result again.
 func isendrecvTest[T float](s *suite, fn func(dst []T, from int, src []T, to int) (mpi.Request, error)) {
-	right, left := (s.rank+1)%s.size, (s.rank+s.size-1)%s.size
-	data := func(r, dir, k int) float64 { return value(r, k) + float64(dir)*0.5 }
 	for _, mixed := range []bool{false, true} {
 		for _, n := range []int{0, 1, 1000, 1 << 17} {
 			what := fmt.Sprintf("Isendrecv%s n=%d completed by Test", typeName[T](), n)
 			if mixed {
 				what += " on odd ranks, Wait on even ones"
 			}
-			srcR, srcL := make([]T, n), make([]T, n)
-			dstR, dstL := make([]T, n), make([]T, n)
-			fill(srcR, func(k int) float64 { return data(s.rank, 0, k) })
-			fill(srcL, func(k int) float64 { return data(s.rank, 1, k) })
-			fill(dstR, func(int) float64 { return sentinel })
-			fill(dstL, func(int) float64 { return sentinel })
-			reqR, err := fn(dstR, left, srcR, right)
-			if !s.ok(err, what+" right") {
+			x, ok := startShifts(s, fn, n, what)
+			if !ok {
 				return
 			}
-			reqL, err := fn(dstL, right, srcL, left)
-			if !s.ok(err, what+" left") {
-				return
-			}
+			reqR, reqL := x.reqR, x.reqL
+			var err error
 			if mixed && s.rank%2 == 0 {
 				err = reqR.Wait()
 				if err == nil {
@@ -470,8 +481,7 @@ func isendrecvTest[T float](s *suite, fn func(dst []T, from int, src []T, to int
 					s.errorf("%s: Wait after completion = %v", what, err)
 				}
 			}
-			check(s, what+" from the left", dstR, func(k int) float64 { return data(left, 0, k) })
-			check(s, what+" from the right", dstL, func(k int) float64 { return data(right, 1, k) })
+			x.checkReceived(s, what)
 		}
 	}
 }
