@@ -9,9 +9,9 @@
 package blas
 
 import (
-	"unsafe"
-
 	gblas "gonum.org/v1/gonum/blas"
+
+	"github.com/clipmpi/clipmpi/internal/num"
 )
 
 // Transpose says whether a GEMM operand is used as stored or transposed.
@@ -24,10 +24,9 @@ const (
 	Trans = gblas.Trans
 )
 
-// Float is the set of element types clipmpi computes in.
-type Float interface {
-	~float32 | ~float64
-}
+// Float is the set of element types clipmpi computes in: float32 and
+// float64 and types defined on them. It is mpi.Float too.
+type Float = num.Float
 
 // The backends in use; set by the build-tagged files.
 var (
@@ -59,27 +58,14 @@ func Gemm[T Float](tA, tB Transpose, m, n, k int, alpha T, a []T, lda int, b []T
 
 // Is32 reports whether T is 4 bytes wide: float32 or a type defined on it
 // (otherwise it is 8 bytes wide, a float64).
-func Is32[T Float]() bool {
-	var z T
-	return unsafe.Sizeof(z) == 4
-}
+func Is32[T Float]() bool { return num.Is32[T]() }
 
 // As32 returns s as a []float32 sharing its storage, for generic code that
 // has checked Is32[T](); nil for an empty s. It does not copy or allocate.
-func As32[T Float](s []T) []float32 {
-	if len(s) == 0 {
-		return nil
-	}
-	return unsafe.Slice((*float32)(unsafe.Pointer(unsafe.SliceData(s))), len(s))
-}
+func As32[T Float](s []T) []float32 { return num.As32(s) }
 
 // As64 is As32 for a T 8 bytes wide.
-func As64[T Float](s []T) []float64 {
-	if len(s) == 0 {
-		return nil
-	}
-	return unsafe.Slice((*float64)(unsafe.Pointer(unsafe.SliceData(s))), len(s))
-}
+func As64[T Float](s []T) []float64 { return num.As64(s) }
 
 // GemmFlops returns the floating-point operations of one m×n×k GEMM, 2mnk.
 func GemmFlops(m, n, k int) float64 {

@@ -29,6 +29,7 @@ import (
 	"github.com/clipmpi/clipmpi/blas"
 	"github.com/clipmpi/clipmpi/loss"
 	"github.com/clipmpi/clipmpi/mpi"
+	"github.com/clipmpi/clipmpi/node"
 )
 
 // Record is one configuration's result, one JSON line. Every field is
@@ -113,7 +114,7 @@ func main() {
 	warmup := flag.Int("warmup", 2, "untimed steps first")
 	tile := flag.Int("tile", 0, "tile width of tiled and ring (0: default)")
 	threads := flag.Int("threads", 0, "threads per rank, for the BLAS and the loss kernels (0: usable CPUs / ranks on this node)")
-	memLimit := flag.Float64("mem-limit-mib", 0, "skip configurations whose workspace estimate exceeds this per rank (0: 80% of MemAvailable / ranks)")
+	memLimit := flag.Float64("mem-limit-mib", 0, "skip configurations whose workspace estimate exceeds this per rank (0: 80% of the available memory / ranks on the node)")
 	lossKind := flag.String("loss", "clip", "loss: clip or siglip (then -algo names SigLIP methods: bidir, shift, reduce, gather, or all)")
 	jsonOnly := flag.Bool("json", false, "print only the JSON lines")
 	repeat := flag.Int("repeat", 1, "rounds: measure every configuration this many times, round after round, and report each one's round with the lowest median step (with the lowest GEMM floor of its rounds and, with -net, the highest link rate)")
@@ -144,7 +145,7 @@ type benchConfig struct {
 	loss, mode, algos, dtype  string
 	b, d, steps, warmup, tile int
 	threads                   int     // per rank, BLAS and kernels; 0: CPUs / local ranks
-	memLimit                  float64 // MiB per rank; 0: 80% of MemAvailable / ranks
+	memLimit                  float64 // MiB per rank; 0: 80% of node.AvailableMemory / ranks on the node
 	jsonOnly                  bool
 	budget                    float64 // -max-batch, GiB per node; 0: off
 	net                       bool    // -net: measure the link, floor from it
@@ -174,9 +175,13 @@ func run(comm mpi.Comm, out io.Writer, bc benchConfig) error {
 	if bc.threads < 0 {
 		return fmt.Errorf("-threads %d: want a positive count, or 0 for the CPUs per rank", bc.threads)
 	}
+	local, err := node.RanksOnNode(comm)
+	if err != nil {
+		return err
+	}
 	threads := bc.threads
 	if threads == 0 {
-		threads = max(1, runtime.NumCPU()/localRanks(comm))
+		threads = max(1, runtime.NumCPU()/local)
 	}
 	blas.SetThreads(threads)
 	var configs []config
@@ -233,7 +238,7 @@ func run(comm mpi.Comm, out io.Writer, bc benchConfig) error {
 		return fmt.Errorf("unknown loss %q (want clip or siglip)", lossKind)
 	}
 	if memLimit == 0 {
-		memLimit = 0.8 * memAvailableMiB() / float64(localRanks(comm))
+		memLimit = 0.8 * float64(node.AvailableMemory()) / (1 << 20) / float64(local)
 	}
 	loss.Warn = func(string) {}
 	rank0 := comm.Rank() == 0
@@ -275,9 +280,9 @@ func run(comm mpi.Comm, out io.Writer, bc benchConfig) error {
 			var rec Record
 			var err error
 			if dtype == "float64" {
-				rec, err = measure[float64](comm, cfg, b, d, steps, warmup, memLimit, bc.budget, link)
+				rec, err = measure[float64](comm, cfg, b, d, steps, warmup, local, memLimit, bc.budget, link)
 			} else {
-				rec, err = measure[float32](comm, cfg, b, d, steps, warmup, memLimit, bc.budget, link)
+				rec, err = measure[float32](comm, cfg, b, d, steps, warmup, local, memLimit, bc.budget, link)
 			}
 			if err != nil {
 				return fmt.Errorf("%s: %w", cfg.name, err)
@@ -416,7 +421,7 @@ func table(out io.Writer, recs []Record, budget float64, net bool) {
 	}
 }
 
-func measure[T blas.Float](comm mpi.Comm, cfg config, b, d, steps, warmup int, memLimit, budget float64, link *float64) (Record, error) {
+func measure[T blas.Float](comm mpi.Comm, cfg config, b, d, steps, warmup, local int, memLimit, budget float64, link *float64) (Record, error) {
 	esize := 8
 	if blas.Is32[T]() {
 		esize = 4
@@ -432,7 +437,7 @@ func measure[T blas.Float](comm mpi.Comm, cfg config, b, d, steps, warmup int, m
 	}
 	runtime.GC()
 	debug.FreeOSMemory()
-	resetPeakRSS()
+	_ = node.ResetPeakRSS() // best effort: without it the peak may be an earlier configuration's
 
 	img, txt := features[T](comm.Rank(), b, d)
 	dImg, dTxt := make([]T, b*d), make([]T, b*d)
@@ -472,7 +477,7 @@ func measure[T blas.Float](comm mpi.Comm, cfg config, b, d, steps, warmup int, m
 	}
 	rec.AllocsPerStep = float64(mallocs) / float64(steps)
 	rec.CommBytesPerStep = float64(cc.bytes) / float64(steps)
-	rec.PeakRSSMiB = peakRSSMiB()
+	rec.PeakRSSMiB = float64(node.PeakRSS()) / (1 << 20)
 	// Every rank reports the slowest rank's step: a step ends when all do.
 	if err := comm.AllreduceF64(mpi.Max, times, times); err != nil {
 		return rec, mpi.Fail(comm, err)
@@ -498,7 +503,7 @@ func measure[T blas.Float](comm mpi.Comm, cfg config, b, d, steps, warmup int, m
 	}
 	rec.setFloors(gemmMs, link)
 	if budget > 0 {
-		maxBatch(&rec, cfg, w, b, d, esize, localRanks(comm), budget)
+		maxBatch(&rec, cfg, w, b, d, esize, local, budget)
 	}
 	return rec, nil
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/clipmpi/clipmpi/blas"
 	"github.com/clipmpi/clipmpi/loss"
 	"github.com/clipmpi/clipmpi/mpi"
+	"github.com/clipmpi/clipmpi/node"
 )
 
 // measureRates measures the cost model's rates for the run's element type
@@ -161,7 +162,7 @@ func modelMain(args []string, out io.Writer) error {
 	}
 	nodeMem := mc.nodeMemGiB * (1 << 30)
 	if nodeMem == 0 {
-		nodeMem = float64(memAvailableMiB()) * (1 << 20)
+		nodeMem = float64(min(node.AvailableMemory(), 1<<50)) // 1 PiB if unknown
 	}
 	budget := int64(nodeMem) / int64(mc.ranksPerNode)
 

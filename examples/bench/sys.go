@@ -1,10 +1,6 @@
 package main
 
 import (
-	"bufio"
-	"os"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/clipmpi/clipmpi/mpi"
@@ -133,52 +129,4 @@ func (c *countingComm) started(bytes int64, start func() (mpi.Request, error)) (
 		return r, err
 	}
 	return c.wrap(r), nil
-}
-
-// resetPeakRSS resets the kernel's high-water mark of this process's
-// resident set (VmHWM), so that each configuration reports its own peak.
-func resetPeakRSS() {
-	os.WriteFile("/proc/self/clear_refs", []byte("5"), 0)
-}
-
-// peakRSSMiB returns VmHWM from /proc/self/status in MiB (0 if unknown).
-func peakRSSMiB() float64 {
-	return procField("/proc/self/status", "VmHWM:") / 1024
-}
-
-// memAvailableMiB returns MemAvailable in MiB (a large value if unknown).
-func memAvailableMiB() float64 {
-	if v := procField("/proc/meminfo", "MemAvailable:"); v > 0 {
-		return v / 1024
-	}
-	return 1 << 30
-}
-
-// procField reads a "Name: value kB" line.
-func procField(file, name string) float64 {
-	f, err := os.Open(file)
-	if err != nil {
-		return 0
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if strings.HasPrefix(sc.Text(), name) {
-			fields := strings.Fields(sc.Text())
-			if len(fields) >= 2 {
-				v, _ := strconv.ParseFloat(fields[1], 64)
-				return v
-			}
-		}
-	}
-	return 0
-}
-
-// localRanks is the number of ranks on this node (Open MPI tells; else the
-// world size).
-func localRanks(comm mpi.Comm) int {
-	if v, err := strconv.Atoi(os.Getenv("OMPI_COMM_WORLD_LOCAL_SIZE")); err == nil && v > 0 {
-		return v
-	}
-	return comm.Size()
 }
