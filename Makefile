@@ -14,7 +14,8 @@ NP         ?= 2
 # MPI world sizes the communicator conformance suite runs at.
 MPI_NPS    ?= 1 2 3 4
 STATICCHECK_VERSION := v0.8.2
-# The OpenCLIP golden cases: the repository's own copy of shared/golden.
+# The OpenCLIP golden cases: the repository's own copy, in the format of
+# test/testdata/golden/README.md.
 export CLIPMPI_GOLDEN ?= $(CURDIR)/test/testdata/golden
 
 .PHONY: all deps build run test fuzz unit test-mpi test-golden race vet lint fmt-check fmt bench bench-loss clean
@@ -125,7 +126,8 @@ test-train: $(BIN)/golden.test $(BIN)/train $(BIN)/clustertool
 	[ $$rc = 0 ] || { tail -40 $(BIN)/train-np$(NP).log; exit 1; }
 	@CLIPMPI_TIMEOUT=$(TEST_TIMEOUT) scripts/train-e2e.sh $(BIN) $(NP)
 
-# Faults that only one rank meets (issue 11), under mpirun -np 2 and -np 3:
+# Faults that only one rank meets (README, "When only one rank fails"),
+# under mpirun -np 2 and -np 3:
 # slurm.Init failing, bad rows met mid-epoch, a checkpoint the reading rank
 # cannot open, a ring transfer of ClipLoss and SigLipLoss that fails to
 # start, a panic. Each

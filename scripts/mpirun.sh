@@ -12,7 +12,8 @@
 #                           GEMM, which took a core from the loss kernels'
 #                           threads (README, "Threads inside a rank");
 #   the OpenMPI TCP keepalive settings that turn a lost peer into an error
-#   within seconds instead of minutes (shared/cluster/RECIPE.md).
+#   within seconds instead of minutes (README, "Clusters: Slurm and
+#   several hosts").
 # With CLIPMPI_TIMEOUT=SECONDS the whole run is bounded (timeout, SIGKILL 10 s
 # after SIGTERM): the test suites and CI set it, so that a hang becomes a
 # failure, never a stuck job. Without it there is no time limit: a training

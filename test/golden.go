@@ -14,7 +14,7 @@ import (
 	"strings"
 )
 
-// Case is one golden case in the format of shared/golden/README.md.
+// Case is one golden case in the format of test/testdata/golden/README.md.
 type Case struct {
 	Name            string   `json:"name"`
 	LossKind        string   `json:"loss_kind"`
@@ -135,7 +135,7 @@ func Flatten(m [][]float64) []float64 {
 	return s
 }
 
-// Tolerances from shared/golden/README.md: an independent float64
+// Tolerances from test/testdata/golden/README.md: an independent float64
 // implementation reproduces the cases to about 1e-14 relative to each
 // array's largest magnitude; the README asks for 1e-9, and an absolute 1e-12
 // for ClipLoss's bias gradient, which is rounding noise (|x| <= 1.1e-16).

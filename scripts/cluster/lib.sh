@@ -309,7 +309,7 @@ apt_install() {
 # show FILE [N]: the last N (40) lines of FILE, indented.
 show() { tail -n "${2:-40}" "$1" 2>/dev/null | sed 's/^/    | /'; }
 
-# ---- two hosts in network namespaces (shared/cluster/RECIPE.md, section B)
+# ---- two hosts in network namespaces (README, "Clusters: Slurm and several hosts")
 #
 #   netns $NS_HEAD: br0 $SUB.254 (mpirun, slurmctld)
 #     |-- vpA ===veth=== veth0 $SUB.1  netns $NS_A ("hostA")
@@ -441,8 +441,8 @@ nsx() {
 # ARGS..." and it runs that in HOST's namespace with HOST as its host
 # name) and Open MPI's settings for the two hosts: daemons through the
 # agent, TCP only on the test subnet, the short keepalive that turns a cut
-# link into an error (shared/cluster/RECIPE.md), one BLAS thread per rank,
-# and session directories and shared memory in the work directory.
+# link into an error (README, "Clusters: Slurm and several hosts"), one
+# BLAS thread per rank, and session directories and shared memory in the work directory.
 mpi_hosts() {
 	cat >"$W/nsrsh" <<NSRSH
 #!/bin/sh

@@ -13,9 +13,9 @@
 #   - a plain command in a batch script of 2 tasks: the cross-check fails;
 #   - a rank killed mid-run under each launcher: the job fails within 10 s.
 # Then a real two-node cluster: slurmctld in a "head" network namespace and
-# one slurmd in each of hostA and hostB (shared/cluster/RECIPE.md, section
-# D) runs slurm/train-multinode.sbatch (2 nodes x 2 tasks, srun and mpirun),
-# and fault (b) under Slurm: the link to hostB is cut while mpirun runs the
+# one slurmd in each of hostA and hostB (the hosts of lib.sh, "two hosts in
+# network namespaces") runs slurm/train-multinode.sbatch (2 nodes x 2
+# tasks, srun and mpirun), and fault (b) under Slurm: the link to hostB is cut while mpirun runs the
 # ranks; the job must end non-zero within 30 s, naming hostB. (It needs 2
 # CPUs or more; with fewer it is skipped, and counted so.)
 # Everything it starts is stopped at the end, also on failure or
@@ -369,7 +369,7 @@ for launcher in srun mpirun; do
 done
 
 # ---- 6. two nodes: slurmctld in a "head" network namespace, one slurmd in
-# each of hostA and hostB (shared/cluster/RECIPE.md, section D), running
+# each of hostA and hostB (the hosts of lib.sh's net_up), running
 # slurm/train-multinode.sbatch as shipped: 2 nodes x 2 tasks.
 MN=$W/mn
 # mn CMD...: a Slurm client command in head, against the two-node cluster.

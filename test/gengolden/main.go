@@ -1,7 +1,7 @@
 // Command gengolden writes ClipLoss cases in the golden format of
-// shared/golden/README.md for world sizes and shapes the shipped cases lack,
-// computed by clipmpi's naive (OpenCLIP-as-written) algorithm in float64
-// with in-process ranks.
+// test/testdata/golden/README.md for world sizes and shapes the shipped
+// cases lack, computed by clipmpi's naive (OpenCLIP-as-written) algorithm
+// in float64 with in-process ranks.
 //
 // They are not OpenCLIP's numbers: they exercise the harness (make
 // test-golden with W up to 8, shapes that straddle tiles) and check that the
