@@ -5,6 +5,8 @@
 // baseline ISA (SSE2). clip_isa_max says which this CPU runs; the Go side
 // passes the level to use (kernels_isa.go: 1 baseline, 2 AVX2, 3 AVX-512).
 
+#include <immintrin.h>
+
 #include "kernels.h"
 
 #define T512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,prefer-vector-width=512")))
@@ -57,24 +59,36 @@ int clip_isa_max(void) {
 
 #define PICK(isa, f) ((isa) >= 3 ? f##_avx512 : (isa) == 2 ? f##_avx2 : f##_base)
 
+// The kernels run with subnormals flushed to zero (MXCSR's FTZ and DAZ,
+// set for the call on the calling thread and restored after): exponentials
+// near 2^-126 times a small weight would otherwise take a microcode assist
+// per operation on Intel CPUs (see ftz in kernels.h, which keeps them out
+// of the gradient tiles that the GEMMs read).
+#define FLUSHED(call) do { \
+	unsigned int csr_ = _mm_getcsr(); \
+	_mm_setcsr(csr_ | 0x8040); \
+	call; \
+	_mm_setcsr(csr_); \
+} while (0)
+
 void clip_max32(int isa, const float *x, long ld, long rows, long cols, int neg, float *rmax, float *cmax) {
 	PICK(isa, max)(x, ld, rows, cols, neg, rmax, cmax);
 }
 
 void clip_expsum32(int isa, const float *x, long ld, long rows, long cols, float A, const float *xr, const float *xc,
 		double *racc, double *cacc) {
-	PICK(isa, expsum)(x, ld, rows, cols, A, xr, xc, racc, cacc);
+	FLUSHED(PICK(isa, expsum)(x, ld, rows, cols, A, xr, xc, racc, cacc));
 }
 
 void clip_grad32(int isa, float *di, float *dt, const float *x, long ld, long rows, long cols, long e0, float A,
 		const float *xr, const float *wr, const float *xc, const float *wc, float cI, float cT,
 		double *cx, double *cb, double *sums) {
-	PICK(isa, grad)(di, dt, x, ld, rows, cols, e0, A, xr, wr, xc, wc, cI, cT, cx, cb, sums);
+	FLUSHED(PICK(isa, grad)(di, dt, x, ld, rows, cols, e0, A, xr, wr, xc, wc, cI, cT, cx, cb, sums));
 }
 
 void clip_sig32(int isa, float *d, const float *x, long ld, long rows, long cols, long e0, float A, float B, float c,
 		int backward, double *sums) {
-	PICK(isa, sig)(d, x, ld, rows, cols, e0, A, B, c, backward, sums);
+	FLUSHED(PICK(isa, sig)(d, x, ld, rows, cols, e0, A, B, c, backward, sums));
 }
 
 int clip_finite32(int isa, const float *x, long n) {
@@ -83,10 +97,10 @@ int clip_finite32(int isa, const float *x, long n) {
 
 void clip_stats32(int isa, const float *x, long ld, long rows, long cols, float A, int neg, float *rmax, double *racc,
 		float *cmax, double *cacc) {
-	PICK(isa, stats)(x, ld, rows, cols, A, neg, rmax, racc, cmax, cacc);
+	FLUSHED(PICK(isa, stats)(x, ld, rows, cols, A, neg, rmax, racc, cmax, cacc));
 }
 
 void clip_colmerge32(int isa, long nb, long cols, long stride, const float *pm, const double *ps, float A, int neg,
 		float *m, double *s) {
-	PICK(isa, colmerge)(nb, cols, stride, pm, ps, A, neg, m, s);
+	FLUSHED(PICK(isa, colmerge)(nb, cols, stride, pm, ps, A, neg, m, s));
 }
