@@ -17,7 +17,7 @@ type agreement struct {
 	comm mpi.Comm
 	dim  int
 	v    []float64 // see the layout below
-	st   clipStep
+	st   step
 	pool *pool
 	scan scanJob
 }
@@ -88,7 +88,7 @@ const (
 // identifies them), logit scale and bias, and on finiteness. Its errors are
 // the same on every rank, but for a failure of the all-reduce itself, which
 // goes to mpi.Fail.
-func check[T blas.Float](a *agreement, img, txt []T, lg Logit, opts float64, backward bool) (*clipStep, error) {
+func check[T blas.Float](a *agreement, img, txt []T, lg Logit, opts float64, backward bool) (*step, error) {
 	if len(img) != len(txt) {
 		panic(errLenMatch)
 	}
@@ -167,6 +167,6 @@ func check[T blas.Float](a *agreement, img, txt []T, lg Logit, opts float64, bac
 	if differ(agreeScale) || differ(agreeBias) {
 		return nil, fmt.Errorf("%w on the logit scale or bias (replicas must be identical)", ErrShapeMismatch)
 	}
-	a.st = clipStep{rank: rank, w: w, b: b, n: w * b, d: a.dim, backward: backward}
+	a.st = step{rank: rank, w: w, b: b, n: w * b, d: a.dim, backward: backward, scale: lg.Scale, bias: bias}
 	return &a.st, nil
 }

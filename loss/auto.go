@@ -1,17 +1,14 @@
 package loss
 
 import (
-	"bufio"
 	"fmt"
-	"hash/fnv"
 	"math"
 	"os"
-	"path/filepath"
-	"strconv"
 	"strings"
 
 	"github.com/clipmpi/clipmpi/blas"
 	"github.com/clipmpi/clipmpi/mpi"
+	"github.com/clipmpi/clipmpi/node"
 )
 
 // Info prints what Auto chose, once per choice, on rank 0; programs may
@@ -51,33 +48,32 @@ var sigPreference = []SigLipImpl{Bidir, Shift, Gather, Reduce}
 // them agree on the choice. If none fits it returns an error wrapping
 // ErrNoFit that names the smallest. It panics as Predict does.
 func (o ClipOptions) Choose(w, b, d, elemSize int, r Rates, budget int64) (Algorithm, Choice, error) {
-	var preds []Prediction
-	for _, a := range clipPreference {
+	i, ch, err := chooseAmong(clipPreference, func(a Algorithm) Prediction {
 		c := o
 		c.Algorithm = a
-		preds = append(preds, c.Predict(w, b, d, elemSize, r))
-	}
-	i, ch, err := choose(preds, r, budget, shapeDesc(w, b, d, elemSize))
-	if err != nil {
-		return 0, ch, err
-	}
-	return clipPreference[i], ch, nil
+		return c.Predict(w, b, d, elemSize, r)
+	}, r, budget, shapeDesc(w, b, d, elemSize))
+	return clipPreference[max(i, 0)], ch, err
 }
 
 // Choose is ClipOptions.Choose for SigLIP's methods (ties go to Bidir,
 // then Shift, Gather, Reduce).
 func (o SigLipOptions) Choose(w, b, d, elemSize int, r Rates, budget int64) (SigLipImpl, Choice, error) {
-	var preds []Prediction
-	for _, m := range sigPreference {
+	i, ch, err := chooseAmong(sigPreference, func(m SigLipImpl) Prediction {
 		c := o
 		c.Impl = m
-		preds = append(preds, c.Predict(w, b, d, elemSize, r))
+		return c.Predict(w, b, d, elemSize, r)
+	}, r, budget, shapeDesc(w, b, d, elemSize))
+	return sigPreference[max(i, 0)], ch, err
+}
+
+// chooseAmong predicts every candidate and chooses among them.
+func chooseAmong[A any](cands []A, predict func(A) Prediction, r Rates, budget int64, shape string) (int, Choice, error) {
+	preds := make([]Prediction, len(cands))
+	for i, c := range cands {
+		preds[i] = predict(c)
 	}
-	i, ch, err := choose(preds, r, budget, shapeDesc(w, b, d, elemSize))
-	if err != nil {
-		return 0, ch, err
-	}
-	return sigPreference[i], ch, nil
+	return choose(preds, r, budget, shape)
 }
 
 func shapeDesc(w, b, d, elemSize int) string {
@@ -202,44 +198,41 @@ func bytesString(n int64) string {
 // goes to mpi.Fail (as in ClipLoss.Forward). It panics if b or d is less
 // than 1.
 func ResolveClip[T blas.Float](comm mpi.Comm, opt ClipOptions, b, d int) (ClipOptions, Choice, error) {
-	if err := agreeShape[T](comm, b, d, opt.code()); err != nil {
-		return opt, Choice{}, err
-	}
-	if opt.Algorithm != Auto {
-		return opt, Choice{}, nil
-	}
-	in, err := agreeInputs[T](comm, b, d, resolveThreads(opt.Threads), opt.Rates, opt.MemoryBudget)
-	if err != nil {
-		return opt, Choice{}, mpi.Fail(comm, err)
-	}
-	var e T
-	a, ch, err := opt.Choose(comm.Size(), b, d, blasSize(e), in.rates, in.budget)
-	if err != nil {
-		return opt, ch, err
-	}
-	opt.Algorithm = a
-	return opt, ch, nil
+	ch, err := resolve[T](comm, opt.code(), b, d, opt.Algorithm == Auto, opt.Threads, opt.Rates, opt.MemoryBudget,
+		func(in autoInputs) (Choice, error) {
+			a, ch, err := opt.Choose(comm.Size(), b, d, elemSize[T](), in.rates, in.budget)
+			if err == nil {
+				opt.Algorithm = a
+			}
+			return ch, err
+		})
+	return opt, ch, err
 }
 
 // ResolveSigLip is ResolveClip for SigLipLoss: it replaces SigLipAuto.
 func ResolveSigLip[T blas.Float](comm mpi.Comm, opt SigLipOptions, b, d int) (SigLipOptions, Choice, error) {
-	if err := agreeShape[T](comm, b, d, opt.code()); err != nil {
-		return opt, Choice{}, err
+	ch, err := resolve[T](comm, opt.code(), b, d, opt.Impl == SigLipAuto, opt.Threads, opt.Rates, opt.MemoryBudget,
+		func(in autoInputs) (Choice, error) {
+			m, ch, err := opt.Choose(comm.Size(), b, d, elemSize[T](), in.rates, in.budget)
+			if err == nil {
+				opt.Impl = m
+			}
+			return ch, err
+		})
+	return opt, ch, err
+}
+
+// resolve is ResolveClip's and ResolveSigLip's: agree on the shape, then,
+// for Auto, on the inputs, and choose with pick.
+func resolve[T blas.Float](comm mpi.Comm, code float64, b, d int, isAuto bool, threads int, rates Rates, budget int64, pick func(autoInputs) (Choice, error)) (Choice, error) {
+	if err := agreeShape[T](comm, b, d, code); err != nil || !isAuto {
+		return Choice{}, err
 	}
-	if opt.Impl != SigLipAuto {
-		return opt, Choice{}, nil
-	}
-	in, err := agreeInputs[T](comm, b, d, resolveThreads(opt.Threads), opt.Rates, opt.MemoryBudget)
+	in, err := agreeInputs[T](comm, b, d, resolveThreads(threads), rates, budget)
 	if err != nil {
-		return opt, Choice{}, mpi.Fail(comm, err)
+		return Choice{}, mpi.Fail(comm, err)
 	}
-	var e T
-	m, ch, err := opt.Choose(comm.Size(), b, d, blasSize(e), in.rates, in.budget)
-	if err != nil {
-		return opt, ch, err
-	}
-	opt.Impl = m
-	return opt, ch, nil
+	return pick(in)
 }
 
 // agreeShape checks with one all-reduce that every rank passes the same b,
@@ -248,8 +241,8 @@ func agreeShape[T blas.Float](comm mpi.Comm, b, d int, code float64) error {
 	if b < 1 || d < 1 {
 		panic("loss: Resolve needs b, d ≥ 1")
 	}
-	var e T
-	v := []float64{float64(b), -float64(b), float64(d), -float64(d), float64(blasSize(e)), -float64(blasSize(e)), code, -code}
+	e := float64(elemSize[T]())
+	v := []float64{float64(b), -float64(b), float64(d), -float64(d), e, -e, code, -code}
 	if err := comm.AllreduceF64(mpi.Max, v, v); err != nil {
 		return mpi.Fail(comm, fmt.Errorf("loss: agreeing on the shape: %w", err))
 	}
@@ -268,28 +261,34 @@ type autoInputs struct {
 	budget int64
 }
 
-// rateFields lists Rates' fields with whether a larger value is faster.
-func rateFields(r *Rates) []struct {
+// rateField is a field of Rates: whether a larger value is faster, and
+// when a step needs it given (needAlways, needLink: with more than one
+// rank, needNever: optional).
+type rateField struct {
 	p      *float64
 	faster bool
-} {
-	return []struct {
-		p      *float64
-		faster bool
-	}{
-		{&r.GemmGflops, true}, {&r.StatsNs, false}, {&r.GradNs, false}, {&r.NaiveStatsNs, false},
-		{&r.NaiveGradNs, false}, {&r.SigmoidNs, false}, {&r.CopyNs, false}, {&r.TransposeNs, false},
-		{&r.LinkGbits, true}, {&r.LatencyUs, false},
+	need   int
+}
+
+const (
+	needAlways = iota
+	needLink
+	needNever
+)
+
+func rateFields(r *Rates) []rateField {
+	return []rateField{
+		{&r.GemmGflops, true, needAlways}, {&r.StatsNs, false, needAlways}, {&r.GradNs, false, needAlways},
+		{&r.NaiveStatsNs, false, needAlways}, {&r.NaiveGradNs, false, needAlways}, {&r.SigmoidNs, false, needAlways},
+		{&r.CopyNs, false, needAlways}, {&r.TransposeNs, false, needAlways},
+		{&r.LinkGbits, true, needLink}, {&r.LatencyUs, false, needLink}, {&r.KeptGflops, true, needNever},
 	}
 }
 
 // complete reports whether every rate a step of w ranks needs is given.
 func (r Rates) complete(w int) bool {
-	for i, f := range rateFields(&r) {
-		if i >= 8 && w == 1 { // the link does not matter with one rank
-			break
-		}
-		if !(*f.p > 0) {
+	for _, f := range rateFields(&r) {
+		if !(*f.p > 0) && (f.need == needAlways || f.need == needLink && w > 1) {
 			return false
 		}
 	}
@@ -304,11 +303,10 @@ func agreeInputs[T blas.Float](comm mpi.Comm, b, d, threads int, given Rates, bu
 		panic("loss: negative MemoryBudget")
 	}
 	if budget == 0 {
-		local, err := ranksOnNode(comm)
-		if err != nil {
-			return autoInputs{}, err
+		var err error
+		if budget, err = node.MemoryBudget(comm); err != nil {
+			return autoInputs{}, fmt.Errorf("loss: %w", err)
 		}
-		budget = availableMemory() / int64(local)
 	}
 	budget = min(budget, 1<<62) // exact as a float64 and back
 
@@ -349,215 +347,4 @@ func agreeInputs[T blas.Float](comm mpi.Comm, b, d, threads int, given Rates, bu
 		}
 	}
 	return in, nil
-}
-
-// ranksOnNode counts the ranks of comm whose host name is this rank's.
-func ranksOnNode(comm mpi.Comm) (int, error) {
-	name, _ := os.Hostname()
-	h := fnv.New64a()
-	h.Write([]byte(name))
-	mine := float64(h.Sum64() & (1<<52 - 1)) // exact in a float64
-	all := make([]float64, comm.Size())
-	if err := comm.AllgatherF64(all, []float64{mine}); err != nil {
-		return 0, fmt.Errorf("loss: counting the ranks on this node: %w", err)
-	}
-	n := 0
-	for _, x := range all {
-		if x == mine {
-			n++
-		}
-	}
-	return n, nil
-}
-
-// availableMemory returns the bytes this process may still allocate: the
-// kernel's MemAvailable, or less if its cgroup's limit says so (v2
-// memory.max - memory.current, v1 memory.limit_in_bytes -
-// memory.usage_in_bytes). Without either it returns math.MaxInt64.
-func availableMemory() int64 {
-	avail := int64(math.MaxInt64)
-	if kb := procValue("/proc/meminfo", "MemAvailable:"); kb > 0 {
-		avail = kb << 10
-	}
-	for _, dir := range cgroupDirs() {
-		for _, f := range [][2]string{{"memory.max", "memory.current"}, {"memory.limit_in_bytes", "memory.usage_in_bytes"}} {
-			limit, err1 := readInt(filepath.Join(dir, f[0]))
-			used, err2 := readInt(filepath.Join(dir, f[1]))
-			if err1 == nil && err2 == nil && limit > 0 && limit < 1<<60 {
-				avail = min(avail, max(limit-used, 0))
-			}
-		}
-	}
-	return avail
-}
-
-// cgroupDirs returns the memory cgroup directories of this process (v2 and
-// v1), those that exist.
-func cgroupDirs() []string {
-	f, err := os.Open("/proc/self/cgroup")
-	if err != nil {
-		return nil
-	}
-	defer f.Close()
-	var dirs []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		parts := strings.SplitN(sc.Text(), ":", 3)
-		if len(parts) != 3 {
-			continue
-		}
-		var dir string
-		switch {
-		case parts[0] == "0" && parts[1] == "":
-			dir = filepath.Join("/sys/fs/cgroup", parts[2])
-		case strings.Contains(","+parts[1]+",", ",memory,"):
-			dir = filepath.Join("/sys/fs/cgroup/memory", parts[2])
-		default:
-			continue
-		}
-		if _, err := os.Stat(dir); err == nil {
-			dirs = append(dirs, dir)
-		}
-	}
-	return dirs
-}
-
-func readInt(path string) (int64, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return 0, err
-	}
-	return strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
-}
-
-// procValue reads a "Name: value kB" line of a /proc file (0 if absent).
-func procValue(file, name string) int64 {
-	f, err := os.Open(file)
-	if err != nil {
-		return 0
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if strings.HasPrefix(sc.Text(), name) {
-			fields := strings.Fields(sc.Text())
-			if len(fields) >= 2 {
-				v, _ := strconv.ParseInt(fields[1], 10, 64)
-				return v
-			}
-		}
-	}
-	return 0
-}
-
-// clipAuto is a ClipLoss's Auto state: the inputs agreed at the first
-// call, the choice for the last batch size, and the algorithms made so far
-// (kept, so that alternating batch sizes allocate nothing after the first
-// of each).
-type clipAuto[T blas.Float] struct {
-	in     *autoInputs
-	b      int
-	algo   Algorithm
-	choice Choice
-	impls  [Auto]clipImpl[T]
-}
-
-// pick returns the algorithm for this call: the options' one, or Auto's
-// choice for st.b, made (collectively) when b is new. ErrNoFit is decided
-// on agreed values and returned; a failed collective goes to mpi.Fail.
-func (l *ClipLoss[T]) pick(st *clipStep) (clipImpl[T], error) {
-	a := l.auto
-	if a == nil {
-		return l.impl, nil
-	}
-	if l.impl != nil && a.b == st.b {
-		return l.impl, nil
-	}
-	if a.in == nil {
-		in, err := agreeInputs[T](l.comm, st.b, st.d, l.pool.threads, l.opt.Rates, l.opt.MemoryBudget)
-		if err != nil {
-			return nil, mpi.Fail(l.comm, err)
-		}
-		a.in = &in
-	}
-	var e T
-	alg, ch, err := l.opt.Choose(st.w, st.b, st.d, blasSize(e), a.in.rates, a.in.budget)
-	if err != nil {
-		return nil, err
-	}
-	if a.impls[alg] == nil {
-		o := l.opt
-		o.Algorithm = alg
-		a.impls[alg] = newClipImpl[T](l.comm, o, l.pool)
-	}
-	a.b, a.algo, a.choice, l.impl = st.b, alg, ch, a.impls[alg]
-	if st.rank == 0 {
-		Info(ch.Reason)
-	}
-	return l.impl, nil
-}
-
-// Algorithm returns the algorithm that computes the loss: the options'
-// one, or with Auto the one chosen at the last call (Auto before the
-// first call).
-func (l *ClipLoss[T]) Algorithm() Algorithm {
-	if l.auto == nil || l.impl == nil {
-		return l.opt.Algorithm
-	}
-	return l.auto.algo
-}
-
-// Choice returns Auto's last choice, and false without Auto or before the
-// first call.
-func (l *ClipLoss[T]) Choice() (Choice, bool) {
-	if l.auto == nil || l.impl == nil {
-		return Choice{}, false
-	}
-	return l.auto.choice, true
-}
-
-// sigLipAuto is a SigLipLoss's SigLipAuto state (see clipAuto).
-type sigLipAuto struct {
-	in     *autoInputs
-	b      int
-	choice Choice
-}
-
-// pick sets l.impl for this call (see ClipLoss.pick).
-func (l *SigLipLoss[T]) pick(st *clipStep) error {
-	a := l.auto
-	if a == nil || (l.impl != SigLipAuto && a.b == st.b) {
-		return nil
-	}
-	if a.in == nil {
-		in, err := agreeInputs[T](l.comm, st.b, st.d, l.k.pool.threads, l.opt.Rates, l.opt.MemoryBudget)
-		if err != nil {
-			return mpi.Fail(l.comm, err)
-		}
-		a.in = &in
-	}
-	var e T
-	m, ch, err := l.opt.Choose(st.w, st.b, st.d, blasSize(e), a.in.rates, a.in.budget)
-	if err != nil {
-		return err
-	}
-	a.b, a.choice, l.impl = st.b, ch, m
-	if st.rank == 0 {
-		Info(ch.Reason)
-	}
-	return nil
-}
-
-// Impl returns the method that computes the loss: the options' one, or
-// with SigLipAuto the one chosen at the last call (SigLipAuto before the
-// first call).
-func (l *SigLipLoss[T]) Impl() SigLipImpl { return l.impl }
-
-// Choice returns SigLipAuto's last choice, and false without it or before
-// the first call.
-func (l *SigLipLoss[T]) Choice() (Choice, bool) {
-	if l.auto == nil || l.impl == SigLipAuto {
-		return Choice{}, false
-	}
-	return l.auto.choice, true
 }

@@ -1,9 +1,6 @@
 package loss
 
 import (
-	"fmt"
-	"os"
-	"runtime"
 	"sync"
 
 	"github.com/clipmpi/clipmpi/blas"
@@ -36,37 +33,14 @@ import (
 // A ClipLoss owns its workspaces: after the first call with the largest
 // batch, calls allocate nothing. It is not safe for concurrent use.
 type ClipLoss[T blas.Float] struct {
-	comm    mpi.Comm
-	dim     int
-	opt     ClipOptions
-	threads int
-	pool    *pool // the kernels' threads
-
-	agree agreement
-	impl  clipImpl[T]
-	auto  *clipAuto[T] // with Auto: the choice per batch size
-}
-
-// clipImpl is one algorithm. run computes this rank's loss and, when dImg is
-// not nil, the gradients; st describes the validated step.
-type clipImpl[T blas.Float] interface {
-	run(dImg, dTxt, img, txt []T, lg Logit, st *clipStep) (Result, error)
-}
-
-// clipStep is the validated shape and mode of one call, identical on every
-// rank.
-type clipStep struct {
-	rank, w, b, n, d int
-	// local and gwg are the effective options: both false when W = 1.
-	local, gwg bool
-	backward   bool
+	core[T]
+	opt    ClipOptions
+	algo   Algorithm      // the algorithm in use (Auto before its first choice)
+	scheds [Auto]schedule // the schedules made so far, by algorithm
 }
 
 // warnLocalOnce guards the warning about local_loss without gather_with_grad.
 var warnLocalOnce sync.Once
-
-// Warn prints a warning; programs may replace it (tests silence it).
-var Warn = func(msg string) { fmt.Fprintln(os.Stderr, "clipmpi: warning:", msg) }
 
 // NewClipLoss returns a ClipLoss over comm for features of dimension dim.
 // With Auto the algorithm is chosen at the first call (see ResolveClip; the
@@ -75,27 +49,11 @@ var Warn = func(msg string) { fmt.Fprintln(os.Stderr, "clipmpi: warning:", msg) 
 // It panics if comm is nil, dim < 1, opt.Tile < 0, opt.MemoryBudget < 0,
 // opt.Threads < 0 or the algorithm is unknown.
 func NewClipLoss[T blas.Float](comm mpi.Comm, dim int, opt ClipOptions) *ClipLoss[T] {
-	if comm == nil {
-		panic(errNilComm)
+	if opt.Algorithm < 0 || opt.Algorithm > Auto {
+		panic(errAlgorithm)
 	}
-	if dim < 1 {
-		panic(errDim)
-	}
-	if opt.Tile < 0 {
-		panic(errTile)
-	}
-	if opt.MemoryBudget < 0 {
-		panic(errBudget)
-	}
-	threads := resolveThreads(opt.Threads)
-	l := &ClipLoss[T]{comm: comm, dim: dim, opt: opt, threads: threads}
-	l.pool = newOwnedPool(l, threads)
-	l.agree = newAgreement(comm, dim, l.pool)
-	if opt.Algorithm == Auto {
-		l.auto = &clipAuto[T]{}
-	} else {
-		l.impl = newClipImpl[T](comm, opt, l.pool)
-	}
+	l := &ClipLoss[T]{opt: opt, algo: opt.Algorithm}
+	initCore(&l.core, l, comm, dim, opt.Tile, opt.MemoryBudget, opt.Threads, opt.Algorithm == Auto)
 	if opt.LocalLoss && !opt.GatherWithGrad && comm.Size() > 1 && comm.Rank() == 0 {
 		warnLocalOnce.Do(func() {
 			Warn("local_loss without gather_with_grad: feature gradients hold only the direct paths (OpenCLIP semantics); set GatherWithGrad for the full gradient")
@@ -104,35 +62,13 @@ func NewClipLoss[T blas.Float](comm mpi.Comm, dim int, opt ClipOptions) *ClipLos
 	return l
 }
 
-// newClipImpl makes the options' algorithm, its kernels running on p; it
-// panics if the algorithm is unknown.
-func newClipImpl[T blas.Float](comm mpi.Comm, opt ClipOptions, p *pool) clipImpl[T] {
-	k := kernels[T]{pool: p}
-	switch opt.Algorithm {
-	case Naive:
-		return &naiveClip[T]{comm: comm, k: k}
-	case Fused:
-		if comm.Size() > 1 {
-			// The one logit block, its text blocks and gradients moved
-			// around the ring behind the GEMMs instead of by blocking
-			// all-gather and reduce-scatter.
-			return &ringClip[T]{comm: comm, keep: true, k: k}
-		}
-		return &blockClip[T]{comm: comm, k: k}
-	case Tiled:
-		return &blockClip[T]{comm: comm, tiled: true, tile: opt.Tile, k: k}
-	case Ring:
-		return &ringClip[T]{comm: comm, tile: opt.Tile, k: k}
-	}
-	panic(errAlgorithm)
-}
-
 // Options returns the options the loss was made with.
 func (l *ClipLoss[T]) Options() ClipOptions { return l.opt }
 
-// Threads returns the number of threads the loss's kernels run on
-// (Options().Threads, or what 0 resolved to).
-func (l *ClipLoss[T]) Threads() int { return l.threads }
+// Algorithm returns the algorithm that computes the loss: the options'
+// one, or with Auto the one chosen at the last call (Auto before the
+// first call).
+func (l *ClipLoss[T]) Algorithm() Algorithm { return l.algo }
 
 // Forward returns this rank's loss for the local features img and txt
 // (b×dim each, row-major). It is collective.
@@ -146,20 +82,8 @@ func (l *ClipLoss[T]) Threads() int { return l.threads }
 // the cause printed once; with a hook that returns (mpi.WithFailHook),
 // Forward returns the *mpi.Failure and the caller must end the job.
 func (l *ClipLoss[T]) Forward(img, txt []T, lg Logit) (float64, error) {
-	st, err := l.check(img, txt, lg, false)
-	if err != nil {
-		return 0, err
-	}
-	impl, err := l.pick(st)
-	if err != nil {
-		return 0, err
-	}
-	r, err := impl.run(nil, nil, img, txt, lg, st)
-	runtime.KeepAlive(l) // its cleanup stops the kernels' threads
-	if err != nil {
-		return 0, mpi.Fail(l.comm, err)
-	}
-	return r.Loss, nil
+	r, err := l.call(l, nil, nil, img, txt, lg, l.opt.code(), false, l.mode)
+	return r.Loss, err
 }
 
 // ForwardBackward computes this rank's loss and writes the gradients of its
@@ -169,33 +93,37 @@ func (l *ClipLoss[T]) Forward(img, txt []T, lg Logit) (float64, error) {
 // It panics as Forward does, and if len(dImg) or len(dTxt) differs from
 // len(img). Its errors are Forward's.
 func (l *ClipLoss[T]) ForwardBackward(dImg, dTxt, img, txt []T, lg Logit) (Result, error) {
-	if len(dImg) != len(img) || len(dTxt) != len(txt) {
-		panic(errGradLen)
-	}
-	st, err := l.check(img, txt, lg, true)
-	if err != nil {
-		return Result{}, err
-	}
-	impl, err := l.pick(st)
-	if err != nil {
-		return Result{}, err
-	}
-	r, err := impl.run(dImg, dTxt, img, txt, lg, st)
-	runtime.KeepAlive(l) // its cleanup stops the kernels' threads
-	if err != nil {
-		return Result{}, mpi.Fail(l.comm, err)
-	}
-	return r, nil
+	return l.call(l, dImg, dTxt, img, txt, lg, l.opt.code(), true, l.mode)
 }
 
-// check is the shared agreement check plus the effective mode: with W = 1
-// OpenCLIP ignores both options.
-func (l *ClipLoss[T]) check(img, txt []T, lg Logit, backward bool) (*clipStep, error) {
-	st, err := check(&l.agree, img, txt, lg, l.opt.code(), backward)
-	if err == nil && st.w > 1 {
+// mode sets the effective options: with W = 1 OpenCLIP ignores both.
+func (l *ClipLoss[T]) mode(st *step) {
+	if st.w > 1 {
 		st.local, st.gwg = l.opt.LocalLoss, l.opt.GatherWithGrad
 	}
-	return st, err
+}
+
+// schedule returns the algorithm's schedule, choosing it with Auto when
+// the batch size is new.
+func (l *ClipLoss[T]) schedule(st *step) (schedule, error) {
+	if l.auto != nil && l.auto.b != st.b {
+		err := l.choose(st, l.opt.Rates, l.opt.MemoryBudget, func(in autoInputs) (Choice, error) {
+			a, ch, err := l.opt.Choose(st.w, st.b, st.d, elemSize[T](), in.rates, in.budget)
+			if err == nil {
+				l.algo = a
+			}
+			return ch, err
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	if l.scheds[l.algo] == nil {
+		o := l.opt
+		o.Algorithm = l.algo
+		l.scheds[l.algo] = clipSchedule(o, st.w)
+	}
+	return l.scheds[l.algo], nil
 }
 
 // code identifies the options in the agreement vector.

@@ -1,8 +1,6 @@
 package loss
 
 import (
-	"fmt"
-
 	"github.com/clipmpi/clipmpi/blas"
 	"github.com/clipmpi/clipmpi/mpi"
 )
@@ -35,12 +33,9 @@ type exchanges struct {
 	}
 }
 
-// noExchange is the slot index of "no transfer"; wait and drop accept it.
-const noExchange = -1
-
 // exchange starts an Isendrecv on e's communicator (rank from's data into
 // dst, src to rank to) and returns its slot. If it fails to start, nothing
-// is in flight for it: it returns noExchange and the error.
+// is in flight for it: it returns noXfer and the error.
 func exchange[T blas.Float](e *exchanges, dst []T, from int, src []T, to int) (int, error) {
 	i := 0
 	for i < len(e.slot) && e.slot[i].used {
@@ -52,7 +47,7 @@ func exchange[T blas.Float](e *exchanges, dst []T, from int, src []T, to int) (i
 	req, err := mpi.Isendrecv(e.comm, dst, from, src, to)
 	if err != nil {
 		// A Request that failed to start is complete (mpi.Comm).
-		return noExchange, err
+		return noXfer, err
 	}
 	s := &e.slot[i]
 	s.req, s.err, s.used = req, nil, true
@@ -84,9 +79,9 @@ func (e *exchanges) inFlight() bool {
 }
 
 // wait completes the transfer in slot i, frees the slot and returns the
-// transfer's result. wait(noExchange) returns nil.
+// transfer's result. wait(noXfer) returns nil.
 func (e *exchanges) wait(i int) error {
-	if i == noExchange {
+	if i == noXfer {
 		return nil
 	}
 	s := &e.slot[i]
@@ -164,77 +159,3 @@ func gemm[T blas.Float](e *exchanges, tA, tB blas.Transpose, m, n, k int, alpha 
 	}
 	e.poll()
 }
-
-// maxChunks is the most pieces the ring methods cut a block transfer into.
-// A block's tiles are computed as its pieces arrive and its gradient's
-// pieces leave as soon as their tiles are done, so that only one piece's
-// transfer is left exposed at either end of a visit.
-const maxChunks = 4
-
-// ringTile is the default tile width of the ring methods for b rows: a
-// quarter of the block (whole multiples of 32), so that a block travels in
-// maxChunks pieces, and at most 1024.
-func ringTile(b int) int {
-	return min(1024, (b+4*32-1)/(4*32)*32)
-}
-
-// chunking cuts a block of b rows into tiles of t rows (the last may be
-// shorter) and groups g consecutive tiles into each of n pieces, n at most
-// maxChunks.
-type chunking struct{ b, t, g, n int }
-
-func newChunking(b, t int) chunking {
-	tiles := (b + t - 1) / t
-	g := (tiles + maxChunks - 1) / maxChunks
-	return chunking{b: b, t: t, g: g, n: (tiles + g - 1) / g}
-}
-
-// rows returns the rows of piece i.
-func (c chunking) rows(i int) (lo, hi int) {
-	lo = i * c.g * c.t
-	return lo, min(c.b, lo+c.g*c.t)
-}
-
-// piece returns the piece that holds row r.
-func (c chunking) piece(r int) int { return r / (c.g * c.t) }
-
-// starts reports whether row r is the first row of its piece.
-func (c chunking) starts(r int) bool { return r%(c.g*c.t) == 0 }
-
-// pieces are the exchange slots of a transfer cut into pieces.
-type pieces [maxChunks]int
-
-func nopieces() pieces {
-	var p pieces
-	for i := range p {
-		p[i] = noExchange
-	}
-	return p
-}
-
-// shiftPiece starts the transfer of piece i of ch (rows of width d): those
-// rows of src to rank to and, from rank from, into dst; tx[i] holds its
-// slot. If it fails to start, it completes every transfer in flight
-// (drain) and returns the error as "loss: <kind><what>: ...".
-func shiftPiece[T blas.Float](e *exchanges, ch chunking, d int, tx *pieces, i int, dst []T, from int, src []T, to int, kind, what string) error {
-	lo, hi := ch.rows(i)
-	var err error
-	if tx[i], err = exchange(e, rowsOf(dst, lo, hi, d), from, rowsOf(src, lo, hi, d), to); err != nil {
-		return e.drain(fmt.Errorf("loss: %s%s: %w", kind, what, err))
-	}
-	return nil
-}
-
-// awaitPiece waits for the transfer tx[i] and clears the slot; a failure
-// is returned as shiftPiece returns one.
-func (e *exchanges) awaitPiece(tx *pieces, i int, kind, what string) error {
-	err := e.wait(tx[i])
-	tx[i] = noExchange
-	if err != nil {
-		return e.drain(fmt.Errorf("loss: %s%s: %w", kind, what, err))
-	}
-	return nil
-}
-
-// rowsOf returns rows lo..hi of a row-major block of width d.
-func rowsOf[T any](x []T, lo, hi, d int) []T { return x[lo*d : hi*d] }

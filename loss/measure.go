@@ -81,6 +81,7 @@ const (
 	mCopy
 	mTranspose
 	mCycle
+	mKept
 	mLink
 	mLatency
 	mCount
@@ -88,6 +89,7 @@ const (
 
 type meter[T blas.Float] struct {
 	comm mpi.Comm
+	b0   int // the step's rows per rank
 	b, t, d,
 	nb int // rows of the naive kernels' tile
 	tn    int // side of the transposed matrix
@@ -98,10 +100,9 @@ type meter[T blas.Float] struct {
 }
 
 func newMeter[T blas.Float](comm mpi.Comm, b, d int) *meter[T] {
-	b = min(b, 2048)
-	t := min(b, defaultTile)
+	t := min(b, 2048, defaultTile)
 	tn := min(max(comm.Size()*b, 512), 2048)
-	return &meter[T]{comm: comm, b: b, t: t, d: d, nb: min(b, 256), tn: tn,
+	return &meter[T]{comm: comm, b0: b, b: min(b, 2048), t: t, d: d, nb: min(b, 256), tn: tn,
 		msg: min(max(b*d, 1<<14), 1<<22), times: make([]float64, mCount)}
 }
 
@@ -140,13 +141,22 @@ func (m *meter[T]) compute() error {
 	dimg := make([]T, b*d)
 	m.flops = 2 * 3 * float64(b) * float64(t) * float64(d)
 	var err error
-	m.times[mGemm], err = m.best(3, func() error {
-		blas.Gemm(blas.NoTrans, blas.Trans, b, t, d, 1, img, d, tq, d, 0, x, t)
-		blas.Gemm(blas.Trans, blas.NoTrans, t, d, b, 1, x, t, img, d, 0, acc, d)
-		blas.Gemm(blas.NoTrans, blas.NoTrans, b, d, t, 1, x, t, tq, d, 0, dimg, d)
-		return nil
-	})
-	if err != nil {
+	triple := func(x []T, ld int) func() error {
+		return func() error {
+			blas.Gemm(blas.NoTrans, blas.Trans, b, t, d, 1, img, d, tq, d, 0, x, ld)
+			blas.Gemm(blas.Trans, blas.NoTrans, t, d, b, 1, x, ld, img, d, 0, acc, d)
+			blas.Gemm(blas.NoTrans, blas.NoTrans, b, d, t, 1, x, ld, tq, d, 0, dimg, d)
+			return nil
+		}
+	}
+	if m.times[mGemm], err = m.best(3, triple(x, t)); err != nil {
+		return err
+	}
+	// The same GEMMs on a tile of a kept b×N block (Fused), N as in the
+	// step but the block at most 64 MiB.
+	ld := keptLd(min(m.comm.Size()*m.b0, max(t, (64<<20)/(elemSize[T]()*b))))
+	kept := make([]T, b*ld)
+	if m.times[mKept], err = m.best(3, triple(kept, ld)); err != nil {
 		return err
 	}
 
@@ -274,8 +284,7 @@ func (m *meter[T]) link() error {
 
 // rates turns the times into Rates.
 func (m *meter[T]) rates() Rates {
-	var e T
-	size := float64(blasSize(e))
+	size := float64(elemSize[T]())
 	tile := float64(m.b) * float64(m.t)
 	ns := func(i int, n float64) float64 { return m.times[i] / n * 1e9 }
 	// The GEMM rate: the GEMMs alone, or less if a tile's cycle leaves
@@ -286,6 +295,7 @@ func (m *meter[T]) rates() Rates {
 	}
 	r := Rates{
 		GemmGflops:   gemm,
+		KeptGflops:   m.flops / m.times[mKept] / 1e9,
 		StatsNs:      ns(mStats, tile),
 		GradNs:       ns(mGrad, tile),
 		SigmoidNs:    ns(mSigmoid, tile),
@@ -300,11 +310,4 @@ func (m *meter[T]) rates() Rates {
 		r.LinkGbits = float64(m.msg) * size * 8 / max(m.times[mLink]-lat, 1e-9) / 1e9
 	}
 	return r
-}
-
-func blasSize[T blas.Float](T) int {
-	if blas.Is32[T]() {
-		return 4
-	}
-	return 8
 }

@@ -1,16 +1,16 @@
 package loss
 
-import (
-	"fmt"
-	"math"
-)
-
 // Rates are the machine-dependent inputs of the cost model: what one rank
 // achieves at its thread count, for one element type. MeasureRates measures
 // them; a zero field is unknown.
 type Rates struct {
-	// GemmGflops is the GEMM rate of one rank, GFLOP/s.
+	// GemmGflops is the GEMM rate of one rank, GFLOP/s, on logit tiles of
+	// their own (leading dimension the tile width) and the b×d updates.
 	GemmGflops float64 `json:"gemm_gflops"`
+	// KeptGflops is the GEMM rate on tiles of a kept b×N logit block
+	// (leading dimension N, Fused): larger than the caches, it runs
+	// slower on some machines. 0 means GemmGflops.
+	KeptGflops float64 `json:"kept_gemm_gflops"`
 	// StatsNs and GradNs are the ClipLoss softmax kernels of Fused, Tiled
 	// and Ring, ns per logit entry: the forward row and column statistics
 	// and the backward gradient.
@@ -62,6 +62,44 @@ type Prediction struct {
 	MemoryBytes int64 `json:"memory_bytes"`
 }
 
+// Plan returns the per-rank work of one ForwardBackward step with w ranks of
+// b rows of dimension d, for elements of elemSize bytes (4 or 8): what the
+// algorithm's schedule does, recorded. It panics if w, b or d is less than
+// 1 or if the algorithm is Auto (ResolveClip turns it into one) or unknown.
+func (o ClipOptions) Plan(w, b, d, elemSize int) Plan {
+	return record(clipSchedule(o, w), o.step(w, b, d), elemSize)
+}
+
+// Plan is ClipOptions.Plan for SigLipLoss. Every method does the same 3
+// GEMMs of 2·b·N·d; they differ in memory and communication. It panics if
+// w, b or d is less than 1 or if the method is SigLipAuto.
+func (o SigLipOptions) Plan(w, b, d, elemSize int) Plan {
+	return record(sigSchedule(o, w), newStep(w, b, d), elemSize)
+}
+
+// newStep is the step the model and Plan describe: rank 0's
+// ForwardBackward, scale 1.
+func newStep(w, b, d int) *step {
+	if w < 1 || b < 1 || d < 1 {
+		panic("loss: Plan needs w, b, d ≥ 1")
+	}
+	return &step{w: w, b: b, n: w * b, d: d, backward: true, scale: 1}
+}
+
+func (o ClipOptions) step(w, b, d int) *step {
+	st := newStep(w, b, d)
+	st.local, st.gwg = o.LocalLoss && w > 1, o.GatherWithGrad && w > 1
+	return st
+}
+
+func record(s schedule, st *step, elemSize int) Plan {
+	r := newRecorder(elemSize)
+	if err := s.run(r, st); err != nil {
+		panic("loss: internal error: " + err.Error())
+	}
+	return r.plan()
+}
+
 // Memory returns the memory one rank holds in a ForwardBackward step with w
 // ranks of b rows of dimension d and elements of elemSize bytes: the
 // workspace of Plan plus the image and text features and their gradients,
@@ -79,8 +117,10 @@ func (o SigLipOptions) Memory(w, b, d, elemSize int) int64 {
 // the options' algorithm with w ranks of b rows of dimension d and elements
 // of elemSize bytes, on ranks with the rates r.
 //
-// The step is replayed as a timeline in the algorithm's program order. With
-// G = r.GemmGflops, β = r.LinkGbits/8 GB/s and α = r.LatencyUs:
+// The algorithm's schedule is replayed as a timeline (in program order,
+// like the code: it is the same code). With G = r.GemmGflops (r.KeptGflops
+// for the GEMMs on a kept b×N block), β = r.LinkGbits/8 GB/s and
+// α = r.LatencyUs:
 //
 //	GEMM (m×n×k)                2·m·n·k / G
 //	kernel over E entries       E · (ns per entry of that kernel)
@@ -94,296 +134,54 @@ func (o SigLipOptions) Memory(w, b, d, elemSize int) int64 {
 // Compute runs in program order. A collective blocks: it starts when the
 // link is free and compute waits for it. A non-blocking exchange
 // (Isendrecv) occupies the link from when it is posted (or when the link
-// frees) and runs behind the compute that follows, until the algorithm
-// waits for it. So Fused, Tiled and Naive expose all their communication
-// (all-gathers, reduce-scatters and the column-statistics all-reduces),
-// and Ring hides each text shift behind the block it computes meanwhile.
-// The step time is when the timeline ends; its parts:
-//
-//	Fused, Tiled, Ring   GEMMs of Plan + b·N·(StatsNs + GradNs) + comm
-//	Naive                GEMMs of Plan + blocks·(NaiveStatsNs + NaiveGradNs) + transposes + comm
-//
-// plus, for every algorithm, the finiteness scan of 2·b·d elements and the
-// agreement all-reduce every call makes. It panics if w, b or d is less
-// than 1, if the algorithm is Auto or unknown, or, with w > 1, if
-// r.LinkGbits is not positive.
+// frees) and runs behind the compute that follows, until the schedule
+// waits for it. The step time is when the timeline ends, plus for every
+// algorithm the finiteness scan of 2·b·d elements and the agreement
+// all-reduce every call makes. It panics if w, b or d is less than 1, if
+// the algorithm is Auto or unknown, or, with w > 1, if r.LinkGbits is not
+// positive.
 func (o ClipOptions) Predict(w, b, d, elemSize int, r Rates) Prediction {
-	p := o.Plan(w, b, d, elemSize) // checks w, b, d and the algorithm
-	tl := newTimeline(w, r)
-	n := w * b
-	e := float64(elemSize)
-	local := o.LocalLoss && w > 1
-	tl.prologue(b, d)
-	switch o.Algorithm {
-	case Naive:
-		tl.allgather(float64(n) * float64(d) * e)
-		tl.allgather(float64(n) * float64(d) * e)
-		if !local {
-			nn := float64(n) * float64(n)
-			tl.gemm(n, n, d)
-			tl.kernel(nn, r.TransposeNs)
-			tl.kernel(2*nn, r.NaiveStatsNs)
-			tl.kernel(2*nn, r.NaiveGradNs)
-			tl.kernel(nn, r.TransposeNs) // add the transpose
-			tl.gemm(n, d, n)
-			tl.gemm(n, d, n)
-			if o.GatherWithGrad && w > 1 {
-				tl.reduceScatter(float64(n)*float64(d)*e, n*d)
-				tl.reduceScatter(float64(n)*float64(d)*e, n*d)
-			} else {
-				tl.kernel(2*float64(b*d), r.CopyNs)
-			}
-			break
-		}
-		bn := float64(b) * float64(n)
-		tl.gemm(b, n, d)
-		tl.gemm(b, n, d)
-		tl.kernel(2*bn, r.NaiveStatsNs)
-		tl.kernel(2*bn, r.NaiveGradNs)
-		tl.gemm(b, d, n)
-		tl.gemm(b, d, n)
-		if o.GatherWithGrad {
-			tl.gemm(n, d, b)
-			tl.gemm(n, d, b)
-			for range 2 {
-				tl.reduceScatter(float64(n)*float64(d)*e, n*d)
-				tl.kernel(float64(b*d), r.CopyNs)
-			}
-		}
-	case Fused, Tiled:
-		if o.Algorithm == Fused && w > 1 {
-			tl.ring(w, b, d, min(ringTile(b), b), e, true)
-			tl.finishClip(local)
-			break
-		}
-		t := n
-		if o.Algorithm == Tiled {
-			t = o.Tile
-			if t == 0 {
-				t = defaultTile
-			}
-			t = min(t, n)
-		}
-		tl.allgather(float64(n) * float64(d) * e)
-		for j0 := 0; j0 < n; j0 += t {
-			cw := min(t, n-j0)
-			tl.gemm(b, cw, d)
-			tl.kernel(float64(b*cw), r.StatsNs)
-		}
-		tl.completeColumns(n)
-		for j0 := 0; j0 < n; j0 += t {
-			cw := min(t, n-j0)
-			if t < n {
-				tl.gemm(b, cw, d)
-			}
-			tl.kernel(float64(b*cw), r.GradNs)
-			tl.gemm(b, d, cw)
-			tl.gemm(cw, d, b)
-		}
-		tl.reduceScatter(float64(n)*float64(d)*e, n*d)
-		tl.finishClip(local)
-	case Ring:
-		t := o.Tile
-		if t == 0 {
-			t = ringTile(b)
-		}
-		tl.ring(w, b, d, min(t, b), e, false)
-		tl.finishClip(local)
-	}
-	return tl.prediction(o.Algorithm.String(), p, o.Memory(w, b, d, elemSize))
+	return predict(o.Algorithm.String(), clipSchedule(o, w), o.step(w, b, d), elemSize, r)
 }
 
-// Predict is ClipOptions.Predict for SigLipLoss. Every method does the same
-// GEMMs and b·N·SigmoidNs of kernels; they differ in communication:
-//
-//	Bidir, Shift  per direction, ring hops of text blocks (b·d elements)
-//	              and of partial sums of their gradients (b·d, home after
-//	              the last hop), in pieces of up to 4 tiles, each hidden
-//	              behind the compute until its wait (Bidir's two
-//	              directions share the link)
-//	Gather        all-gather of N·d, reduce-scatter of N·d, both blocking
-//	Reduce        2·W all-reduces of b·d, blocking
-//
-// It panics as ClipOptions.Predict does (with SigLipAuto for Auto).
+// Predict is ClipOptions.Predict for SigLipLoss. Its methods differ in
+// communication: Bidir and Shift move text blocks and their gradients'
+// partial sums around the ring in pieces, hidden behind the tiles; Gather
+// blocks on an all-gather and a reduce-scatter of N·d; Reduce on 2·W
+// all-reduces of b·d. It panics as ClipOptions.Predict does (with
+// SigLipAuto for Auto).
 func (o SigLipOptions) Predict(w, b, d, elemSize int, r Rates) Prediction {
-	if o.Impl == SigLipAuto {
-		panic(errAutoPlan)
-	}
-	p := o.Plan(w, b, d, elemSize)
-	tl := newTimeline(w, r)
-	n := w * b
-	e := float64(elemSize)
-	bd := float64(b*d) * e
-	t := o.Tile
-	if t == 0 {
-		t = defaultSigTile
-		if o.Impl == Bidir || o.Impl == Shift {
-			t = ringTile(b)
-		}
-	}
-	t = min(t, b)
-	// visit: the logits, kernel, text-gradient and image-gradient GEMMs
-	// of the tiles of columns c0..c1 of a block.
-	visit := func(c0, c1 int) {
-		for j0 := c0; j0 < c1; j0 += t {
-			cw := min(t, c1-j0)
-			tl.gemm(b, cw, d)
-			tl.kernel(float64(b*cw), r.SigmoidNs)
-			tl.gemm(cw, d, b)
-			tl.gemm(b, d, cw)
-		}
-	}
-	tl.prologue(b, d)
-	switch o.Impl {
-	case Gather:
-		tl.allgather(float64(n) * float64(d) * e)
-		for range w {
-			visit(0, b)
-		}
-		tl.reduceScatter(float64(n)*float64(d)*e, n*d)
-	case Reduce:
-		for range w {
-			tl.kernel(float64(b*d), r.CopyNs)
-			tl.allreduce(bd)
-			visit(0, b)
-			tl.allreduce(bd)
-			tl.kernel(float64(b*d), r.CopyNs)
-		}
-	default:
-		// The ring methods (SigLipLoss.ring): each stream's own block
-		// leaves at once, in pieces, and the own block's first half hides
-		// them; at hop k a stream waits for each piece before its first
-		// tile and passes it on (k < hops), and after a piece's last tile
-		// waits for the piece of the sum received (k > 1), adds it and
-		// sends the sum on (home after the last hop); the own block's
-		// second half hides the last pieces going home.
-		ch := newChunking(b, t)
-		piece := func(i int) float64 { return ch.bytes(i, d, e) }
-		hops := []int{w / 2, (w - 1) / 2}
-		if o.Impl == Shift {
-			hops = []int{w - 1, 0}
-		}
-		tiles := (b + t - 1) / t
-		half := b
-		blk, sum := [2]pieces{nopieces(), nopieces()}, [2]pieces{nopieces(), nopieces()}
-		for i, h := range hops {
-			if h > 0 {
-				half = min(b, (tiles+1)/2*t)
-				for p := range ch.n {
-					blk[i][p] = tl.post(piece(p))
-				}
-			}
-		}
-		visit(0, half)
-		for k := 1; k <= hops[0]; k++ {
-			for i, h := range hops {
-				if k > h {
-					continue
-				}
-				nblk, nsum := nopieces(), nopieces()
-				for j0 := 0; j0 < b; j0 += t {
-					cw := min(t, b-j0)
-					p := ch.piece(j0)
-					lo, hi := ch.rows(p)
-					if j0 == lo {
-						tl.wait(blk[i][p])
-						if k < h {
-							nblk[p] = tl.post(piece(p))
-						}
-					}
-					visit(j0, j0+cw)
-					if j0+cw == hi {
-						if k > 1 {
-							tl.wait(sum[i][p])
-							tl.kernel(float64((hi-lo)*d), r.CopyNs)
-						}
-						nsum[p] = tl.post(piece(p))
-					}
-				}
-				blk[i], sum[i] = nblk, nsum
-			}
-		}
-		visit(half, b)
-		for i, h := range hops {
-			if h == 0 {
-				continue
-			}
-			for p := range ch.n {
-				lo, hi := ch.rows(p)
-				tl.wait(sum[i][p])
-				tl.kernel(float64((hi-lo)*d), r.CopyNs)
-			}
-		}
-	}
-	return tl.prediction(o.Impl.String(), p, o.Memory(w, b, d, elemSize))
+	return predict(o.Impl.String(), sigSchedule(o, w), newStep(w, b, d), elemSize, r)
 }
 
-// ring replays ringClip's step but for finishClip, with tiles of t columns,
-// elements of e bytes, the logits kept from forward (Fused) or recomputed
-// in backward (Ring). A block's pieces are waited for before their first
-// tile and passed on at once; in backward each piece of a gradient's
-// partial sum leaves after its last tile, and the piece received (sent
-// one visit earlier) is waited for and added there.
-func (tl *timeline) ring(w, b, d, t int, e float64, keep bool) {
-	r := tl.r
-	ch := newChunking(b, t)
-	piece := func(i int) float64 { return ch.bytes(i, d, e) }
-	in := nopieces()
-	for k := 0; k < w; k++ {
-		next := nopieces()
-		for c0 := 0; c0 < b; c0 += t {
-			cw := min(t, b-c0)
-			if i := ch.piece(c0); ch.starts(c0) {
-				tl.wait(in[i])
-				if k < w-1 {
-					next[i] = tl.post(piece(i))
-				}
-			}
-			tl.gemm(b, cw, d)
-			tl.kernel(float64(b*cw), r.StatsNs)
-		}
-		if k < w-1 {
-			in = next
-		}
+func predict(name string, s schedule, st *step, elemSize int, r Rates) Prediction {
+	rec := newRecorder(elemSize)
+	if err := s.run(rec, st); err != nil {
+		panic("loss: internal error: " + err.Error())
 	}
-	tl.completeColumns(w * b)
-	in, part := nopieces(), nopieces()
-	for j := 0; j < w; j++ {
-		next, nextPart := nopieces(), nopieces()
-		for c0 := 0; c0 < b; c0 += t {
-			cw := min(t, b-c0)
-			i := ch.piece(c0)
-			if ch.starts(c0) {
-				tl.wait(in[i])
-				if j < w-2 {
-					next[i] = tl.post(piece(i))
-				}
-			}
-			if !keep {
-				tl.gemm(b, cw, d)
-			}
-			tl.kernel(float64(b*cw), r.GradNs)
-			tl.gemm(cw, d, b)
-			tl.gemm(b, d, cw)
-			if lo, hi := ch.rows(i); c0+cw == hi && w > 1 {
-				if j > 0 {
-					tl.wait(part[i])
-					tl.kernel(float64((hi-lo)*d), r.CopyNs)
-				}
-				if j < w-1 {
-					nextPart[i] = tl.post(piece(i))
-				}
-			}
-		}
-		in, part = next, nextPart
+	p := rec.plan()
+	tl := newTimeline(st, float64(elemSize), r)
+	tl.kernel(kernOp{op: kCopy, rows: 2 * st.b, cols: st.d}) // the finiteness scan
+	tl.allreduce(8 * float64(agreeFixed+st.w))
+	if err := s.run(tl, st); err != nil {
+		panic("loss: internal error: " + err.Error())
+	}
+	end := max(tl.now, tl.link)
+	return Prediction{
+		Name: name, Seconds: end, GemmSeconds: tl.gemmS, KernelSeconds: tl.kernS,
+		CommSeconds: tl.commS, ExposedSeconds: max(0, end-tl.gemmS-tl.kernS),
+		CommBytes: tl.bytesReceived, Flops: p.Flops(),
+		MemoryBytes: p.WorkspaceBytes + 4*int64(st.b)*int64(st.d)*int64(elemSize),
 	}
 }
 
-// timeline replays one rank's step: a compute clock, a link that carries
-// one transfer at a time, and the completion times of posted exchanges.
+// timeline is the engine behind Predict: it replays one rank's step on a
+// compute clock and a link that carries one transfer at a time, with the
+// completion times of posted exchanges.
 type timeline struct {
-	w                    int
+	st                   *step
 	r                    Rates
+	e                    float64 // bytes per element
 	beta, alpha          float64 // bytes/s, s
 	handshake            float64 // s: a posted transfer's rendezvous, one poll period
 	now                  float64 // compute clock
@@ -393,11 +191,11 @@ type timeline struct {
 	flops, bytesReceived float64
 }
 
-func newTimeline(w int, r Rates) *timeline {
-	if w > 1 && !(r.LinkGbits > 0) {
+func newTimeline(st *step, e float64, r Rates) *timeline {
+	if st.w > 1 && !(r.LinkGbits > 0) {
 		panic("loss: the cost model needs a positive link bandwidth with more than one rank")
 	}
-	tl := &timeline{w: w, r: r, beta: r.LinkGbits * 1e9 / 8, alpha: r.LatencyUs * 1e-6}
+	tl := &timeline{st: st, r: r, e: e, beta: r.LinkGbits * 1e9 / 8, alpha: r.LatencyUs * 1e-6}
 	// A block piece (hundreds of KiB) goes by MPI's rendezvous protocol:
 	// its data leaves after the receiver has matched the request and the
 	// sender has seen the reply, and each side does that only when it
@@ -412,16 +210,27 @@ func newTimeline(w int, r Rates) *timeline {
 	return tl
 }
 
-func (tl *timeline) gemm(m, n, k int) {
-	f := 2 * float64(m) * float64(n) * float64(k)
-	s := f / (tl.r.GemmGflops * 1e9)
+func (tl *timeline) buffer(buf, int)  {}
+func (tl *timeline) softmax(int, int) {}
+
+func (tl *timeline) gemm(g gemmOp) {
+	rate := tl.r.GemmGflops
+	if g.kept && tl.r.KeptGflops > 0 {
+		rate = tl.r.KeptGflops
+	}
+	f := g.flops()
+	s := f / (rate * 1e9)
 	tl.flops += f
 	tl.gemmS += s
 	tl.now += s
 }
 
-func (tl *timeline) kernel(entries, ns float64) {
-	s := entries * ns * 1e-9
+func (tl *timeline) kernel(k kernOp) {
+	r := tl.r
+	ns := [...]float64{kStats: r.StatsNs, kGrad: r.GradNs, kSig: r.SigmoidNs, kRowStats: r.NaiveStatsNs,
+		kRowGrad: r.NaiveGradNs, kTranspose: r.TransposeNs, kAddTranspose: r.TransposeNs,
+		kAdd: r.CopyNs, kCopy: r.CopyNs, kZero: r.CopyNs}[k.op]
+	s := float64(k.rows) * float64(k.cols) * ns * 1e-9
 	tl.kernS += s
 	tl.now += s
 }
@@ -431,7 +240,7 @@ func (tl *timeline) kernel(entries, ns float64) {
 // posted transfer (Isendrecv) holds the link one handshake longer: see
 // newTimeline.
 func (tl *timeline) transfer(from float64, steps int, bytes float64, posted bool) float64 {
-	if tl.w == 1 {
+	if tl.st.w == 1 {
 		return from
 	}
 	s := float64(steps)*tl.alpha + bytes/tl.beta
@@ -450,73 +259,61 @@ func (tl *timeline) blocking(steps int, bytes float64) {
 	tl.now = tl.transfer(tl.now, steps, bytes, false)
 }
 
-// post starts an exchange of bytes with the neighbours and returns its
-// handle for wait.
-func (tl *timeline) post(bytes float64) int {
-	tl.done = append(tl.done, tl.transfer(tl.now, 1, bytes, true))
-	return len(tl.done) - 1
+func (tl *timeline) post(x xfer) (int, error) {
+	tl.done = append(tl.done, tl.transfer(tl.now, 1, float64(x.n)*tl.e, true))
+	return len(tl.done) - 1, nil
 }
 
-// wait waits for the exchange x (none if x < 0).
-func (tl *timeline) wait(x int) {
-	if x >= 0 {
-		tl.now = max(tl.now, tl.done[x])
+func (tl *timeline) wait(h int, _ string) error {
+	if h != noXfer {
+		tl.now = max(tl.now, tl.done[h])
 	}
+	return nil
 }
 
-func (tl *timeline) share(n float64) float64 { return n * float64(tl.w-1) / float64(tl.w) }
+func (tl *timeline) share(n float64) float64 { return n * float64(tl.st.w-1) / float64(tl.st.w) }
 
-func (tl *timeline) allgather(gathered float64) { tl.blocking(tl.w-1, tl.share(gathered)) }
-
-// reduceScatter is MPI_Reduce_scatter_block of src bytes (elems elements)
-// as Open MPI 4.1 runs it, a reduce to one rank and a scatter: the link
-// carries the whole source once (a pipelined reduce) and then the
-// scattered shares; the reduce adds what arrives. (Measured on a 2 Gbit/s
-// link at W = 2: 31.5 ms for 4.2 MB, where a shift of 2.1 MB takes 8 ms
-// and an all-gather of 2 × 2.1 MB 9.1 ms.)
-func (tl *timeline) reduceScatter(src float64, elems int) {
-	tl.blocking(tl.w-1, src+tl.share(src))
-	if tl.w > 1 {
-		tl.kernel(tl.share(float64(elems)), tl.r.CopyNs)
+// collective: an all-gather of the gathered size; a reduce-scatter as
+// Open MPI 4.1 runs MPI_Reduce_scatter_block, a reduce to one rank and a
+// scatter: the link carries the whole source once (a pipelined reduce) and
+// then the scattered shares, and the reduce adds what arrives (measured on
+// a 2 Gbit/s link at W = 2: 31.5 ms for 4.2 MB, where a shift of 2.1 MB
+// takes 8 ms and an all-gather of 2 × 2.1 MB 9.1 ms); an all-reduce.
+func (tl *timeline) collective(c collOp) error {
+	w := tl.st.w
+	n := float64(c.n) * tl.e
+	switch c.op {
+	case cAllgather:
+		tl.blocking(w-1, tl.share(n*float64(w)))
+	case cReduceScatter:
+		src := n * float64(w)
+		tl.blocking(w-1, src+tl.share(src))
+		if w > 1 {
+			tl.kernel(kernOp{op: kAdd, rows: 1, cols: int(tl.share(float64(c.n * w)))})
+		}
+	case cAllreduce:
+		tl.allreduce(n)
 	}
+	return nil
 }
 
 func (tl *timeline) allreduce(bytes float64) {
-	tl.blocking(2*ceilLog2(tl.w), 2*tl.share(bytes))
+	tl.blocking(2*ceilLog2(tl.st.w), 2*tl.share(bytes))
 }
 
-// prologue is what every call does first: scan both feature sets for
-// non-finite values and agree with the other ranks (one small all-reduce).
-func (tl *timeline) prologue(b, d int) {
-	tl.kernel(2*float64(b*d), tl.r.CopyNs)
-	tl.allreduce(8 * float64(agreeFixed+tl.w))
-}
-
-// completeColumns is the two all-reduces of N column statistics.
-func (tl *timeline) completeColumns(n int) {
-	tl.allreduce(8 * float64(n))
-	tl.allreduce(8 * float64(n))
-}
-
-// finishClip is finishClip's all-reduce (global) or reduce-scatter (local).
-func (tl *timeline) finishClip(local bool) {
-	if local {
-		tl.blocking(tl.w-1, tl.share(16*float64(tl.w)))
-	} else {
+// reduce: the column statistics' two all-reduces of N float64, and
+// finishClip's all-reduce (global) or reduce-scatter (local).
+func (tl *timeline) reduce(s stat) error {
+	switch {
+	case s == sColumns:
+		tl.allreduce(8 * float64(tl.st.n))
+		tl.allreduce(8 * float64(tl.st.n))
+	case s == sFinish && tl.st.local:
+		tl.blocking(tl.st.w-1, tl.share(16*float64(tl.st.w)))
+	case s == sFinish, s == sForward && !tl.st.local:
 		tl.allreduce(24)
 	}
-}
-
-func (tl *timeline) prediction(name string, p Plan, mem int64) Prediction {
-	if math.Abs(tl.flops-p.Flops()) > 1e-9*p.Flops() {
-		panic(fmt.Sprintf("loss: internal error: the cost model of %s does %g flops, its plan %g", name, tl.flops, p.Flops()))
-	}
-	end := max(tl.now, tl.link)
-	return Prediction{
-		Name: name, Seconds: end, GemmSeconds: tl.gemmS, KernelSeconds: tl.kernS,
-		CommSeconds: tl.commS, ExposedSeconds: max(0, end-tl.gemmS-tl.kernS),
-		CommBytes: tl.bytesReceived, Flops: p.Flops(), MemoryBytes: mem,
-	}
+	return nil
 }
 
 func ceilLog2(w int) int {
@@ -525,11 +322,4 @@ func ceilLog2(w int) int {
 		k++
 	}
 	return k
-}
-
-// bytes returns the size of piece i of a block of width d with elements of
-// e bytes.
-func (c chunking) bytes(i, d int, e float64) float64 {
-	lo, hi := c.rows(i)
-	return float64((hi-lo)*d) * e
 }

@@ -1,239 +1,229 @@
 package loss
 
-import (
-	"github.com/clipmpi/clipmpi/blas"
-	"github.com/clipmpi/clipmpi/mpi"
-)
-
-// ringClip is the one-block algorithm with the text features travelling
-// around a ring instead of being gathered (after Inf-CL's ring, Wang et al.
-// 2024, and ring attention): no rank ever holds more than two text blocks.
+// ring drives the ring methods' streams of text blocks: ClipLoss's Ring and
+// Fused with W > 1 (a stream to the right in forward, one to the left in
+// backward) and SigLIP's Shift (one stream) and Bidir (one each way).
 //
-// Forward: rank r sends to r+1 and receives from r-1. At step k it holds
-// text block q = r-k (mod W) and computes the logit tiles of I_r·T_qᵀ and
-// their row and column statistics. The column statistics are completed by
-// the same two all-reduces as Fused.
-//
-// Backward visits the blocks in the other direction, starting with the one
-// forward ended with, so that it needs no transfer to begin and ends with
-// the rank's own block: visit j (j = 0..W-1) works on block q = r+1+j, and
-// text blocks travel to the left (r-1) for the left neighbour's next visit.
-// The gradient of block q, dT_q = Σ over ranks of f·dSᵀ·I, is summed along
-// the path q-1, q-2, ..., q (the ranks that visit q, in that order), one
-// visit behind: rank r computes its contribution during visit j, adds the
-// partial sum that rank r+1 sent during its visit j-1, and sends the sum on
-// to the left, to be added during the next visit. The last visitor of
-// block q is rank q itself, so the sum ends at home, with nothing left to
-// send. Per rank and step, W-1 text blocks travel in forward and W-2 text
-// blocks and W-1 partial sums in backward.
-//
-// Every transfer is cut into the same pieces as the block's tiles
-// (chunking: up to maxChunks pieces of whole tiles). A piece of a text
-// block is waited for just before its first tile and passed on at once; a
-// piece of a partial sum leaves as soon as its last tile is done, and the
-// piece it adds to arrived during the previous visit. So the transfers run
-// behind the GEMMs (which poll them, see gemm), and only the first and the
-// last piece of a block can be exposed.
-//
-// Flops: 4 GEMMs of 2·b·N·d (tiles are recomputed in backward), like Tiled;
-// memory: O(b·tile + b·d) (ringBlocks).
-type ringClip[T blas.Float] struct {
-	comm mpi.Comm
-	tile int
-	// keep: Fused with W > 1. The logits of every block are kept from
-	// forward (b×N) instead of recomputed tile by tile in backward: 3
-	// GEMMs of 2·b·N·d instead of 4, in O(b·N + b·d) memory, with the
-	// ring's transfers hidden behind them.
-	keep bool
-	k    kernels[T]
-	ex   exchanges
-
-	// tb are the text blocks travelling (the one computed on and the one
-	// being received); part are the backward's partial sums of a text
-	// gradient (one travels while the next is computed), in the one
-	// received.
-	tb    [2][]T
-	part  [2][]T
-	in    []T
-	x, dt []T // b×tile logits / gradients
-	softmaxStats
+// In a stream of direction dir and h hops, rank r visits block
+// q = r - dir·k at hop k = 1..h, tile by tile, having visited its own block
+// first (when sums travel: half of it first and half last, or all of it
+// last when the first blocks are here). Each
+// block travels in pieces (chunking): a piece is waited for before its
+// first tile and passed on at once, to be visited at hop k+1 by rank
+// r+dir; a stream whose first block is already here (here) has nothing to
+// wait for at hop 1. With sums, the gradient of block q is summed along the
+// ranks that visit it, one hop behind and piece by piece: once a piece's
+// tiles are done, rank r adds the piece of the partial sum that rank r-dir
+// sent at hop k-1 and sends the sum on (home to rank q after the last hop);
+// the own block's second half hides the last pieces going home. So only
+// one piece's transfer is left exposed at either end of a visit, and every
+// transfer advances while GEMMs run (exec's gemm polls).
+type ring struct {
+	ch chunking
+	t  int
+	// names of the transfers in error messages: the blocks, the
+	// partial sums, the sums going home
+	names   [3]string
+	streams [2]stream
 }
 
-// ringBlocks is the number of b×d blocks a ring step holds beyond the
-// caller's buffers: those of a SigLIP stream of W-1 hops (two text blocks,
-// two partial sums and the partial sum received; one of each for W = 2;
-// none for W = 1).
-func ringBlocks(w int) int64 { return streamBlocks(w - 1) }
+// stream is one direction of a ring; its buffers are bStream's (streamBufs
+// per stream): two text blocks (the one visited and the one arriving), two
+// partial sums (the one travelling and the one computed) and the sum
+// arriving.
+type stream struct {
+	dir, hops int
+	here      bool   // the first hop's block is already in tb(nb)
+	nb        int    // tb(nb) holds the next block to visit
+	blk, sum  pieces // the pieces of the block and of the sum arriving
+}
 
-func (a *ringClip[T]) run(dImg, dTxt, img, txt []T, lg Logit, st *clipStep) (Result, error) {
-	b, n, d, w, r := st.b, st.n, st.d, st.w, st.rank
-	bd := b * d
-	scale, bias := lg.Scale, 0.0
-	if lg.HasBias {
-		bias = lg.Bias
-	}
-	tile := a.tile
-	if tile == 0 || a.keep {
-		tile = ringTile(b)
-	}
-	tile = min(tile, b)
-	// xt returns the logit tile of global columns j0..j0+cw and its
-	// leading dimension: a column slice of the kept b×N block, or the
-	// reused b×tile one.
-	xt := func(buf []T, j0, cw int) ([]T, int) {
-		if a.keep {
-			return buf[j0:], n
-		}
-		return buf, cw
-	}
-	xlen := b * tile
-	if a.keep {
-		xlen = b * n
-	}
-	ch := newChunking(b, tile)
-	// Buffers (ringBlocks): a second text block only for W > 2 (with two
-	// ranks the block received in forward is all backward needs).
-	if w > 1 {
-		a.tb[0] = grow(a.tb[0], bd)
-	}
-	if w > 2 {
-		a.tb[1] = grow(a.tb[1], bd)
-	}
-	a.x = grow(a.x, xlen)
-	a.reset(b, n)
-	a.ex.comm = a.comm
-	right, left := (r+1)%w, (r+w-1)%w
-	diag0 := r * b
-	shift := func(tx *pieces, i int, dst, src []T, from, to int, what string) error {
-		return shiftPiece(&a.ex, ch, d, tx, i, dst, from, src, to, "ring shift of ", what)
-	}
-	await := func(tx *pieces, i int, what string) error { return a.ex.awaitPiece(tx, i, "ring shift of ", what) }
+const (
+	sTB   = 0 // two text blocks
+	sPart = 2 // two partial sums
+	sIn   = 4 // the partial sum arriving
+	// streamBufs is the number of buffers of a stream.
+	streamBufs = 5
+)
 
-	// Forward: text blocks travel right, in pieces; statistics accumulate.
-	// cur is the block computed on (the caller's txt first), in its pieces
-	// arriving; each piece is passed on as soon as it is here, into
-	// a.tb[nb] on the right neighbour.
-	cur, nb := txt, 0
-	in := nopieces()
-	for k := 0; k < w; k++ {
-		q := (r - k + w) % w
-		next := nopieces()
-		for c0 := 0; c0 < b; c0 += tile {
-			cw := min(tile, b-c0)
-			if i := ch.piece(c0); ch.starts(c0) {
-				if err := await(&in, i, "text features"); err != nil {
-					return Result{}, err
-				}
-				if k < w-1 {
-					if err := shift(&next, i, a.tb[nb], cur, left, right, "text features"); err != nil {
-						return Result{}, err
-					}
-				}
-			}
-			j0 := q*b + c0
-			x, ld := xt(a.x, j0, cw)
-			gemm(&a.ex, blas.NoTrans, blas.Trans, b, cw, d, 1, img, d, cur[c0*d:], d, 0, x, ld)
-			stats(&a.k, x, ld, b, cw, scale, bias, a.rowM, a.rowS, a.colM[j0:], a.colS[j0:])
-			for i := max(0, j0-diag0); i < b && diag0+i < j0+cw; i++ {
-				a.diag[i] = scale*float64(x[i*ld+diag0+i-j0]) + bias
-			}
-		}
-		if k < w-1 {
-			cur, nb, in = a.tb[nb], 1-nb, next
-		}
+// streamBlocks is the number of b×d blocks a stream holds for a given
+// number of hops: five, or one of each for a single hop.
+func streamBlocks(hops int, sums bool) int {
+	switch {
+	case hops == 0:
+		return 0
+	case !sums:
+		return min(hops, 2)
+	case hops == 1:
+		return 3
 	}
-	lossSum, err := a.complete(a.comm, diag0)
-	if err != nil {
-		return Result{}, err
-	}
-	if !st.backward {
-		return a.forward(a.comm, st, lossSum)
-	}
+	return 5
+}
 
-	// Backward: cur holds block r+1 (r itself when W = 1), all here.
-	c, f, split := a.backward(st, scale)
-	if split {
-		a.dt = grow(a.dt, xlen)
-	}
-	if w > 1 {
-		a.in = grow(a.in, bd)
-		a.part[0] = grow(a.part[0], bd)
-	}
-	if w > 2 {
-		a.part[1] = grow(a.part[1], bd)
-	}
-	var rowX, rowB float64
-	part := nopieces() // the partial sums arriving in a.in, piece by piece
-	for j := 0; j < w; j++ {
-		q := (r + 1 + j) % w
-		tq := cur
-		if j == w-1 {
-			tq = txt
+func (g *ring) init(st *step, t int, names [3]string) {
+	g.ch, g.t, g.names = newChunking(st.b, t), t, names
+	g.streams = [2]stream{}
+}
+
+// run runs the streams with the visitor v, the partial sums of the text
+// gradients travelling when sums is set.
+func (g *ring) run(e engine, st *step, v visitor, sums bool) error {
+	b, d, r := st.b, st.d, st.rank
+	// The own block's first part: all of it without sums; with sums half
+	// of it (whole tiles) to hide the first blocks' arrival, or none when
+	// they are here, so that all of it hides the sums going home.
+	half, hops := b, 0
+	for i := range g.streams {
+		s := &g.streams[i]
+		s.blk, s.sum = nopieces(), nopieces()
+		if s.hops == 0 {
+			continue
 		}
-		acc := dTxt
-		if j < w-1 {
-			acc = a.part[j%2]
+		hops = max(hops, s.hops)
+		if sums && s.here {
+			half = 0
+		} else if sums {
+			tiles := (b + g.t - 1) / g.t
+			half = min(b, (tiles+1)/2*g.t)
 		}
-		next, nextPart := nopieces(), nopieces()
-		for c0 := 0; c0 < b; c0 += tile {
-			cw := min(tile, b-c0)
-			i := ch.piece(c0)
-			if ch.starts(c0) {
-				if err := await(&in, i, "text features"); err != nil {
-					return Result{}, err
-				}
-				// The left neighbour visits this block next, unless it
-				// is its own.
-				if j < w-2 {
-					if err := shift(&next, i, a.tb[nb], tq, right, left, "text features"); err != nil {
-						return Result{}, err
-					}
-				}
+		for k := range min(s.hops, 2) {
+			e.buffer(bStream.stream(i, sTB+k), b*d)
+			if sums {
+				e.buffer(bStream.stream(i, sPart+k), b*d)
 			}
-			j0 := q*b + c0
-			x, ld := xt(a.x, j0, cw)
-			if !a.keep {
-				gemm(&a.ex, blas.NoTrans, blas.Trans, b, cw, d, 1, img, d, tq[c0*d:], d, 0, x, ld)
+		}
+		if sums {
+			e.buffer(bStream.stream(i, sIn), b*d)
+		}
+		if s.here {
+			continue
+		}
+		// The first hop's block, this rank's own, leaves at once.
+		s.nb = 0
+		for p := range g.ch.n {
+			if err := g.shift(e, st, &s.blk, p, bStream.stream(i, sTB).at(0), s.from(st), bTxt.at(0), s.to(st), g.names[0]); err != nil {
+				return err
 			}
-			var dt []T
-			if split {
-				dt, _ = xt(a.dt, j0, cw)
-			}
-			sx, sb := grad(&a.k, x, dt, x, ld, b, cw, j0, diag0, scale, bias, c, c,
-				a.rowM, a.rowS, a.colM[j0:], a.colS[j0:], a.colX[j0:], a.colB[j0:])
-			rowX += sx
-			rowB += sb
-			src := x
-			if split {
-				src = dt
-			}
-			gemm(&a.ex, blas.Trans, blas.NoTrans, cw, d, b, T(f), src, ld, img, d, 0, acc[c0*d:], d)
-			beta := T(1)
-			if j == 0 && c0 == 0 {
-				beta = 0
-			}
-			gemm(&a.ex, blas.NoTrans, blas.NoTrans, b, d, cw, T(f), x, ld, tq[c0*d:], d, beta, dImg, d)
-			if lo, hi := ch.rows(i); c0+cw == hi && w > 1 {
-				// The piece of block q's gradient is complete here: add
-				// the ranks' before this one, and send it on to the left
-				// (unless this rank is the block's own, the last).
-				if j > 0 {
-					if err := await(&part, i, "text gradients"); err != nil {
-						return Result{}, err
-					}
-					addTo(&a.k, rowsOf(acc, lo, hi, d), rowsOf(a.in, lo, hi, d))
-				}
-				if j < w-1 {
-					if err := shift(&nextPart, i, a.in, acc, right, left, "text gradients"); err != nil {
-						return Result{}, err
-					}
+		}
+	}
+	visit(e, st, v, r, bTxt.at(0), bDTxt.at(0), 0, half, g.t)
+	for k := 1; k <= hops; k++ {
+		for i := range g.streams {
+			if k <= g.streams[i].hops {
+				if err := g.hop(e, st, v, i, k, sums); err != nil {
+					return err
 				}
 			}
 		}
-		in, part = next, nextPart
-		if j < w-2 {
-			cur, nb = a.tb[nb], 1-nb
+	}
+	visit(e, st, v, r, bTxt.at(0), bDTxt.at(0), half, b, g.t)
+	if !sums {
+		return nil
+	}
+	for i := range g.streams {
+		s := &g.streams[i]
+		for p := 0; p < g.ch.n && s.hops > 0; p++ {
+			if err := e.wait(s.sum[p], g.names[2]); err != nil {
+				return err
+			}
+			lo, hi := g.ch.rows(p)
+			e.kernel(kernOp{op: kAdd, x: bDTxt.at(lo * d), y: bStream.stream(i, sIn).at(lo * d), rows: hi - lo, cols: d})
 		}
 	}
-	return a.finish(a.comm, st, lossSum, rowX, rowB)
+	return nil
+}
+
+func (s *stream) to(st *step) int   { return (st.rank + s.dir + st.w) % st.w }
+func (s *stream) from(st *step) int { return (st.rank - s.dir + st.w) % st.w }
+
+// hop is hop k of stream i.
+func (g *ring) hop(e engine, st *step, v visitor, i, k int, sums bool) error {
+	s := &g.streams[i]
+	b, d, w := st.b, st.d, st.w
+	q := ((st.rank-s.dir*k)%w + w) % w
+	to, from := s.to(st), s.from(st)
+	sumTo, sumFrom := to, from
+	if k == s.hops {
+		// Home: this sum to its block's rank, this rank's own block's sum
+		// from the rank that visits it last.
+		sumTo, sumFrom = q, ((st.rank+s.dir*k)%w+w)%w
+	}
+	cur := bStream.stream(i, sTB+s.nb)
+	s.nb = 1 - s.nb
+	acc := bStream.stream(i, sPart+(k-1)%2).at(0)
+	in := bStream.stream(i, sIn).at(0)
+	blk, sum := nopieces(), nopieces()
+	for c0 := 0; c0 < b; c0 += g.t {
+		cw := min(g.t, b-c0)
+		p := g.ch.piece(c0)
+		lo, hi := g.ch.rows(p)
+		if c0 == lo {
+			if err := e.wait(s.blk[p], g.names[0]); err != nil {
+				return err
+			}
+			if k < s.hops {
+				if err := g.shift(e, st, &blk, p, bStream.stream(i, sTB+s.nb).at(0), from, cur.at(0), to, g.names[0]); err != nil {
+					return err
+				}
+			}
+		}
+		v.tile(e, st, q, cur.at(0), acc, c0, cw)
+		if !sums || c0+cw < hi {
+			continue
+		}
+		if k > 1 {
+			if err := e.wait(s.sum[p], g.names[1]); err != nil {
+				return err
+			}
+			e.kernel(kernOp{op: kAdd, x: acc.rows(lo, d), y: in.rows(lo, d), rows: hi - lo, cols: d})
+		}
+		if err := g.shift(e, st, &sum, p, in, sumFrom, acc, sumTo, g.names[1]); err != nil {
+			return err
+		}
+	}
+	s.blk, s.sum = blk, sum
+	return nil
+}
+
+// shift posts piece p of a block: its rows of src to rank to and, from
+// rank from, into dst; tx[p] holds its handle.
+func (g *ring) shift(e engine, st *step, tx *pieces, p int, dst ref, from int, src ref, to int, what string) error {
+	lo, hi := g.ch.rows(p)
+	var err error
+	tx[p], err = e.post(xfer{dst: dst.rows(lo, st.d), src: src.rows(lo, st.d), from: from, to: to, n: (hi - lo) * st.d, what: what})
+	return err
+}
+
+// maxChunks is the most pieces the ring methods cut a block transfer into.
+const maxChunks = 4
+
+// chunking cuts a block of b rows into tiles of t rows (the last may be
+// shorter) and groups g consecutive tiles into each of n pieces, n at most
+// maxChunks.
+type chunking struct{ b, t, g, n int }
+
+func newChunking(b, t int) chunking {
+	tiles := (b + t - 1) / t
+	g := (tiles + maxChunks - 1) / maxChunks
+	return chunking{b: b, t: t, g: g, n: (tiles + g - 1) / g}
+}
+
+// rows returns the rows of piece i.
+func (c chunking) rows(i int) (lo, hi int) {
+	lo = i * c.g * c.t
+	return lo, min(c.b, lo+c.g*c.t)
+}
+
+// piece returns the piece that holds row r.
+func (c chunking) piece(r int) int { return r / (c.g * c.t) }
+
+// pieces are the exchange handles of a transfer cut into pieces.
+type pieces [maxChunks]int
+
+func nopieces() pieces {
+	var p pieces
+	for i := range p {
+		p[i] = noXfer
+	}
+	return p
 }
