@@ -149,14 +149,14 @@ func (m *meter[T]) compute() error {
 			return nil
 		}
 	}
-	if m.times[mGemm], err = m.best(3, triple(x, t)); err != nil {
+	if m.times[mGemm], err = m.best(5, triple(x, t)); err != nil {
 		return err
 	}
 	// The same GEMMs on a tile of a kept b×N block (Fused), N as in the
 	// step but the block at most 64 MiB.
 	ld := keptLd(min(m.comm.Size()*m.b0, max(t, (64<<20)/(elemSize[T]()*b))))
 	kept := make([]T, b*ld)
-	if m.times[mKept], err = m.best(3, triple(kept, ld)); err != nil {
+	if m.times[mKept], err = m.best(5, triple(kept, ld)); err != nil {
 		return err
 	}
 
@@ -203,7 +203,7 @@ func (m *meter[T]) compute() error {
 	// after each GEMM. What the cycle takes beyond the kernels' own times
 	// gives the GEMM rate (rates), so that it carries the interference.
 	cm, cs := make([]float64, b), make([]float64, b)
-	if m.times[mCycle], err = m.best(3, func() error {
+	if m.times[mCycle], err = m.best(5, func() error {
 		blas.Gemm(blas.NoTrans, blas.Trans, b, t, d, 1, img, d, tq, d, 0, x, t)
 		fill(cm, math.Inf(-1))
 		fill(cs, 0)
@@ -290,12 +290,13 @@ func (m *meter[T]) rates() Rates {
 	// The GEMM rate: the GEMMs alone, or less if a tile's cycle leaves
 	// them less time than that (see compute).
 	gemm := m.flops / m.times[mGemm] / 1e9
+	alone := gemm
 	if rest := m.times[mCycle] - m.times[mStats] - m.times[mGrad]; rest > 0 {
 		gemm = min(gemm, 4.0/3*m.flops/rest/1e9)
 	}
 	r := Rates{
 		GemmGflops:   gemm,
-		KeptGflops:   m.flops / m.times[mKept] / 1e9,
+		KeptGflops:   m.flops / m.times[mKept] / 1e9 * gemm / alone, // the same interference
 		StatsNs:      ns(mStats, tile),
 		GradNs:       ns(mGrad, tile),
 		SigmoidNs:    ns(mSigmoid, tile),
