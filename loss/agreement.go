@@ -3,6 +3,7 @@ package loss
 import (
 	"fmt"
 	"math"
+	"strings"
 	"sync/atomic"
 	"unsafe"
 
@@ -150,23 +151,30 @@ func check[T blas.Float](a *agreement, img, txt []T, lg Logit, opts float64, bac
 	case v[agreeB] == 0:
 		return nil, fmt.Errorf("%w: 0 rows per rank", ErrEmptyBatch)
 	}
-	for r := 0; r < w; r++ {
-		if f := int(v[agreeFixed+r]); f != 0 {
-			what := ""
-			for bit, name := range []string{"image features", "text features", "logit scale or bias"} {
-				if f&(1<<bit) != 0 {
-					if what != "" {
-						what += ", "
-					}
-					what += name
-				}
-			}
-			return nil, fmt.Errorf("%w: NaN or Inf in the %s on rank %d", ErrNonFinite, what, r)
-		}
+	if err := nonFinite(v[agreeFixed:]); err != nil {
+		return nil, err
 	}
 	if differ(agreeScale) || differ(agreeBias) {
 		return nil, fmt.Errorf("%w on the logit scale or bias (replicas must be identical)", ErrShapeMismatch)
 	}
 	a.st = step{rank: rank, w: w, b: b, n: w * b, d: a.dim, backward: backward, scale: lg.Scale, bias: bias}
 	return &a.st, nil
+}
+
+// nonFinite returns ErrNonFinite for the first rank whose flags (bit 0:
+// image features, 1: text features, 2: logit scale or bias) are set.
+func nonFinite(flags []float64) error {
+	for r, f := range flags {
+		if f == 0 {
+			continue
+		}
+		var what []string
+		for bit, name := range []string{"image features", "text features", "logit scale or bias"} {
+			if int(f)&(1<<bit) != 0 {
+				what = append(what, name)
+			}
+		}
+		return fmt.Errorf("%w: NaN or Inf in the %s on rank %d", ErrNonFinite, strings.Join(what, ", "), r)
+	}
+	return nil
 }

@@ -43,19 +43,8 @@ func (b buf) at(off int) ref      { return ref{b, off} }
 func (r ref) plus(off int) ref    { return ref{r.id, r.off + off} }
 func (r ref) rows(lo, d int) ref  { return r.plus(lo * d) }
 func (r ref) valid() bool         { return r.id < nbuf }
-func (r ref) same(o ref) bool     { return r == o }
 func noRef() ref                  { return ref{id: nbuf} }
-func (b buf) isCaller() bool      { return b < callerBufs }
 func (b buf) stream(s, k int) buf { return bStream + buf(s*streamBufs+k) }
-func (r ref) String() string      { return bufNames[r.id] }
-func (g gemmOp) flops() float64   { return 2 * float64(g.m) * float64(g.n) * float64(g.k) }
-func (g gemmOp) shape() GemmShape {
-	return GemmShape{TransA: g.tA, TransB: g.tB, M: g.m, N: g.n, K: g.k, Count: 1}
-}
-func (c collOp) bytes(e int) int64 { return int64(c.n) * int64(e) }
-
-var bufNames = [nbuf + 1]string{"img", "txt", "dimg", "dtxt", "iall", "tall", "x", "y", "gi", "gt", "own",
-	"tb0", "tb1", "part0", "part1", "in", "tb0'", "tb1'", "part0'", "part1'", "in'", "none"}
 
 // gemmOp is C = alpha·op(A)·op(B) + beta·C, row-major.
 type gemmOp struct {
@@ -227,7 +216,7 @@ func (r *recorder) softmax(rows, cols int) {
 	r.stats = max(r.stats, 8*(6*int64(cols)+4*int64(rows)))
 }
 func (r *recorder) gemm(g gemmOp) {
-	s := g.shape()
+	s := GemmShape{TransA: g.tA, TransB: g.tB, M: g.m, N: g.n, K: g.k, Count: 1}
 	if i, ok := r.gemmAt[s]; ok {
 		r.p.Gemms[i].Count++
 		return
@@ -246,8 +235,8 @@ func (r *recorder) transfer(kind string, bytes int64) {
 		r.p.Transfers[i].Count++
 		return
 	}
-	t.Count = 1
 	r.transfAt[t] = len(r.p.Transfers)
+	t.Count = 1
 	r.p.Transfers = append(r.p.Transfers, t)
 }
 func (r *recorder) collective(c collOp) error {

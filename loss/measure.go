@@ -97,6 +97,7 @@ type meter[T blas.Float] struct {
 	k     kernels[T]
 	times []float64
 	flops float64
+	err   error // the first failure of a collective
 }
 
 func newMeter[T blas.Float](comm mpi.Comm, b, d int) *meter[T] {
@@ -106,152 +107,113 @@ func newMeter[T blas.Float](comm mpi.Comm, b, d int) *meter[T] {
 		msg: min(max(b*d, 1<<14), 1<<22), times: make([]float64, mCount)}
 }
 
-// best returns the shortest of reps timed runs of f, after one untimed
-// run, each started together on every rank.
-func (m *meter[T]) best(reps int, f func() error) (float64, error) {
-	if err := f(); err != nil {
-		return 0, err
+// time stores in times[at] the shortest of reps timed runs of f, after one
+// untimed run, each started together on every rank. After a failure it
+// does nothing: err keeps the first.
+func (m *meter[T]) time(at, reps int, f func()) {
+	if m.err != nil {
+		return
 	}
+	f()
 	t := math.Inf(1)
-	for range reps {
+	for i := 0; i < reps && m.err == nil; i++ {
 		if err := m.comm.Barrier(); err != nil {
-			return 0, fmt.Errorf("loss: measuring rates: %w", err)
+			m.err = fmt.Errorf("loss: measuring rates: %w", err)
+			return
 		}
 		t0 := time.Now()
-		if err := f(); err != nil {
-			return 0, err
-		}
+		f()
 		t = min(t, time.Since(t0).Seconds())
 	}
-	return t, nil
+	m.times[at] = t
 }
 
+// compute times the GEMMs and the kernels.
 func (m *meter[T]) compute() error {
 	b, t, d := m.b, m.t, m.d
-	img := make([]T, b*d)
-	tq := make([]T, max(t, b)*d)
-	x := make([]T, b*t)
+	img, tq, x := make([]T, b*d), make([]T, max(t, b)*d), make([]T, b*t)
 	for i := range img {
 		img[i] = T(math.Sin(float64(i)) / math.Sqrt(float64(d)))
 	}
 	for i := range tq {
 		tq[i] = T(math.Cos(float64(i)) / math.Sqrt(float64(d)))
 	}
-	acc := make([]T, t*d)
-	dimg := make([]T, b*d)
+	acc, dimg := make([]T, t*d), make([]T, b*d)
 	m.flops = 2 * 3 * float64(b) * float64(t) * float64(d)
-	var err error
-	triple := func(x []T, ld int) func() error {
-		return func() error {
+	triple := func(x []T, ld int) func() {
+		return func() {
 			blas.Gemm(blas.NoTrans, blas.Trans, b, t, d, 1, img, d, tq, d, 0, x, ld)
 			blas.Gemm(blas.Trans, blas.NoTrans, t, d, b, 1, x, ld, img, d, 0, acc, d)
 			blas.Gemm(blas.NoTrans, blas.NoTrans, b, d, t, 1, x, ld, tq, d, 0, dimg, d)
-			return nil
 		}
 	}
-	if m.times[mGemm], err = m.best(5, triple(x, t)); err != nil {
-		return err
-	}
+	m.time(mGemm, 5, triple(x, t))
 	// The same GEMMs on a tile of a kept b×N block (Fused), N as in the
 	// step but the block at most 64 MiB.
 	ld := keptLd(min(m.comm.Size()*m.b0, max(t, (64<<20)/(elemSize[T]()*b))))
-	kept := make([]T, b*ld)
-	if m.times[mKept], err = m.best(5, triple(kept, ld)); err != nil {
-		return err
-	}
+	m.time(mKept, 5, triple(make([]T, b*ld), ld))
+	m.kernels(img, tq, x, acc, dimg)
+	return m.err
+}
 
-	// Logits of a realistic spread: cosines in [-0.3, 0.3] at scale 1/0.07.
-	for i := range x {
-		x[i] = T(0.3 * math.Sin(0.37*float64(i)))
+// kernels times the kernels on a b×t tile x, and a tile's cycle of GEMMs
+// and kernels.
+func (m *meter[T]) kernels(img, tq, x, acc, dimg []T) {
+	b, t, d, nb := m.b, m.t, m.d, m.nb
+	logits := func() { // of a realistic spread: cosines in [-0.3, 0.3] at scale 1/0.07
+		for i := range x {
+			x[i] = T(0.3 * math.Sin(0.37*float64(i)))
+		}
 	}
+	logits()
 	const scale, c = 1 / 0.07, 1e-6
 	k := &m.k
 	rowM, rowS := make([]float64, b), make([]float64, b)
 	colM, colS := make([]float64, t), make([]float64, t)
 	colX, colB := make([]float64, t), make([]float64, t)
+	cm, cs := make([]float64, b), make([]float64, b)
 	di := make([]T, b*t)
-	stats1 := func() error {
-		fill(rowM, math.Inf(-1))
-		fill(rowS, 0)
-		stats(k, x, t, b, t, scale, 0, rowM, rowS, colM, colS)
-		return nil
+	statsOf := func(x []T) {
+		fill(cm, math.Inf(-1))
+		fill(cs, 0)
+		stats(k, x, t, b, t, scale, 0, cm, cs, colM, colS)
 	}
-	if m.times[mStats], err = m.best(3, stats1); err != nil {
-		return err
-	}
-	for i := range rowS {
-		rowS[i] = math.Log(rowS[i])
+	m.time(mStats, 3, func() { statsOf(x) })
+	for i := range cs {
+		rowM[i], rowS[i] = cm[i], math.Log(cs[i])
 	}
 	for j := range colS {
 		colS[j] = math.Log(colS[j])
 	}
-	if m.times[mGrad], err = m.best(3, func() error {
-		grad(k, di, nil, x, t, b, t, 0, 0, scale, 0, c, c, rowM, rowS, colM, colS, colX, colB)
-		return nil
-	}); err != nil {
-		return err
-	}
-	if m.times[mSigmoid], err = m.best(3, func() error {
-		sigTile(k, di, x, t, b, t, 0, 10, -10, c, true)
-		return nil
-	}); err != nil {
-		return err
-	}
+	m.time(mGrad, 3, func() { grad(k, di, nil, x, t, b, t, 0, 0, scale, 0, c, c, rowM, rowS, colM, colS, colX, colB) })
+	m.time(mSigmoid, 3, func() { sigTile(k, di, x, t, b, t, 0, 10, -10, c, true) })
 	// A tile's forward and backward as the losses run them, GEMMs and
 	// kernels in turn: they share the caches and, with several threads,
 	// the cores, which OpenBLAS's threads keep spinning on for a while
 	// after each GEMM. What the cycle takes beyond the kernels' own times
 	// gives the GEMM rate (rates), so that it carries the interference.
-	cm, cs := make([]float64, b), make([]float64, b)
-	if m.times[mCycle], err = m.best(5, func() error {
+	m.time(mCycle, 5, func() {
 		blas.Gemm(blas.NoTrans, blas.Trans, b, t, d, 1, img, d, tq, d, 0, x, t)
-		fill(cm, math.Inf(-1))
-		fill(cs, 0)
-		stats(k, x, t, b, t, scale, 0, cm, cs, colM, colS)
+		statsOf(x)
 		blas.Gemm(blas.NoTrans, blas.Trans, b, t, d, 1, img, d, tq, d, 0, x, t)
 		grad(k, x, nil, x, t, b, t, 0, 0, scale, 0, c, c, rowM, rowS, colM, colS, colX, colB)
 		blas.Gemm(blas.Trans, blas.NoTrans, t, d, b, 1, x, t, img, d, 0, acc, d)
 		blas.Gemm(blas.NoTrans, blas.NoTrans, b, d, t, 1, x, t, tq, d, 0, dimg, d)
-		return nil
-	}); err != nil {
-		return err
-	}
-	for i := range x { // the cycle left gradients in x
-		x[i] = T(0.3 * math.Sin(0.37*float64(i)))
-	}
-	nb := m.nb
-	if m.times[mNaiveStats], err = m.best(2, func() error {
-		rowStats(k, x, t, nb, t, scale, 0, rowM, rowS)
-		return nil
-	}); err != nil {
-		return err
-	}
-	if m.times[mNaiveGrad], err = m.best(2, func() error {
+	})
+	logits() // the cycle left gradients in x
+	m.time(mNaiveStats, 2, func() { rowStats(k, x, t, nb, t, scale, 0, rowM, rowS) })
+	m.time(mNaiveGrad, 2, func() {
 		copy(di[:nb*t], x[:nb*t]) // rowGrad overwrites its input
 		rowGrad(k, di, t, nb, t, 0, scale, 0, c, rowM, rowS)
-		return nil
-	}); err != nil {
-		return err
-	}
-	if m.times[mCopy], err = m.best(3, func() error {
-		copy(di, x)
-		return nil
-	}); err != nil {
-		return err
-	}
+	})
+	m.time(mCopy, 3, func() { copy(di, x) })
 	// Naive's transposes are of N×N: their cost per element grows with
 	// the matrix until it leaves the caches (1.8 ns at 512, 6 ns at 2048
 	// on the machine of the README), so the matrix is N×N up to 2048.
 	tn := m.tn
 	ty, tx := make([]T, tn*tn), make([]T, tn*tn)
 	copy(tx, x)
-	if m.times[mTranspose], err = m.best(2, func() error {
-		transpose(k, ty, tx, tn, false)
-		return nil
-	}); err != nil {
-		return err
-	}
-	return nil
+	m.time(mTranspose, 2, func() { transpose(k, ty, tx, tn, false) })
 }
 
 // link times a ring shift of msg elements and of one element.
@@ -260,26 +222,21 @@ func (m *meter[T]) link() error {
 	if w == 1 {
 		return nil
 	}
-	right, left := (r+1)%w, (r+w-1)%w
 	src, dst := make([]T, m.msg), make([]T, m.msg)
-	shift := func(n int) func() error {
-		return func() error {
-			q, err := mpi.Isendrecv(m.comm, dst[:n], left, src[:n], right)
+	shift := func(n int) func() {
+		return func() {
+			q, err := mpi.Isendrecv(m.comm, dst[:n], (r+w-1)%w, src[:n], (r+1)%w)
 			if err == nil {
 				err = q.Wait()
 			}
-			if err != nil {
-				return fmt.Errorf("loss: measuring the link: %w", err)
+			if err != nil && m.err == nil {
+				m.err = fmt.Errorf("loss: measuring the link: %w", err)
 			}
-			return nil
 		}
 	}
-	var err error
-	if m.times[mLatency], err = m.best(5, shift(1)); err != nil {
-		return err
-	}
-	m.times[mLink], err = m.best(5, shift(m.msg))
-	return err
+	m.time(mLatency, 5, shift(1))
+	m.time(mLink, 5, shift(m.msg))
+	return m.err
 }
 
 // rates turns the times into Rates.

@@ -218,7 +218,7 @@ func (tl *timeline) gemm(g gemmOp) {
 	if g.kept && tl.r.KeptGflops > 0 {
 		rate = tl.r.KeptGflops
 	}
-	f := g.flops()
+	f := 2 * float64(g.m) * float64(g.n) * float64(g.k)
 	s := f / (rate * 1e9)
 	tl.flops += f
 	tl.gemmS += s

@@ -1,6 +1,9 @@
 package loss
 
-import "fmt"
+import (
+	"fmt"
+	"strings"
+)
 
 // Algorithm selects how the distributed loss is computed. Every algorithm
 // gives the same loss and gradients (OpenCLIP's, in every mode) up to
@@ -39,22 +42,32 @@ var algorithmNames = [...]string{Fused: "fused", Naive: "naive", Tiled: "tiled",
 func Algorithms() []Algorithm { return []Algorithm{Naive, Fused, Tiled, Ring} }
 
 // String returns the algorithm's name as ParseAlgorithm accepts it.
-func (a Algorithm) String() string {
-	if a < 0 || int(a) >= len(algorithmNames) {
-		return fmt.Sprintf("Algorithm(%d)", int(a))
-	}
-	return algorithmNames[a]
-}
+func (a Algorithm) String() string { return nameOf(algorithmNames[:], "Algorithm", int(a)) }
 
 // ParseAlgorithm returns the algorithm with the given name
 // ("naive", "fused", "tiled", "ring" or "auto").
 func ParseAlgorithm(name string) (Algorithm, error) {
-	for i, n := range algorithmNames {
+	i, err := parseName(algorithmNames[:], "algorithm", name)
+	return Algorithm(i), err
+}
+
+// nameOf returns names[i], or type(i) when i is out of range.
+func nameOf(names []string, typ string, i int) string {
+	if i < 0 || i >= len(names) {
+		return fmt.Sprintf("%s(%d)", typ, i)
+	}
+	return names[i]
+}
+
+// parseName returns the index of name in names, or an error naming what
+// was parsed and listing the names.
+func parseName(names []string, what, name string) (int, error) {
+	for i, n := range names {
 		if n == name {
-			return Algorithm(i), nil
+			return i, nil
 		}
 	}
-	return 0, fmt.Errorf("loss: unknown algorithm %q (want naive, fused, tiled, ring or auto)", name)
+	return 0, fmt.Errorf("loss: unknown %s %q (want %s)", what, name, strings.Join(names, ", "))
 }
 
 // ClipOptions are OpenCLIP's ClipLoss options plus the algorithm.

@@ -46,20 +46,6 @@ const (
 	streamBufs = 5
 )
 
-// streamBlocks is the number of b×d blocks a stream holds for a given
-// number of hops: five, or one of each for a single hop.
-func streamBlocks(hops int, sums bool) int {
-	switch {
-	case hops == 0:
-		return 0
-	case !sums:
-		return min(hops, 2)
-	case hops == 1:
-		return 3
-	}
-	return 5
-}
-
 func (g *ring) init(st *step, t int, names [3]string) {
 	g.ch, g.t, g.names = newChunking(st.b, t), t, names
 	g.streams = [2]stream{}

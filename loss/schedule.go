@@ -72,9 +72,9 @@ func sigSchedule(o SigLipOptions, w int) schedule {
 	case Shift:
 		return &sigRing{tile: o.Tile, hr: w - 1}
 	case Gather:
-		return &sigGather{tile: o.Tile}
+		return &sigBlocks{tile: o.Tile, gather: true}
 	case Reduce:
-		return &sigReduce{tile: o.Tile}
+		return &sigBlocks{tile: o.Tile}
 	case SigLipAuto:
 		panic(errAutoPlan)
 	}
@@ -122,7 +122,36 @@ func visit(e engine, st *step, v visitor, q int, t, acc ref, c0, c1, tile int) {
 type clipTiles struct {
 	keep, backward, split bool
 	f                     float64 // the feature gradients' factor
+	xlen                  int     // the logit block's elements
 	started               bool    // the first image-gradient update is done
+}
+
+// start sets the tiles up for a step with tiles of width t, the logits
+// kept or not: the logit block and the statistics.
+func (v *clipTiles) start(e engine, st *step, t int, keep bool) {
+	*v = clipTiles{keep: keep, split: st.local && !st.gwg, f: gradFactor(st), xlen: st.b * t}
+	if keep {
+		v.xlen = st.b * keptLd(st.n)
+	}
+	e.buffer(bX, v.xlen)
+	e.softmax(st.b, st.n)
+}
+
+// turn ends the forward pass: the column statistics across ranks, then
+// either the loss (a forward-only call: more is false) or the gradient
+// accumulators and the tiles' backward.
+func (v *clipTiles) turn(e engine, st *step) (more bool, err error) {
+	if err := e.reduce(sColumns); err != nil {
+		return false, err
+	}
+	if !st.backward {
+		return false, e.reduce(sForward)
+	}
+	if v.split {
+		e.buffer(bY, v.xlen)
+	}
+	v.backward = true
+	return true, e.reduce(sPrepare)
 }
 
 func (v *clipTiles) block(st *step, buf buf, j0, cw int) (ref, int) {
@@ -199,31 +228,15 @@ func (s *clipBlock) run(e engine, st *step) error {
 		}
 		tall = bTall.at(0)
 	}
-	s.v = clipTiles{keep: t == n, split: st.local && !st.gwg, f: gradFactor(st)}
-	xlen := st.b * t
-	if s.v.keep {
-		xlen = st.b * keptLd(n)
-	}
-	e.buffer(bX, xlen)
-	e.softmax(st.b, n)
+	s.v.start(e, st, t, t == n)
 	visit(e, st, &s.v, 0, tall, noRef(), 0, n, t)
-	if err := e.reduce(sColumns); err != nil {
+	if more, err := s.v.turn(e, st); !more {
 		return err
-	}
-	if !st.backward {
-		return e.reduce(sForward)
-	}
-	if err := e.reduce(sPrepare); err != nil {
-		return err
-	}
-	if s.v.split {
-		e.buffer(bY, xlen)
 	}
 	if st.w > 1 {
 		e.buffer(bGt, n*d)
 		partial = bGt.at(0)
 	}
-	s.v.backward = true
 	visit(e, st, &s.v, 0, tall, partial, 0, n, t)
 	if st.w > 1 {
 		if err := e.collective(collOp{op: cReduceScatter, dst: bDTxt.at(0), src: bGt.at(0), n: st.b * d, what: "sending text gradients home"}); err != nil {
@@ -254,36 +267,20 @@ type clipRing struct {
 }
 
 func (s *clipRing) run(e engine, st *step) error {
-	b, n := st.b, st.n
+	b := st.b
 	t := min(b, ringTile(b))
 	if !s.keep {
 		t = min(b, orDefault(s.tile, t))
 	}
-	s.v = clipTiles{keep: s.keep, split: st.local && !st.gwg, f: gradFactor(st)}
-	xlen := b * t
-	if s.keep {
-		xlen = b * keptLd(n)
-	}
-	e.buffer(bX, xlen)
-	e.softmax(b, n)
+	s.v.start(e, st, t, s.keep)
 	s.g.init(st, t, [3]string{"ring shift of text features", "ring shift of text gradients", "ring shift of text gradients home"})
 	s.g.streams[0] = stream{dir: 1, hops: st.w - 1}
 	if err := s.g.run(e, st, &s.v, false); err != nil {
 		return err
 	}
-	if err := e.reduce(sColumns); err != nil {
+	if more, err := s.v.turn(e, st); !more {
 		return err
 	}
-	if !st.backward {
-		return e.reduce(sForward)
-	}
-	if err := e.reduce(sPrepare); err != nil {
-		return err
-	}
-	if s.v.split {
-		e.buffer(bY, xlen)
-	}
-	s.v.backward = true
 	// Backward's first block is forward's last, already here.
 	s.g.streams[0] = stream{dir: -1, hops: st.w - 1, here: true, nb: 1 - s.g.streams[0].nb}
 	if err := s.g.run(e, st, &s.v, true); err != nil {
@@ -451,69 +448,71 @@ func (s *sigRing) run(e engine, st *step) error {
 	return e.reduce(sRows)
 }
 
-// sigGather all-gathers the text features, visits every block, and
-// reduce-scatters the text-gradient partials (all_gather with grad).
-type sigGather struct {
-	tile int
-	v    sigTiles
-}
-
-func (s *sigGather) run(e engine, st *step) error {
-	b, d := st.b, st.d
-	t := sigTileWidth(s.tile, b, false)
-	e.buffer(bX, b*t)
-	e.buffer(bTall, st.n*d)
-	e.buffer(bGt, st.n*d)
-	if err := e.collective(collOp{op: cAllgather, dst: bTall.at(0), src: bTxt.at(0), n: b * d, what: "gathering text features"}); err != nil {
-		return err
-	}
-	s.v = sigTiles{}
-	for q := range st.w {
-		visit(e, st, &s.v, q, bTall.at(q*b*d), bGt.at(q*b*d), 0, b, t)
-	}
-	if st.backward {
-		if err := e.collective(collOp{op: cReduceScatter, dst: bDTxt.at(0), src: bGt.at(0), n: b * d, what: "sending text gradients home"}); err != nil {
-			return err
-		}
-	}
-	return e.reduce(sRows)
-}
-
-// sigReduce is OpenCLIP's "reduce": block q reaches every rank through an
-// all-reduce of the text features masked to rank q, and its gradient
+// sigBlocks is SigLIP's Gather and Reduce: every block reaches every rank
+// by a collective. Gather all-gathers the text features, visits every
+// block, and reduce-scatters the text-gradient partials (all_gather with
+// grad). Reduce is OpenCLIP's "reduce": block q reaches every rank through
+// an all-reduce of the text features masked to rank q, and its gradient
 // returns through an all-reduce of every rank's partial (the all-reduce's
 // backward), of which rank q keeps the sum.
-type sigReduce struct {
-	tile int
-	v    sigTiles
+type sigBlocks struct {
+	tile   int
+	gather bool
+	v      sigTiles
 }
 
-func (s *sigReduce) run(e engine, st *step) error {
-	b, d := st.b, st.d
-	t := sigTileWidth(s.tile, b, false)
-	e.buffer(bX, b*t)
-	e.buffer(bTall, b*d)
-	e.buffer(bOwn, b*d)
+func (s *sigBlocks) run(e engine, st *step) error {
+	b, d, bd := st.b, st.d, st.b*st.d
+	e.buffer(bX, b*sigTileWidth(s.tile, b, false))
 	s.v = sigTiles{}
+	if s.gather {
+		e.buffer(bTall, st.n*d)
+		e.buffer(bGt, st.n*d)
+		if err := e.collective(collOp{op: cAllgather, dst: bTall.at(0), src: bTxt.at(0), n: bd, what: "gathering text features"}); err != nil {
+			return err
+		}
+	} else {
+		e.buffer(bTall, bd)
+		e.buffer(bOwn, bd)
+	}
 	for q := range st.w {
-		op := kZero
-		if q == st.rank {
-			op = kCopy
-		}
-		e.kernel(kernOp{op: op, x: bTall.at(0), y: bTxt.at(0), rows: b, cols: d})
-		if err := e.collective(collOp{op: cAllreduce, dst: bTall.at(0), src: bTall.at(0), n: b * d, what: "broadcasting text features"}); err != nil {
+		if err := s.block(e, st, q); err != nil {
 			return err
 		}
-		visit(e, st, &s.v, q, bTall.at(0), bOwn.at(0), 0, b, t)
-		if !st.backward {
-			continue
-		}
-		if err := e.collective(collOp{op: cAllreduce, dst: bOwn.at(0), src: bOwn.at(0), n: b * d, what: "reducing text gradients"}); err != nil {
+	}
+	if s.gather && st.backward {
+		if err := e.collective(collOp{op: cReduceScatter, dst: bDTxt.at(0), src: bGt.at(0), n: bd, what: "sending text gradients home"}); err != nil {
 			return err
-		}
-		if q == st.rank {
-			e.kernel(kernOp{op: kCopy, x: bDTxt.at(0), y: bOwn.at(0), rows: b, cols: d})
 		}
 	}
 	return e.reduce(sRows)
+}
+
+// block visits block q: Reduce's broadcast, the tiles, Reduce's gradient
+// all-reduce.
+func (s *sigBlocks) block(e engine, st *step, q int) error {
+	b, bd, t := st.b, st.b*st.d, sigTileWidth(s.tile, st.b, false)
+	if s.gather {
+		visit(e, st, &s.v, q, bTall.at(q*bd), bGt.at(q*bd), 0, b, t)
+		return nil
+	}
+	op := kZero
+	if q == st.rank {
+		op = kCopy
+	}
+	e.kernel(kernOp{op: op, x: bTall.at(0), y: bTxt.at(0), rows: b, cols: st.d})
+	if err := e.collective(collOp{op: cAllreduce, dst: bTall.at(0), src: bTall.at(0), n: bd, what: "broadcasting text features"}); err != nil {
+		return err
+	}
+	visit(e, st, &s.v, q, bTall.at(0), bOwn.at(0), 0, b, t)
+	if !st.backward {
+		return nil
+	}
+	if err := e.collective(collOp{op: cAllreduce, dst: bOwn.at(0), src: bOwn.at(0), n: bd, what: "reducing text gradients"}); err != nil {
+		return err
+	}
+	if q == st.rank {
+		e.kernel(kernOp{op: kCopy, x: bDTxt.at(0), y: bOwn.at(0), rows: b, cols: st.d})
+	}
+	return nil
 }

@@ -1,8 +1,6 @@
 package loss
 
 import (
-	"fmt"
-
 	"github.com/clipmpi/clipmpi/blas"
 	"github.com/clipmpi/clipmpi/mpi"
 )
@@ -36,22 +34,13 @@ var sigLipImplNames = [...]string{Bidir: "bidir", Shift: "shift", Reduce: "reduc
 func SigLipImpls() []SigLipImpl { return []SigLipImpl{Bidir, Shift, Reduce, Gather} }
 
 // String returns the method's name as ParseSigLipImpl accepts it.
-func (m SigLipImpl) String() string {
-	if m < 0 || int(m) >= len(sigLipImplNames) {
-		return fmt.Sprintf("SigLipImpl(%d)", int(m))
-	}
-	return sigLipImplNames[m]
-}
+func (m SigLipImpl) String() string { return nameOf(sigLipImplNames[:], "SigLipImpl", int(m)) }
 
 // ParseSigLipImpl returns the method with the given name ("bidir",
 // "shift", "reduce", "gather" or "auto").
 func ParseSigLipImpl(name string) (SigLipImpl, error) {
-	for i, n := range sigLipImplNames {
-		if n == name {
-			return SigLipImpl(i), nil
-		}
-	}
-	return 0, fmt.Errorf("loss: unknown SigLIP dist_impl %q (want bidir, shift, reduce, gather or auto)", name)
+	i, err := parseName(sigLipImplNames[:], "SigLIP dist_impl", name)
+	return SigLipImpl(i), err
 }
 
 // SigLipOptions are OpenCLIP's SigLipLoss options.
@@ -60,9 +49,10 @@ func ParseSigLipImpl(name string) (SigLipImpl, error) {
 type SigLipOptions struct {
 	// Impl is OpenCLIP's dist_impl.
 	Impl SigLipImpl
-	// Tile is the width of the logit tiles computed at once (OpenCLIP's
-	// chunk_size); 0 picks a default. Memory per rank is O(b·Tile + b·d)
-	// for the ring methods, in forward and backward.
+	// Tile is the width of the logit tiles computed at once (clipmpi's
+	// own; OpenCLIP's SigLipLoss has no such option); 0 picks a default.
+	// Memory per rank is O(b·Tile + b·d) for the ring methods, in forward
+	// and backward.
 	Tile int
 	// MemoryBudget and Rates are ClipOptions' (for SigLipAuto).
 	MemoryBudget int64
