@@ -15,9 +15,9 @@
  * Conventions
  *   - Every function returns CLIPMPI_OK (0) or an error code below; on an
  *     error, clipmpi_last_error() gives a message for the calling thread.
- *     No Go panic or process exit crosses this boundary: misuse that the
- *     Go API answers with a panic comes back as CLIPMPI_ERR_USAGE (or
- *     CLIPMPI_ERR_INVALID, see below).
+ *     No Go panic crosses this boundary: misuse that the Go API answers
+ *     with a panic comes back as CLIPMPI_ERR_USAGE (or CLIPMPI_ERR_INVALID,
+ *     see below). The process may end, though: see the failure policy.
  *   - A function marked COLLECTIVE must be called by every rank of the
  *     communicator, in the same order. The losses' own checks are
  *     collective: an invalid argument on one rank (a NULL buffer, rows < 0,

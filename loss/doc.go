@@ -30,6 +30,12 @@
 // the failing rank's call then returns a *mpi.Failure and nothing ends;
 // the other ranks may still be blocked, so the caller must end the job.
 //
+// Each algorithm is written once, as a schedule of GEMMs, kernel passes,
+// transfers and collectives on named buffers (schedule.go, ring.go), and
+// read by three engines: exec computes, a timeline replays it against
+// machine rates (Predict), a recorder lists its work and memory (Plan,
+// Memory); see docs/ARCHITECTURE.md in the repository.
+//
 // Inside a rank, the GEMMs run on the BLAS's threads (blas.SetThreads) and
 // the elementwise kernels (softmax statistics, gradient and sigmoid tiles,
 // finiteness scans, sums over b·d or N·d) on Options.Threads goroutines

@@ -88,8 +88,9 @@ type ClipOptions struct {
 	Tile int
 	// MemoryBudget bounds, in bytes per rank, the memory (as Memory counts
 	// it) of the algorithm Auto chooses; 0 means the memory available on
-	// the node (MemAvailable, or less if the process's cgroup says so)
-	// divided by the ranks on the node. Other algorithms ignore it.
+	// the node (node.MemoryBudget: MemAvailable, or less where a memory
+	// cgroup says so, divided by the ranks on the node). Other algorithms
+	// ignore it.
 	MemoryBudget int64
 	// Rates are the machine rates Auto's cost model uses; the zero value
 	// has them measured once, at the first call (MeasureRates). Other
