@@ -418,7 +418,8 @@ func (v *sigTiles) tile(e engine, st *step, q int, t, acc ref, c0, cw int) {
 	v.started = true
 }
 
-// sigTile returns SigLIP's tile width for the method's default.
+// sigTileWidth returns SigLIP's tile width: the option, or the default of
+// the ring methods (ring) or of the others, at most b.
 func sigTileWidth(tile, b int, ring bool) int {
 	def := defaultTile
 	if ring {
