@@ -281,7 +281,7 @@ func rateFields(r *Rates) []rateField {
 		{&r.GemmGflops, true, needAlways}, {&r.StatsNs, false, needAlways}, {&r.GradNs, false, needAlways},
 		{&r.NaiveStatsNs, false, needAlways}, {&r.NaiveGradNs, false, needAlways}, {&r.SigmoidNs, false, needAlways},
 		{&r.CopyNs, false, needAlways}, {&r.TransposeNs, false, needAlways},
-		{&r.LinkGbits, true, needLink}, {&r.LatencyUs, false, needLink}, {&r.KeptGflops, true, needNever},
+		{&r.LinkGbits, true, needLink}, {&r.LatencyUs, false, needLink}, {&r.NarrowGflops, true, needNever}, {&r.KeptGflops, true, needNever},
 	}
 }
 

@@ -53,10 +53,19 @@ type gemmOp struct {
 	alpha, beta   float64
 	a, b, c       ref
 	lda, ldb, ldc int
-	// kept: the logit operand is a column slice of a kept b×N block
-	// (leading dimension N), the cost model's second GEMM rate.
-	kept bool
+	cls           gemmClass
 }
+
+// gemmClass is the cost model's class of a GEMM, each with its measured
+// rate (Rates): on tiles of their own, wide (defaultTile columns, and
+// whole blocks) or narrow (fewer), or on tiles of a kept b×N block.
+type gemmClass uint8
+
+const (
+	gWide gemmClass = iota
+	gNarrow
+	gKept
+)
 
 // kind is a kernel pass.
 type kind uint8

@@ -81,6 +81,7 @@ const (
 	mCopy
 	mTranspose
 	mCycle
+	mNarrow
 	mKept
 	mLink
 	mLatency
@@ -140,18 +141,21 @@ func (m *meter[T]) compute() error {
 	}
 	acc, dimg := make([]T, t*d), make([]T, b*d)
 	m.flops = 2 * 3 * float64(b) * float64(t) * float64(d)
-	triple := func(x []T, ld int) func() {
+	// The three GEMMs of a tile of t columns in x (leading dimension ld).
+	triple := func(x []T, t, ld int) func() {
 		return func() {
 			blas.Gemm(blas.NoTrans, blas.Trans, b, t, d, 1, img, d, tq, d, 0, x, ld)
 			blas.Gemm(blas.Trans, blas.NoTrans, t, d, b, 1, x, ld, img, d, 0, acc, d)
 			blas.Gemm(blas.NoTrans, blas.NoTrans, b, d, t, 1, x, ld, tq, d, 0, dimg, d)
 		}
 	}
-	m.time(mGemm, 5, triple(x, t))
-	// The same GEMMs on a tile of a kept b×N block (Fused), N as in the
-	// step but the block at most 64 MiB.
+	m.time(mGemm, 7, triple(x, t, t))
+	// The ring methods' narrower tiles, on their own and in a kept b×N
+	// block (Fused), N as in the step but the block at most 64 MiB.
+	tn := min(b, ringTile(b))
+	m.time(mNarrow, 7, triple(x, tn, tn))
 	ld := keptLd(min(m.comm.Size()*m.b0, max(t, (64<<20)/(elemSize[T]()*b))))
-	m.time(mKept, 5, triple(make([]T, b*ld), ld))
+	m.time(mKept, 7, triple(make([]T, b*ld), tn, ld))
 	m.kernels(img, tq, x, acc, dimg)
 	return m.err
 }
@@ -239,6 +243,11 @@ func (m *meter[T]) link() error {
 	return m.err
 }
 
+// narrowFlops is the flops of a narrow tile's three GEMMs.
+func (m *meter[T]) narrowFlops() float64 {
+	return 2 * 3 * float64(m.b) * float64(min(m.b, ringTile(m.b))) * float64(m.d)
+}
+
 // rates turns the times into Rates.
 func (m *meter[T]) rates() Rates {
 	size := float64(elemSize[T]())
@@ -252,8 +261,10 @@ func (m *meter[T]) rates() Rates {
 		gemm = min(gemm, 4.0/3*m.flops/rest/1e9)
 	}
 	r := Rates{
-		GemmGflops:   gemm,
-		KeptGflops:   m.flops / m.times[mKept] / 1e9 * gemm / alone, // the same interference
+		GemmGflops: gemm,
+		// The narrow and kept GEMMs with the same interference.
+		NarrowGflops: m.narrowFlops() / m.times[mNarrow] / 1e9 * gemm / alone,
+		KeptGflops:   m.narrowFlops() / m.times[mKept] / 1e9 * gemm / alone,
 		StatsNs:      ns(mStats, tile),
 		GradNs:       ns(mGrad, tile),
 		SigmoidNs:    ns(mSigmoid, tile),

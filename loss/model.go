@@ -4,13 +4,16 @@ package loss
 // achieves at its thread count, for one element type. MeasureRates measures
 // them; a zero field is unknown.
 type Rates struct {
-	// GemmGflops is the GEMM rate of one rank, GFLOP/s, on logit tiles of
-	// their own (leading dimension the tile width) and the b×d updates.
+	// GemmGflops is the GEMM rate of one rank, GFLOP/s: a tile's three
+	// GEMMs (logits, text-gradient share, image-gradient update) on
+	// tiles of their own, 1024 columns wide (Tiled, Gather, Reduce).
 	GemmGflops float64 `json:"gemm_gflops"`
-	// KeptGflops is the GEMM rate on tiles of a kept b×N logit block
-	// (leading dimension N, Fused): larger than the caches, it runs
-	// slower on some machines. 0 means GemmGflops.
-	KeptGflops float64 `json:"kept_gemm_gflops"`
+	// NarrowGflops is the rate on narrower tiles, the ring methods' (a
+	// quarter block), and KeptGflops on such tiles of a kept b×N block
+	// (leading dimension N: Fused with several ranks). 0 means
+	// GemmGflops.
+	NarrowGflops float64 `json:"narrow_gemm_gflops"`
+	KeptGflops   float64 `json:"kept_gemm_gflops"`
 	// StatsNs and GradNs are the ClipLoss softmax kernels of Fused, Tiled
 	// and Ring, ns per logit entry: the forward row and column statistics
 	// and the backward gradient.
@@ -214,9 +217,9 @@ func (tl *timeline) buffer(buf, int)  {}
 func (tl *timeline) softmax(int, int) {}
 
 func (tl *timeline) gemm(g gemmOp) {
-	rate := tl.r.GemmGflops
-	if g.kept && tl.r.KeptGflops > 0 {
-		rate = tl.r.KeptGflops
+	rate := [...]float64{gWide: tl.r.GemmGflops, gNarrow: tl.r.NarrowGflops, gKept: tl.r.KeptGflops}[g.cls]
+	if !(rate > 0) {
+		rate = tl.r.GemmGflops
 	}
 	f := 2 * float64(g.m) * float64(g.n) * float64(g.k)
 	s := f / (rate * 1e9)

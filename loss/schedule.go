@@ -85,20 +85,20 @@ func sigSchedule(o SigLipOptions, w int) schedule {
 // its logits x = I·t_tileᵀ, the text-gradient share acc = f·xᵀ·I and the
 // image-gradient update dI = f·x·t_tile + beta·dI.
 
-func logits(e engine, st *step, t, x ref, ldx, cw int, kept bool) {
-	e.gemm(gemmOp{tB: true, m: st.b, n: cw, k: st.d, alpha: 1, a: bImg.at(0), b: t, c: x, lda: st.d, ldb: st.d, ldc: ldx, kept: kept})
+func logits(e engine, st *step, t, x ref, ldx, cw int, cls gemmClass) {
+	e.gemm(gemmOp{tB: true, m: st.b, n: cw, k: st.d, alpha: 1, a: bImg.at(0), b: t, c: x, lda: st.d, ldb: st.d, ldc: ldx, cls: cls})
 }
 
-func textGrad(e engine, st *step, f float64, x ref, ldx, cw int, acc ref, kept bool) {
-	e.gemm(gemmOp{tA: true, m: cw, n: st.d, k: st.b, alpha: f, a: x, b: bImg.at(0), c: acc, lda: ldx, ldb: st.d, ldc: st.d, kept: kept})
+func textGrad(e engine, st *step, f float64, x ref, ldx, cw int, acc ref, cls gemmClass) {
+	e.gemm(gemmOp{tA: true, m: cw, n: st.d, k: st.b, alpha: f, a: x, b: bImg.at(0), c: acc, lda: ldx, ldb: st.d, ldc: st.d, cls: cls})
 }
 
-func imageGrad(e engine, st *step, f float64, x ref, ldx, cw int, t ref, first, kept bool) {
+func imageGrad(e engine, st *step, f float64, x ref, ldx, cw int, t ref, first bool, cls gemmClass) {
 	beta := 1.0
 	if first {
 		beta = 0
 	}
-	e.gemm(gemmOp{m: st.b, n: st.d, k: cw, alpha: f, beta: beta, a: x, b: t, c: bDImg.at(0), lda: ldx, ldb: st.d, ldc: st.d, kept: kept})
+	e.gemm(gemmOp{m: st.b, n: st.d, k: cw, alpha: f, beta: beta, a: x, b: t, c: bDImg.at(0), lda: ldx, ldb: st.d, ldc: st.d, cls: cls})
 }
 
 // visitor is the work on one tile of a text block in a ring or gather:
@@ -123,15 +123,19 @@ type clipTiles struct {
 	keep, backward, split bool
 	f                     float64 // the feature gradients' factor
 	xlen                  int     // the logit block's elements
-	started               bool    // the first image-gradient update is done
+	cls                   gemmClass
+	started               bool // the first image-gradient update is done
 }
 
 // start sets the tiles up for a step with tiles of width t, the logits
 // kept or not: the logit block and the statistics.
 func (v *clipTiles) start(e engine, st *step, t int, keep bool) {
-	*v = clipTiles{keep: keep, split: st.local && !st.gwg, f: gradFactor(st), xlen: st.b * t}
+	*v = clipTiles{keep: keep, split: st.local && !st.gwg, f: gradFactor(st), xlen: st.b * t, cls: classOf(t)}
 	if keep {
 		v.xlen = st.b * keptLd(st.n)
+	}
+	if keep && t < st.n {
+		v.cls = gKept
 	}
 	e.buffer(bX, v.xlen)
 	e.softmax(st.b, st.n)
@@ -161,6 +165,15 @@ func (v *clipTiles) block(st *step, buf buf, j0, cw int) (ref, int) {
 	return buf.at(0), cw
 }
 
+// classOf is the cost model's class of the GEMMs of tiles t wide: narrow
+// (the ring methods' default, a quarter block) or wide.
+func classOf(t int) gemmClass {
+	if t < defaultTile {
+		return gNarrow
+	}
+	return gWide
+}
+
 // keptLd is the leading dimension of a kept b×N logit block: N rounded up
 // to 16 elements, plus 16, so that consecutive rows never lie a power of
 // two apart. At N = 32768 (rows 128 KiB apart, all in the same cache
@@ -173,12 +186,12 @@ func (v *clipTiles) tile(e engine, st *step, q int, t, acc ref, c0, cw int) {
 	x, ld := v.block(st, bX, j0, cw)
 	t = t.rows(c0, st.d)
 	if !v.backward {
-		logits(e, st, t, x, ld, cw, v.keep)
+		logits(e, st, t, x, ld, cw, v.cls)
 		e.kernel(kernOp{op: kStats, x: x, ld: ld, rows: st.b, cols: cw, at: j0})
 		return
 	}
 	if !v.keep {
-		logits(e, st, t, x, ld, cw, false)
+		logits(e, st, t, x, ld, cw, v.cls)
 	}
 	src, dt := x, noRef()
 	if v.split {
@@ -186,8 +199,8 @@ func (v *clipTiles) tile(e engine, st *step, q int, t, acc ref, c0, cw int) {
 		src = dt
 	}
 	e.kernel(kernOp{op: kGrad, x: x, y: dt, ld: ld, rows: st.b, cols: cw, at: j0})
-	textGrad(e, st, v.f, src, ld, cw, acc.rows(c0, st.d), v.keep)
-	imageGrad(e, st, v.f, x, ld, cw, t, !v.started, v.keep)
+	textGrad(e, st, v.f, src, ld, cw, acc.rows(c0, st.d), v.cls)
+	imageGrad(e, st, v.f, x, ld, cw, t, !v.started, v.cls)
 	v.started = true
 }
 
@@ -399,12 +412,15 @@ func naiveLocal(e engine, st *step) error {
 // image-gradient update. Each text block is processed in tiles that are
 // formed, turned into gradients and multiplied out in one pass: 3 GEMMs
 // of 2·b·N·d and O(b·tile) memory.
-type sigTiles struct{ started bool }
+type sigTiles struct {
+	cls     gemmClass
+	started bool
+}
 
 func (v *sigTiles) tile(e engine, st *step, q int, t, acc ref, c0, cw int) {
 	b := st.b
 	t = t.rows(c0, st.d)
-	logits(e, st, t, bX.at(0), cw, cw, false)
+	logits(e, st, t, bX.at(0), cw, cw, v.cls)
 	at := noDiagonal
 	if q == st.rank {
 		at = -c0
@@ -413,8 +429,8 @@ func (v *sigTiles) tile(e engine, st *step, q int, t, acc ref, c0, cw int) {
 	if !st.backward {
 		return
 	}
-	textGrad(e, st, st.scale, bX.at(0), cw, cw, acc.rows(c0, st.d), false)
-	imageGrad(e, st, st.scale, bX.at(0), cw, cw, t, !v.started, false)
+	textGrad(e, st, st.scale, bX.at(0), cw, cw, acc.rows(c0, st.d), v.cls)
+	imageGrad(e, st, st.scale, bX.at(0), cw, cw, t, !v.started, v.cls)
 	v.started = true
 }
 
@@ -439,7 +455,7 @@ type sigRing struct {
 func (s *sigRing) run(e engine, st *step) error {
 	t := sigTileWidth(s.tile, st.b, true)
 	e.buffer(bX, st.b*t)
-	s.v = sigTiles{}
+	s.v = sigTiles{cls: classOf(t)}
 	s.g.init(st, t, [3]string{"SigLIP ring shift", "SigLIP text gradients", "SigLIP text gradients home"})
 	s.g.streams[0] = stream{dir: 1, hops: s.hr}
 	s.g.streams[1] = stream{dir: -1, hops: s.hl}
@@ -464,8 +480,9 @@ type sigBlocks struct {
 
 func (s *sigBlocks) run(e engine, st *step) error {
 	b, d, bd := st.b, st.d, st.b*st.d
-	e.buffer(bX, b*sigTileWidth(s.tile, b, false))
-	s.v = sigTiles{}
+	t := sigTileWidth(s.tile, b, false)
+	e.buffer(bX, b*t)
+	s.v = sigTiles{cls: classOf(t)}
 	if s.gather {
 		e.buffer(bTall, st.n*d)
 		e.buffer(bGt, st.n*d)

@@ -251,8 +251,8 @@ func run(comm mpi.Comm, out io.Writer, bc benchConfig) error {
 		return err
 	}
 	if rank0 && !jsonOnly {
-		fmt.Fprintf(out, "# cost model rates: GEMM %.1f GFLOP/s (%.1f on a kept b×N block); kernels stats %.2f, grad %.2f, sigmoid %.2f, naive %.1f + %.1f ns per logit; copy %.2f, transpose %.2f ns per element; link %.3g Gbit/s, latency %.3g µs\n",
-			rates.GemmGflops, rates.KeptGflops, rates.StatsNs, rates.GradNs, rates.SigmoidNs, rates.NaiveStatsNs, rates.NaiveGradNs, rates.CopyNs, rates.TransposeNs, rates.LinkGbits, rates.LatencyUs)
+		fmt.Fprintf(out, "# cost model rates: GEMM %.1f GFLOP/s (narrow tiles %.1f, kept b×N block %.1f); kernels stats %.2f, grad %.2f, sigmoid %.2f, naive %.1f + %.1f ns per logit; copy %.2f, transpose %.2f ns per element; link %.3g Gbit/s, latency %.3g µs\n",
+			rates.GemmGflops, rates.NarrowGflops, rates.KeptGflops, rates.StatsNs, rates.GradNs, rates.SigmoidNs, rates.NaiveStatsNs, rates.NaiveGradNs, rates.CopyNs, rates.TransposeNs, rates.LinkGbits, rates.LatencyUs)
 	}
 	// Rounds (-repeat): every configuration is measured once per round,
 	// round after round, so that other work on the machine falls on all
