@@ -152,7 +152,13 @@ func modelMain(args []string, out io.Writer) error {
 	for _, p := range kernels(&r) {
 		*p /= t
 	}
-	r.GemmGflops *= t
+	// The GEMM rates of every class scale together: by the threads, or
+	// to the rate given.
+	g := t
+	if mc.gflops > 0 && r.GemmGflops > 0 {
+		g = mc.gflops / r.GemmGflops
+	}
+	r.GemmGflops, r.NarrowGflops, r.KeptGflops = r.GemmGflops*g, r.NarrowGflops*g, r.KeptGflops*g
 	if mc.gflops > 0 {
 		r.GemmGflops = mc.gflops
 	}
