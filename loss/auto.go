@@ -1,9 +1,11 @@
 package loss
 
 import (
+	"cmp"
 	"fmt"
 	"math"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/clipmpi/clipmpi/blas"
@@ -105,23 +107,10 @@ func choose(preds []Prediction, r Rates, budget int64, shape string) (int, Choic
 		order[i] = i
 	}
 	fits := func(i int) bool { return preds[i].MemoryBytes <= budget }
-	less := func(a, b int) bool {
-		if (a == best) != (b == best) {
-			return a == best
-		}
-		if fits(a) != fits(b) {
-			return fits(a)
-		}
-		if preds[a].Seconds != preds[b].Seconds {
-			return preds[a].Seconds < preds[b].Seconds
-		}
-		return a < b
-	}
-	for i := 1; i < len(order); i++ { // insertion sort: a handful of items
-		for j := i; j > 0 && less(order[j], order[j-1]); j-- {
-			order[j], order[j-1] = order[j-1], order[j]
-		}
-	}
+	rank := func(i int) float64 { return b2f(i != best)*2 + b2f(!fits(i)) } // the choice, the others that fit, the rest
+	slices.SortStableFunc(order, func(a, b int) int {
+		return cmp.Or(cmp.Compare(rank(a), rank(b)), cmp.Compare(preds[a].Seconds, preds[b].Seconds))
+	})
 	ch := Choice{Rates: r, BudgetBytes: budget}
 	for _, i := range order {
 		ch.Predictions = append(ch.Predictions, preds[i])
