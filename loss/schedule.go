@@ -176,9 +176,9 @@ func classOf(t int) gemmClass {
 
 // keptLd is the leading dimension of a kept b×N logit block: N rounded up
 // to 16 elements, plus 16, so that consecutive rows never lie a power of
-// two apart. At N = 32768 (rows 128 KiB apart, all in the same cache
-// sets) OpenBLAS's transposed GEMM on the block took minutes instead of
-// seconds.
+// two apart (with N a power of two, rows 2^k bytes apart share cache
+// sets). It is a precaution: on the Xeon of the README one transposed
+// GEMM ran as fast with a leading dimension of 32768 as of 32784.
 func keptLd(n int) int { return (n+15)/16*16 + 16 }
 
 func (v *clipTiles) tile(e engine, st *step, q int, t, acc ref, c0, cw int) {
