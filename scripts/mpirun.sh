@@ -33,6 +33,8 @@ flags=(--bind-to none)
 threads=$(( cores / np ))
 [ "$threads" -ge 1 ] || threads=1
 export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-$threads}
+# OpenMP's threads (PyTorch's, oneDNN's) get the same share of the cores.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$OPENBLAS_NUM_THREADS}
 # OpenBLAS picks its kernels by the CPU model it knows, and falls back to
 # old ones on a newer CPU: Debian 12's 0.3.21 runs its Prescott (SSE3)
 # kernels on Intel's Emerald Rapids (family 6, model 207), at a fifth of
@@ -57,6 +59,6 @@ export OMPI_MCA_oob_tcp_keepalive_probes=${OMPI_MCA_oob_tcp_keepalive_probes:-3}
 export OMPI_MCA_btl_vader_single_copy_mechanism=${OMPI_MCA_btl_vader_single_copy_mechanism:-none}
 if [ -n "${CLIPMPI_TIMEOUT:-}" ]; then
   [[ $CLIPMPI_TIMEOUT =~ ^[0-9]+$ ]] || { echo "$0: CLIPMPI_TIMEOUT=$CLIPMPI_TIMEOUT: want whole seconds" >&2; exit 2; }
-  exec timeout -k 10 "$CLIPMPI_TIMEOUT" mpirun "${flags[@]}" -x OPENBLAS_NUM_THREADS -x OPENBLAS_THREAD_TIMEOUT -np "$np" "$@"
+  exec timeout -k 10 "$CLIPMPI_TIMEOUT" mpirun "${flags[@]}" -x OPENBLAS_NUM_THREADS -x OMP_NUM_THREADS -x OPENBLAS_THREAD_TIMEOUT -np "$np" "$@"
 fi
-exec mpirun "${flags[@]}" -x OPENBLAS_NUM_THREADS -x OPENBLAS_THREAD_TIMEOUT -np "$np" "$@"
+exec mpirun "${flags[@]}" -x OPENBLAS_NUM_THREADS -x OMP_NUM_THREADS -x OPENBLAS_THREAD_TIMEOUT -np "$np" "$@"
