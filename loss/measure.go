@@ -154,7 +154,7 @@ func (m *meter[T]) compute() error {
 	// block (Fused), N as in the step but the block at most 64 MiB.
 	tn := min(b, ringTile(b))
 	m.time(mNarrow, 7, triple(x, tn, tn))
-	ld := keptLd(min(m.comm.Size()*m.b0, max(t, (64<<20)/(elemSize[T]()*b))))
+	ld := min(m.comm.Size()*m.b0, max(t, (64<<20)/(elemSize[T]()*b)))
 	m.time(mKept, 7, triple(make([]T, b*ld), tn, ld))
 	m.kernels(img, tq, x, acc, dimg)
 	return m.err

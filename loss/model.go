@@ -121,9 +121,10 @@ func (o SigLipOptions) Memory(w, b, d, elemSize int) int64 {
 // of elemSize bytes, on ranks with the rates r.
 //
 // The algorithm's schedule is replayed as a timeline (in program order,
-// like the code: it is the same code). With G = r.GemmGflops (r.KeptGflops
-// for the GEMMs on a kept b×N block), β = r.LinkGbits/8 GB/s and
-// α = r.LatencyUs:
+// like the code: it is the same code). With G the rate of the GEMM's
+// class (r.GemmGflops for wide tiles, r.NarrowGflops for narrow ones,
+// r.KeptGflops for narrow tiles of a kept b×N block), β = r.LinkGbits/8
+// GB/s and α = r.LatencyUs:
 //
 //	GEMM (m×n×k)                2·m·n·k / G
 //	kernel over E entries       E · (ns per entry of that kernel)
@@ -158,17 +159,13 @@ func (o SigLipOptions) Predict(w, b, d, elemSize int, r Rates) Prediction {
 }
 
 func predict(name string, s schedule, st *step, elemSize int, r Rates) Prediction {
-	rec := newRecorder(elemSize)
-	if err := s.run(rec, st); err != nil {
-		panic("loss: internal error: " + err.Error())
-	}
-	p := rec.plan()
-	tl := newTimeline(st, float64(elemSize), r)
+	tl := newTimeline(st, elemSize, r)
 	tl.kernel(kernOp{op: kCopy, rows: 2 * st.b, cols: st.d}) // the finiteness scan
 	tl.allreduce(8 * float64(agreeFixed+st.w))
 	if err := s.run(tl, st); err != nil {
 		panic("loss: internal error: " + err.Error())
 	}
+	p := tl.rec.plan()
 	end := max(tl.now, tl.link)
 	return Prediction{
 		Name: name, Seconds: end, GemmSeconds: tl.gemmS, KernelSeconds: tl.kernS,
@@ -180,8 +177,10 @@ func predict(name string, s schedule, st *step, elemSize int, r Rates) Predictio
 
 // timeline is the engine behind Predict: it replays one rank's step on a
 // compute clock and a link that carries one transfer at a time, with the
-// completion times of posted exchanges.
+// completion times of posted exchanges. It records the step as it goes
+// (rec), for the Plan the Prediction reports.
 type timeline struct {
+	rec                  *recorder
 	st                   *step
 	r                    Rates
 	e                    float64 // bytes per element
@@ -194,11 +193,11 @@ type timeline struct {
 	flops, bytesReceived float64
 }
 
-func newTimeline(st *step, e float64, r Rates) *timeline {
+func newTimeline(st *step, elemSize int, r Rates) *timeline {
 	if st.w > 1 && !(r.LinkGbits > 0) {
 		panic("loss: the cost model needs a positive link bandwidth with more than one rank")
 	}
-	tl := &timeline{st: st, r: r, e: e, beta: r.LinkGbits * 1e9 / 8, alpha: r.LatencyUs * 1e-6}
+	tl := &timeline{rec: newRecorder(elemSize), st: st, r: r, e: float64(elemSize), beta: r.LinkGbits * 1e9 / 8, alpha: r.LatencyUs * 1e-6}
 	// A block piece (hundreds of KiB) goes by MPI's rendezvous protocol:
 	// its data leaves after the receiver has matched the request and the
 	// sender has seen the reply, and each side does that only when it
@@ -213,10 +212,11 @@ func newTimeline(st *step, e float64, r Rates) *timeline {
 	return tl
 }
 
-func (tl *timeline) buffer(buf, int)  {}
-func (tl *timeline) softmax(int, int) {}
+func (tl *timeline) buffer(id buf, n int)   { tl.rec.buffer(id, n) }
+func (tl *timeline) softmax(rows, cols int) { tl.rec.softmax(rows, cols) }
 
 func (tl *timeline) gemm(g gemmOp) {
+	tl.rec.gemm(g)
 	rate := [...]float64{gWide: tl.r.GemmGflops, gNarrow: tl.r.NarrowGflops, gKept: tl.r.KeptGflops}[g.cls]
 	if !(rate > 0) {
 		rate = tl.r.GemmGflops
@@ -229,6 +229,7 @@ func (tl *timeline) gemm(g gemmOp) {
 }
 
 func (tl *timeline) kernel(k kernOp) {
+	tl.rec.kernel(k)
 	r := tl.r
 	ns := [...]float64{kStats: r.StatsNs, kGrad: r.GradNs, kSig: r.SigmoidNs, kRowStats: r.NaiveStatsNs,
 		kRowGrad: r.NaiveGradNs, kTranspose: r.TransposeNs, kAddTranspose: r.TransposeNs,
@@ -263,11 +264,13 @@ func (tl *timeline) blocking(steps int, bytes float64) {
 }
 
 func (tl *timeline) post(x xfer) (int, error) {
+	tl.rec.post(x)
 	tl.done = append(tl.done, tl.transfer(tl.now, 1, float64(x.n)*tl.e, true))
 	return len(tl.done) - 1, nil
 }
 
-func (tl *timeline) wait(h int, _ string) error {
+func (tl *timeline) wait(h int, what string) error {
+	tl.rec.wait(h, what)
 	if h != noXfer {
 		tl.now = max(tl.now, tl.done[h])
 	}
@@ -283,6 +286,7 @@ func (tl *timeline) share(n float64) float64 { return n * float64(tl.st.w-1) / f
 // a 2 Gbit/s link at W = 2: 31.5 ms for 4.2 MB, where a shift of 2.1 MB
 // takes 8 ms and an all-gather of 2 × 2.1 MB 9.1 ms); an all-reduce.
 func (tl *timeline) collective(c collOp) error {
+	tl.rec.collective(c)
 	w := tl.st.w
 	n := float64(c.n) * tl.e
 	switch c.op {

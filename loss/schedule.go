@@ -132,7 +132,7 @@ type clipTiles struct {
 func (v *clipTiles) start(e engine, st *step, t int, keep bool) {
 	*v = clipTiles{keep: keep, split: st.local && !st.gwg, f: gradFactor(st), xlen: st.b * t, cls: classOf(t)}
 	if keep {
-		v.xlen = st.b * keptLd(st.n)
+		v.xlen = st.b * st.n
 	}
 	if keep && t < st.n {
 		v.cls = gKept
@@ -160,7 +160,7 @@ func (v *clipTiles) turn(e engine, st *step) (more bool, err error) {
 
 func (v *clipTiles) block(st *step, buf buf, j0, cw int) (ref, int) {
 	if v.keep {
-		return buf.at(j0), keptLd(st.n)
+		return buf.at(j0), st.n
 	}
 	return buf.at(0), cw
 }
@@ -174,12 +174,6 @@ func classOf(t int) gemmClass {
 	return gWide
 }
 
-// keptLd is the leading dimension of a kept b×N logit block: N rounded up
-// to 16 elements, plus 16, so that consecutive rows never lie a power of
-// two apart (with N a power of two, rows 2^k bytes apart share cache
-// sets). It is a precaution: on the Xeon of the README one transposed
-// GEMM ran as fast with a leading dimension of 32768 as of 32784.
-func keptLd(n int) int { return (n+15)/16*16 + 16 }
 
 func (v *clipTiles) tile(e engine, st *step, q int, t, acc ref, c0, cw int) {
 	j0 := q*st.b + c0
