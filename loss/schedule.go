@@ -174,7 +174,6 @@ func classOf(t int) gemmClass {
 	return gWide
 }
 
-
 func (v *clipTiles) tile(e engine, st *step, q int, t, acc ref, c0, cw int) {
 	j0 := q*st.b + c0
 	x, ld := v.block(st, bX, j0, cw)
