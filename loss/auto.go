@@ -271,6 +271,7 @@ func rateFields(r *Rates) []rateField {
 		{&r.NaiveStatsNs, false, needAlways}, {&r.NaiveGradNs, false, needAlways}, {&r.SigmoidNs, false, needAlways},
 		{&r.CopyNs, false, needAlways}, {&r.TransposeNs, false, needAlways},
 		{&r.LinkGbits, true, needLink}, {&r.LatencyUs, false, needLink}, {&r.NarrowGflops, true, needNever}, {&r.KeptGflops, true, needNever},
+		{&r.BF16Gflops, true, needNever},
 	}
 }
 

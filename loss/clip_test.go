@@ -483,7 +483,7 @@ func TestNoAllocations(t *testing.T) {
 // stepAllocs returns the allocations per ForwardBackward step, after the
 // first, of the loss newLoss makes, on every rank of an in-process group
 // (testing.AllocsPerRun counts the whole process: all ranks' allocations).
-func stepAllocs(p *problem, newLoss func(c mpi.Comm) stepper[float64]) float64 {
+func stepAllocs[T blas.Float](p *problem, newLoss func(c mpi.Comm) stepper[T]) float64 {
 	const runs = 20
 	b, d := p.b, p.d
 	var allocs float64
@@ -492,8 +492,8 @@ func stepAllocs(p *problem, newLoss func(c mpi.Comm) stepper[float64]) float64 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			img, txt := p.img[r*b*d:(r+1)*b*d], p.txt[r*b*d:(r+1)*b*d]
-			di, dt := make([]float64, b*d), make([]float64, b*d)
+			img, txt := convert[T](p.img[r*b*d:(r+1)*b*d]), convert[T](p.txt[r*b*d:(r+1)*b*d])
+			di, dt := make([]T, b*d), make([]T, b*d)
 			l := newLoss(c)
 			step := func() {
 				if _, err := l.ForwardBackward(di, dt, img, txt, p.lg); err != nil {

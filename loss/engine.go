@@ -26,6 +26,8 @@ const (
 	bGi                // N×d image-gradient sources (Naive)
 	bGt                // N×d text-gradient partials
 	bOwn               // b×d: a reduce-scatter's share, Reduce's partial
+	bHImg              // b×d: the caller's image features in bf16 (AMPBF16)
+	bHTxt              // b×d: the caller's text features in bf16 (AMPBF16)
 	bStream            // the ring streams' buffers, streamBufs each
 	nbuf    = bStream + 2*streamBufs
 )
@@ -45,6 +47,15 @@ func (r ref) rows(lo, d int) ref  { return r.plus(lo * d) }
 func (r ref) valid() bool         { return r.id < nbuf }
 func noRef() ref                  { return ref{id: nbuf} }
 func (b buf) stream(s, k int) buf { return bStream + buf(s*streamBufs+k) }
+
+// feature reports whether buffer id holds features (b or N rows of d):
+// in AMPBF16 they hold bf16 numbers, rows step.dh apart (step.words).
+func feature(id buf) bool {
+	if id >= bStream {
+		return (id-bStream)%streamBufs < sPart
+	}
+	return id <= bTxt || id == bIall || id == bTall || id == bHImg || id == bHTxt
+}
 
 // gemmOp is C = alpha·op(A)·op(B) + beta·C, row-major.
 type gemmOp struct {
@@ -81,6 +92,7 @@ const (
 	kAdd                      // x += y, rows·cols elements
 	kCopy                     // x = y
 	kZero                     // x = 0
+	kRound                    // x = y rounded to bf16: rows of features (AMPBF16)
 )
 
 // kernOp is one kernel pass over a rows×cols tile x (leading dimension ld).
@@ -206,6 +218,7 @@ func (p Plan) Flops() float64 {
 // recorder is the engine behind Plan: it lists a schedule's GEMMs and
 // transfers and sizes its buffers.
 type recorder struct {
+	st       *step
 	elem     int64
 	size     [nbuf]int
 	stats    int64 // bytes of the float64 statistics
@@ -216,11 +229,11 @@ type recorder struct {
 	transfAt map[Transfer]int
 }
 
-func newRecorder(elemSize int) *recorder {
-	return &recorder{elem: int64(elemSize), gemmAt: map[GemmShape]int{}, transfAt: map[Transfer]int{}}
+func newRecorder(st *step, elemSize int) *recorder {
+	return &recorder{st: st, elem: int64(elemSize), gemmAt: map[GemmShape]int{}, transfAt: map[Transfer]int{}}
 }
 
-func (r *recorder) buffer(id buf, n int) { r.size[id] = max(r.size[id], n) }
+func (r *recorder) buffer(id buf, n int) { r.size[id] = max(r.size[id], r.st.words(id, n)) }
 func (r *recorder) softmax(rows, cols int) {
 	r.stats = max(r.stats, 8*(6*int64(cols)+4*int64(rows)))
 }
@@ -249,12 +262,12 @@ func (r *recorder) transfer(kind string, bytes int64) {
 	r.p.Transfers = append(r.p.Transfers, t)
 }
 func (r *recorder) collective(c collOp) error {
-	r.transfer(collNames[c.op], int64(c.n)*r.elem)
+	r.transfer(collNames[c.op], int64(r.st.words(c.dst.id, c.n))*r.elem)
 	return nil
 }
 func (r *recorder) reduce(stat) error { return nil }
 func (r *recorder) post(x xfer) (int, error) {
-	r.transfer("shift", int64(x.n)*r.elem)
+	r.transfer("shift", int64(r.st.words(x.dst.id, x.n))*r.elem)
 	r.live++
 	r.p.MaxInFlight = max(r.p.MaxInFlight, r.live)
 	return 0, nil

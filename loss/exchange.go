@@ -132,6 +132,15 @@ var gemmHook func(tA, tB blas.Transpose, m, n, k int)
 // pollFlops each (at least minPanelRows) and polls the transfers between
 // panels.
 func gemm[T blas.Float](e *exchanges, tA, tB blas.Transpose, m, n, k int, alpha T, a []T, lda int, b []T, ldb int, beta T, c []T, ldc int) {
+	panels(e, tA, tB, m, n, k, lda, func(i0, mr, ai int) {
+		blas.Gemm(tA, tB, mr, n, k, alpha, a[ai:], lda, b, ldb, beta, c[i0*ldc:], ldc)
+	})
+}
+
+// panels runs an m×n×k GEMM as f(i0, mr, ai) over row panels of C: rows
+// i0..i0+mr, whose op(A) rows begin at element ai of A; one panel when no
+// exchange is in flight.
+func panels(e *exchanges, tA, tB blas.Transpose, m, n, k, lda int, f func(i0, mr, ai int)) {
 	if gemmHook != nil {
 		gemmHook(tA, tB, m, n, k)
 	}
@@ -141,10 +150,6 @@ func gemm[T blas.Float](e *exchanges, tA, tB blas.Transpose, m, n, k int, alpha 
 		rows = max(minPanelRows, int(pollFlops/(2*float64(n)*float64(k))))
 		rows = (rows + 31) / 32 * 32
 	}
-	if rows >= m {
-		blas.Gemm(tA, tB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
-		return
-	}
 	for i0 := 0; i0 < m; i0 += rows {
 		mr := min(rows, m-i0)
 		// Row i of op(A) is row i of A (lda apart) or column i of A.
@@ -152,10 +157,12 @@ func gemm[T blas.Float](e *exchanges, tA, tB blas.Transpose, m, n, k int, alpha 
 		if tA == blas.Trans {
 			ai = i0
 		}
-		blas.Gemm(tA, tB, mr, n, k, alpha, a[ai:], lda, b, ldb, beta, c[i0*ldc:], ldc)
+		f(i0, mr, ai)
 		if i0+mr < m {
 			e.poll()
 		}
 	}
-	e.poll()
+	if rows < m {
+		e.poll()
+	}
 }

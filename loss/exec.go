@@ -31,7 +31,7 @@ type exec[T blas.Float] struct {
 // start binds a call's buffers and step; run the schedule next.
 func (x *exec[T]) start(dImg, dTxt, img, txt []T, st *step) {
 	x.ws[bImg], x.ws[bTxt], x.ws[bDImg], x.ws[bDTxt] = img, txt, dImg, dTxt
-	x.st, x.ex.comm = st, x.comm
+	x.st, x.ex.comm, x.k.half = st, x.comm, st.half
 	x.lossSum, x.sumX, x.sumB, x.res = 0, 0, 0, Result{}
 }
 
@@ -49,10 +49,41 @@ func (x *exec[T]) at(r ref) []T { return x.ws[r.id][r.off:] }
 
 func (x *exec[T]) span(r ref, n int) []T { return x.ws[r.id][r.off : r.off+n] }
 
-func (x *exec[T]) buffer(id buf, n int) { x.ws[id] = grow(x.ws[id], n) }
+func (x *exec[T]) buffer(id buf, n int) { x.ws[id] = grow(x.ws[id], x.st.words(id, n)) }
+
+// wire returns the n elements at r as they are stored and travel: in
+// AMPBF16, features as their bf16 numbers in pairs.
+func (x *exec[T]) wire(r ref, n int) []T {
+	if !x.st.half || !feature(r.id) {
+		return x.span(r, n)
+	}
+	f := x.st.feat(r)
+	return x.span(ref{f.id, f.off / 2}, x.st.words(r.id, n))
+}
 
 func (x *exec[T]) gemm(g gemmOp) {
-	gemm(&x.ex, blasT(g.tA), blasT(g.tB), g.m, g.n, g.k, T(g.alpha), x.at(g.a), g.lda, x.at(g.b), g.ldb, T(g.beta), x.at(g.c), g.ldc)
+	tA, tB := blasT(g.tA), blasT(g.tB)
+	if !x.st.half {
+		gemm(&x.ex, tA, tB, g.m, g.n, g.k, T(g.alpha), x.at(g.a), g.lda, x.at(g.b), g.ldb, T(g.beta), x.at(g.c), g.ldc)
+		return
+	}
+	a, lda := x.bf16(g.a, g.lda)
+	b, ldb := x.bf16(g.b, g.ldb)
+	c := blas.As32(x.at(g.c))
+	panels(&x.ex, tA, tB, g.m, g.n, g.k, lda, func(i0, mr, ai int) {
+		blas.GemmBF16(tA, tB, mr, g.n, g.k, float32(g.alpha), a[ai:], lda, b, ldb, float32(g.beta), c[i0*g.ldc:], g.ldc)
+	})
+}
+
+// bf16 returns the bf16 operand at r and its leading dimension: features
+// (rows dh apart), or a gradient tile its kernel rounded in place (row i's
+// bf16 numbers begin its float32 row: twice the leading dimension).
+func (x *exec[T]) bf16(r ref, ld int) ([]blas.BF16, int) {
+	if feature(r.id) {
+		f := x.st.feat(r)
+		return asBF16(x.ws[f.id])[f.off:], x.st.dh()
+	}
+	return asBF16(x.at(r)), 2 * ld
 }
 
 func blasT(t bool) blas.Transpose {
@@ -96,9 +127,19 @@ func (x *exec[T]) kernel(o kernOp) {
 	case kAdd:
 		addTo(k, x.span(o.x, o.rows*o.cols), x.span(o.y, o.rows*o.cols))
 	case kCopy:
-		copy(x.span(o.x, o.rows*o.cols), x.span(o.y, o.rows*o.cols))
+		copy(x.wire(o.x, o.rows*o.cols), x.wire(o.y, o.rows*o.cols))
 	case kZero:
-		clear(x.span(o.x, o.rows*o.cols))
+		clear(x.wire(o.x, o.rows*o.cols))
+	case kRound:
+		h, f, dh := asBF16(x.ws[o.x.id]), blas.As32(x.at(o.y)), st.dh()
+		for i := range o.rows {
+			blas.RoundBF16(h[i*dh:i*dh+o.cols], f[i*o.cols:(i+1)*o.cols])
+		}
+	}
+	// Naive's gradient blocks are complete after the row gradients (local)
+	// or the transposed sum (global): the GEMMs read them in bf16.
+	if st.half && (o.op == kRowGrad && st.local || o.op == kAddTranspose) {
+		roundRows(k, x.at(o.x), o.ld, o.rows, o.cols)
 	}
 }
 
@@ -128,11 +169,13 @@ func (x *exec[T]) collective(c collOp) error {
 	var err error
 	switch c.op {
 	case cAllgather:
-		err = mpi.Allgather(x.comm, x.span(c.dst, c.n*x.st.w), x.span(c.src, c.n))
+		err = mpi.Allgather(x.comm, x.wire(c.dst, c.n*x.st.w), x.wire(c.src, c.n))
 	case cReduceScatter:
 		err = mpi.ReduceScatter(x.comm, x.span(c.dst, c.n), x.span(c.src, c.n*x.st.w))
 	case cAllreduce:
-		err = mpi.Allreduce(x.comm, mpi.Sum, x.span(c.dst, c.n), x.span(c.src, c.n))
+		// Reduce's broadcast of bf16 features adds zeros to one rank's
+		// numbers, taken in pairs as float32: exact, whatever the bits.
+		err = mpi.Allreduce(x.comm, mpi.Sum, x.wire(c.dst, c.n), x.wire(c.src, c.n))
 	}
 	if err != nil {
 		return fmt.Errorf("loss: %s: %w", c.what, err)
@@ -161,7 +204,7 @@ func (x *exec[T]) reduce(s stat) error {
 }
 
 func (x *exec[T]) post(t xfer) (int, error) {
-	i, err := exchange(&x.ex, x.span(t.dst, t.n), t.from, x.span(t.src, t.n), t.to)
+	i, err := exchange(&x.ex, x.wire(t.dst, t.n), t.from, x.wire(t.src, t.n), t.to)
 	if err != nil {
 		return noXfer, fmt.Errorf("loss: %s: %w", t.what, err)
 	}

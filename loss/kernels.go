@@ -2,6 +2,7 @@ package loss
 
 import (
 	"math"
+	"unsafe"
 
 	"github.com/clipmpi/clipmpi/blas"
 )
@@ -112,6 +113,7 @@ type kernels[T blas.Float] struct {
 	nb, bs                 int  // row blocks and their size
 	native                 bool // float32 C kernels
 	isa                    int
+	half                   bool // gradient tiles end in bf16 (AMPBF16)
 
 	part  []float64 // 2·nb×cols column partials of the blocks
 	sums  []float64 // 3·nb scalar partials of the blocks
@@ -462,7 +464,8 @@ func (k *kernels[T]) gradColsChunk(c int) {
 	}
 }
 
-// gradBlock forms block b's gradients, its column partials and its sums.
+// gradBlock forms block b's gradients, its column partials and its sums;
+// in AMPBF16 it leaves the block's gradient rows in bf16 (roundRows).
 func (k *kernels[T]) gradBlock(b int) {
 	r0, r1 := k.rowsOf(b)
 	off := r0 * k.ld
@@ -477,20 +480,53 @@ func (k *kernels[T]) gradBlock(b int) {
 		fill(cb, 0)
 		k.sums[2*b], k.sums[2*b+1] = gradTile(k.d[off:], dt, k.x[off:], k.ld, r1-r0, k.cols, 0, k.e0+r0,
 			k.scale, k.bias, k.cI, k.cT, k.rowM[r0:r1], k.rowS[r0:r1], k.colM, k.colS, cx, cb)
+	} else {
+		for i := r0; i < r1; i++ {
+			xs := xAt(k.rowM[i], k.scale, k.bias)
+			k.xr[i] = xs
+			k.wr[i] = float32(k.cI * math.Exp((k.scale*float64(xs)+k.bias-k.rowM[i])-k.rowS[i]))
+		}
+		var dt32 []float32
+		if dt != nil {
+			dt32 = blas.As32(dt)
+		}
+		grad32(k.isa, blas.As32(k.d[off:]), dt32, blas.As32(k.x[off:]), k.ld, r1-r0, k.cols, k.e0+r0,
+			float32(k.scale*math.Log2E), k.xr[r0:r1], k.wr[r0:r1], k.xc, k.wc, float32(k.cI), float32(k.cT),
+			cx, cb, k.sums[2*b:2*b+2])
+	}
+	if k.half {
+		roundRows(k, k.d[off:], k.ld, r1-r0, k.cols)
+		if dt != nil {
+			roundRows(k, dt, k.ld, r1-r0, k.cols)
+		}
+	}
+}
+
+// roundRows rounds the rows×cols tile x (leading dimension ld) to bf16 in
+// place: row i's bf16 numbers take the first half of its bytes, so that
+// the tile reads as bf16 with leading dimension 2·ld. Each value is read
+// before its bf16 number, lower in the row, is written.
+func roundRows[T blas.Float](k *kernels[T], x []T, ld, rows, cols int) {
+	x32 := blas.As32(x)
+	if k.useNative() {
+		checkTile(len(x32), ld, rows, cols)
+		bf16rows32(kernelISA, x32, ld, rows, cols)
 		return
 	}
-	for i := r0; i < r1; i++ {
-		xs := xAt(k.rowM[i], k.scale, k.bias)
-		k.xr[i] = xs
-		k.wr[i] = float32(k.cI * math.Exp((k.scale*float64(xs)+k.bias-k.rowM[i])-k.rowS[i]))
+	h := asBF16(x)
+	for i := range rows {
+		for j, v := range x32[i*ld : i*ld+cols] {
+			h[2*i*ld+j] = blas.ToBF16(v)
+		}
 	}
-	var dt32 []float32
-	if dt != nil {
-		dt32 = blas.As32(dt)
+}
+
+// asBF16 returns the float32 slice s seen as its bf16 halves.
+func asBF16[T blas.Float](s []T) []blas.BF16 {
+	if len(s) == 0 {
+		return nil
 	}
-	grad32(k.isa, blas.As32(k.d[off:]), dt32, blas.As32(k.x[off:]), k.ld, r1-r0, k.cols, k.e0+r0,
-		float32(k.scale*math.Log2E), k.xr[r0:r1], k.wr[r0:r1], k.xc, k.wc, float32(k.cI), float32(k.cT),
-		cx, cb, k.sums[2*b:2*b+2])
+	return unsafe.Slice((*blas.BF16)(unsafe.Pointer(&s[0])), 2*len(s))
 }
 
 // gradTile is grad's Go kernel for one block: it adds to colX and colB.
@@ -571,27 +607,31 @@ func sigTile[T blas.Float](k *kernels[T], d, x []T, ld, rows, cols, e0 int, scal
 	return loss, sumX, sumB
 }
 
-// sigBlock runs block b of sigTile.
+// sigBlock runs block b of sigTile; in AMPBF16 it leaves the block's
+// gradient rows in bf16 (roundRows).
 func (k *kernels[T]) sigBlock(b int) {
 	r0, r1 := k.rowsOf(b)
 	off := r0 * k.ld
 	e0 := max(min(k.e0, 1<<40), -1<<40) + r0 // within C's long
 	s := k.sums[3*b : 3*b+3]
-	if !k.native {
-		var d []T
-		if k.backward {
-			d = k.d[off:]
-		}
-		s[0], s[1], s[2] = sigTileGo(d, k.x[off:], k.ld, r1-r0, k.cols, e0, k.scale, k.bias, k.cI, k.backward)
-		return
-	}
-	var d []float32
+	var d []T
 	if k.backward {
-		d = blas.As32(k.d[off:])
+		d = k.d[off:]
 	}
-	sig32(k.isa, d, blas.As32(k.x[off:]), k.ld, r1-r0, k.cols, e0, float32(k.scale*math.Log2E),
-		float32(k.bias*math.Log2E), float32(k.cI), k.backward, s)
-	s[0] *= math.Ln2
+	if !k.native {
+		s[0], s[1], s[2] = sigTileGo(d, k.x[off:], k.ld, r1-r0, k.cols, e0, k.scale, k.bias, k.cI, k.backward)
+	} else {
+		var d32 []float32
+		if k.backward {
+			d32 = blas.As32(d)
+		}
+		sig32(k.isa, d32, blas.As32(k.x[off:]), k.ld, r1-r0, k.cols, e0, float32(k.scale*math.Log2E),
+			float32(k.bias*math.Log2E), float32(k.cI), k.backward, s)
+		s[0] *= math.Ln2
+	}
+	if k.half && k.backward {
+		roundRows(k, d, k.ld, r1-r0, k.cols)
+	}
 }
 
 // sigTileGo is sigTile's Go kernel for one block, for either element type:

@@ -30,6 +30,9 @@ T static void sig_##S(float *d, const float *x, long ld, long rows, long cols, l
 		int backward, double *sums) { \
 	sig_body(R, d, x, ld, rows, cols, e0, A, B, c, backward, sums); \
 } \
+T static void bf16_##S(float *x, long ld, long rows, long cols) { \
+	bf16_body(x, ld, rows, cols); \
+} \
 T static int finite_##S(const float *x, long n) { \
 	return finite_body(x, n); \
 } \
@@ -89,6 +92,10 @@ void clip_grad32(int isa, float *di, float *dt, const float *x, long ld, long ro
 void clip_sig32(int isa, float *d, const float *x, long ld, long rows, long cols, long e0, float A, float B, float c,
 		int backward, double *sums) {
 	FLUSHED(PICK(isa, sig)(d, x, ld, rows, cols, e0, A, B, c, backward, sums));
+}
+
+void clip_bf16rows32(int isa, float *x, long ld, long rows, long cols) {
+	PICK(isa, bf16)(x, ld, rows, cols);
 }
 
 int clip_finite32(int isa, const float *x, long n) {

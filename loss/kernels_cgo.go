@@ -18,6 +18,7 @@ void clip_grad32(int isa, float *di, float *dt, const float *x, long ld, long ro
 void clip_sig32(int isa, float *d, const float *x, long ld, long rows, long cols, long e0, float A, float B,
 	float c, int backward, double *sums);
 int clip_finite32(int isa, const float *x, long n);
+void clip_bf16rows32(int isa, float *x, long ld, long rows, long cols);
 void clip_stats32(int isa, const float *x, long ld, long rows, long cols, float A, int neg, float *rmax, double *racc,
 	float *cmax, double *cacc);
 void clip_colmerge32(int isa, long nb, long cols, long stride, const float *pm, const double *ps, float A, int neg,
@@ -107,4 +108,8 @@ func colmerge32(isa, nb, cols, stride int, pm []float32, ps []float64, a float32
 
 func finite32(isa int, x []float32) bool {
 	return C.clip_finite32(C.int(isa), ptr32(x), C.long(len(x))) != 0
+}
+
+func bf16rows32(isa int, x []float32, ld, rows, cols int) {
+	C.clip_bf16rows32(C.int(isa), ptr32(x), C.long(ld), C.long(rows), C.long(cols))
 }

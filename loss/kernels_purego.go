@@ -37,3 +37,5 @@ func stats32(isa int, x []float32, ld, rows, cols int, a float32, neg bool, rmax
 func colmerge32(isa, nb, cols, stride int, pm []float32, ps []float64, a float32, neg bool, m []float32, s []float64) {
 	panic(errNoNative)
 }
+
+func bf16rows32(isa int, x []float32, ld, rows, cols int) { panic(errNoNative) }

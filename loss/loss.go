@@ -22,6 +22,7 @@ type core[T blas.Float] struct {
 	agree   agreement
 	x       exec[T]
 	auto    *auto // with Auto: the choice per batch size
+	half    bool  // AMPBF16
 }
 
 // picker returns the schedule of a validated call (choosing it with
@@ -32,7 +33,7 @@ type picker interface {
 
 // initCore checks what both constructors check and sets c up, with the
 // kernels' pool owned by (closed once unreachable with) owner.
-func initCore[T blas.Float, O any](c *core[T], owner *O, comm mpi.Comm, dim, tile int, budget int64, threads int, isAuto bool) {
+func initCore[T blas.Float, O any](c *core[T], owner *O, comm mpi.Comm, dim, tile int, budget int64, threads int, prec Precision, isAuto bool) {
 	if comm == nil {
 		panic(errNilComm)
 	}
@@ -45,6 +46,8 @@ func initCore[T blas.Float, O any](c *core[T], owner *O, comm mpi.Comm, dim, til
 	if budget < 0 {
 		panic(errBudget)
 	}
+	checkPrecision[T](prec)
+	c.half = prec == AMPBF16
 	threads = resolveThreads(threads)
 	p := newOwnedPool(owner, threads)
 	c.comm, c.dim, c.threads = comm, dim, threads
@@ -69,12 +72,13 @@ func (c *core[T]) call(p picker, dImg, dTxt, img, txt []T, lg Logit, code float6
 	if mode != nil {
 		mode(st)
 	}
+	st.half = c.half
 	s, err := p.schedule(st)
 	if err != nil {
 		return Result{}, err
 	}
 	c.x.start(dImg, dTxt, img, txt, st)
-	r, err := c.x.finish(s.run(&c.x, st))
+	r, err := c.x.finish(runStep(s, &c.x, st))
 	runtime.KeepAlive(p) // its cleanup stops the kernels' threads
 	if err != nil {
 		return Result{}, mpi.Fail(c.comm, err)

@@ -3,6 +3,7 @@ package loss
 import (
 	"fmt"
 	"math"
+	"slices"
 	"time"
 
 	"github.com/clipmpi/clipmpi/blas"
@@ -83,6 +84,7 @@ const (
 	mCycle
 	mNarrow
 	mKept
+	mBF16
 	mLink
 	mLatency
 	mCount
@@ -156,6 +158,17 @@ func (m *meter[T]) compute() error {
 	m.time(mNarrow, 7, triple(x, tn, tn))
 	ld := min(m.comm.Size()*m.b0, max(t, (64<<20)/(elemSize[T]()*b)))
 	m.time(mKept, 7, triple(make([]T, b*ld), tn, ld))
+	// AMPBF16's wide tiles (blas.GemmBF16).
+	h := make([]blas.BF16, len(img)+len(tq)+len(x))
+	for i, v := range slices.Concat(img, tq, x) {
+		h[i] = blas.ToBF16(float32(v))
+	}
+	ih, th, xh, c := h[:b*d], h[b*d:b*d+len(tq)], h[b*d+len(tq):], make([]float32, max(b, t)*max(t, d))
+	m.time(mBF16, 7, func() {
+		blas.GemmBF16(blas.NoTrans, blas.Trans, b, t, d, 1, ih, d, th, d, 0, c, t)
+		blas.GemmBF16(blas.Trans, blas.NoTrans, t, d, b, 1, xh, t, ih, d, 0, c, d)
+		blas.GemmBF16(blas.NoTrans, blas.NoTrans, b, d, t, 1, xh, t, th, d, 0, c, d)
+	})
 	m.kernels(img, tq, x, acc, dimg)
 	return m.err
 }
@@ -265,6 +278,7 @@ func (m *meter[T]) rates() Rates {
 		// The narrow and kept GEMMs with the same interference.
 		NarrowGflops: m.narrowFlops() / m.times[mNarrow] / 1e9 * gemm / alone,
 		KeptGflops:   m.narrowFlops() / m.times[mKept] / 1e9 * gemm / alone,
+		BF16Gflops:   m.flops / m.times[mBF16] / 1e9 * gemm / alone,
 		StatsNs:      ns(mStats, tile),
 		GradNs:       ns(mGrad, tile),
 		SigmoidNs:    ns(mSigmoid, tile),

@@ -14,6 +14,10 @@ type Rates struct {
 	// GemmGflops.
 	NarrowGflops float64 `json:"narrow_gemm_gflops"`
 	KeptGflops   float64 `json:"kept_gemm_gflops"`
+	// BF16Gflops is GemmGflops for AMPBF16's GEMMs (blas.GemmBF16); its
+	// ratio to GemmGflops scales the narrow and kept rates too. 0 means
+	// GemmGflops.
+	BF16Gflops float64 `json:"bf16_gemm_gflops"`
 	// StatsNs and GradNs are the ClipLoss softmax kernels of Fused, Tiled
 	// and Ring, ns per logit entry: the forward row and column statistics
 	// and the backward gradient.
@@ -77,7 +81,7 @@ func (o ClipOptions) Plan(w, b, d, elemSize int) Plan {
 // GEMMs of 2·b·N·d; they differ in memory and communication. It panics if
 // w, b or d is less than 1 or if the method is SigLipAuto.
 func (o SigLipOptions) Plan(w, b, d, elemSize int) Plan {
-	return record(sigSchedule(o, w), newStep(w, b, d), elemSize)
+	return record(sigSchedule(o, w), o.step(w, b, d), elemSize)
 }
 
 // newStep is the step the model and Plan describe: rank 0's
@@ -92,12 +96,19 @@ func newStep(w, b, d int) *step {
 func (o ClipOptions) step(w, b, d int) *step {
 	st := newStep(w, b, d)
 	st.local, st.gwg = o.LocalLoss && w > 1, o.GatherWithGrad && w > 1
+	st.half = o.Precision == AMPBF16
+	return st
+}
+
+func (o SigLipOptions) step(w, b, d int) *step {
+	st := newStep(w, b, d)
+	st.half = o.Precision == AMPBF16
 	return st
 }
 
 func record(s schedule, st *step, elemSize int) Plan {
-	r := newRecorder(elemSize)
-	if err := s.run(r, st); err != nil {
+	r := newRecorder(st, elemSize)
+	if err := runStep(s, r, st); err != nil {
 		panic("loss: internal error: " + err.Error())
 	}
 	return r.plan()
@@ -155,14 +166,14 @@ func (o ClipOptions) Predict(w, b, d, elemSize int, r Rates) Prediction {
 // all-reduces of b·d. It panics as ClipOptions.Predict does (with
 // SigLipAuto for Auto).
 func (o SigLipOptions) Predict(w, b, d, elemSize int, r Rates) Prediction {
-	return predict(o.Impl.String(), sigSchedule(o, w), newStep(w, b, d), elemSize, r)
+	return predict(o.Impl.String(), sigSchedule(o, w), o.step(w, b, d), elemSize, r)
 }
 
 func predict(name string, s schedule, st *step, elemSize int, r Rates) Prediction {
 	tl := newTimeline(st, elemSize, r)
 	tl.kernel(kernOp{op: kCopy, rows: 2 * st.b, cols: st.d}) // the finiteness scan
 	tl.allreduce(8 * float64(agreeFixed+st.w))
-	if err := s.run(tl, st); err != nil {
+	if err := runStep(s, tl, st); err != nil {
 		panic("loss: internal error: " + err.Error())
 	}
 	p := tl.rec.plan()
@@ -197,7 +208,7 @@ func newTimeline(st *step, elemSize int, r Rates) *timeline {
 	if st.w > 1 && !(r.LinkGbits > 0) {
 		panic("loss: the cost model needs a positive link bandwidth with more than one rank")
 	}
-	tl := &timeline{rec: newRecorder(elemSize), st: st, r: r, e: float64(elemSize), beta: r.LinkGbits * 1e9 / 8, alpha: r.LatencyUs * 1e-6}
+	tl := &timeline{rec: newRecorder(st, elemSize), st: st, r: r, e: float64(elemSize), beta: r.LinkGbits * 1e9 / 8, alpha: r.LatencyUs * 1e-6}
 	// A block piece (hundreds of KiB) goes by MPI's rendezvous protocol:
 	// its data leaves after the receiver has matched the request and the
 	// sender has seen the reply, and each side does that only when it
@@ -221,6 +232,9 @@ func (tl *timeline) gemm(g gemmOp) {
 	if !(rate > 0) {
 		rate = tl.r.GemmGflops
 	}
+	if tl.st.half && tl.r.BF16Gflops > 0 && tl.r.GemmGflops > 0 {
+		rate *= tl.r.BF16Gflops / tl.r.GemmGflops
+	}
 	f := 2 * float64(g.m) * float64(g.n) * float64(g.k)
 	s := f / (rate * 1e9)
 	tl.flops += f
@@ -233,7 +247,7 @@ func (tl *timeline) kernel(k kernOp) {
 	r := tl.r
 	ns := [...]float64{kStats: r.StatsNs, kGrad: r.GradNs, kSig: r.SigmoidNs, kRowStats: r.NaiveStatsNs,
 		kRowGrad: r.NaiveGradNs, kTranspose: r.TransposeNs, kAddTranspose: r.TransposeNs,
-		kAdd: r.CopyNs, kCopy: r.CopyNs, kZero: r.CopyNs}[k.op]
+		kAdd: r.CopyNs, kCopy: r.CopyNs, kZero: r.CopyNs, kRound: r.CopyNs}[k.op]
 	s := float64(k.rows) * float64(k.cols) * ns * 1e-9
 	tl.kernS += s
 	tl.now += s
@@ -265,7 +279,7 @@ func (tl *timeline) blocking(steps int, bytes float64) {
 
 func (tl *timeline) post(x xfer) (int, error) {
 	tl.rec.post(x)
-	tl.done = append(tl.done, tl.transfer(tl.now, 1, float64(x.n)*tl.e, true))
+	tl.done = append(tl.done, tl.transfer(tl.now, 1, float64(tl.st.words(x.dst.id, x.n))*tl.e, true))
 	return len(tl.done) - 1, nil
 }
 
@@ -288,7 +302,7 @@ func (tl *timeline) share(n float64) float64 { return n * float64(tl.st.w-1) / f
 func (tl *timeline) collective(c collOp) error {
 	tl.rec.collective(c)
 	w := tl.st.w
-	n := float64(c.n) * tl.e
+	n := float64(tl.st.words(c.dst.id, c.n)) * tl.e
 	switch c.op {
 	case cAllgather:
 		tl.blocking(w-1, tl.share(n*float64(w)))

@@ -3,6 +3,8 @@ package loss
 import (
 	"fmt"
 	"strings"
+
+	"github.com/clipmpi/clipmpi/blas"
 )
 
 // Algorithm selects how the distributed loss is computed. Every algorithm
@@ -70,6 +72,43 @@ func parseName(names []string, what, name string) (int, error) {
 	return 0, fmt.Errorf("loss: unknown %s %q (want %s)", what, name, strings.Join(names, ", "))
 }
 
+// Precision is the arithmetic of the GEMMs, named as OpenCLIP's --precision
+// names it.
+type Precision int
+
+const (
+	// FP32 multiplies in the features' own type, float32 or float64.
+	FP32 Precision = iota
+	// AMPBF16 is OpenCLIP's amp_bf16 for float32 features: GEMM operands
+	// rounded to bfloat16 (nearest even) once, products summed in float32
+	// (blas.GemmBF16); logits and gradient tiles stay float32, statistics
+	// float64. Features travel between ranks in bf16, gradient sums in
+	// float32.
+	AMPBF16
+)
+
+var precisionNames = [...]string{FP32: "fp32", AMPBF16: "amp_bf16"}
+
+// String returns the precision's name as ParsePrecision accepts it.
+func (p Precision) String() string { return nameOf(precisionNames[:], "Precision", int(p)) }
+
+// ParsePrecision returns the precision named "fp32" or "amp_bf16" ("bf16"
+// is taken for amp_bf16).
+func ParsePrecision(name string) (Precision, error) {
+	if name == "bf16" {
+		return AMPBF16, nil
+	}
+	i, err := parseName(precisionNames[:], "precision", name)
+	return Precision(i), err
+}
+
+// checkPrecision panics unless p is known and, for AMPBF16, T is float32.
+func checkPrecision[T blas.Float](p Precision) {
+	if p < FP32 || p > AMPBF16 || p == AMPBF16 && !blas.Is32[T]() {
+		panic(errPrecision)
+	}
+}
+
 // ClipOptions are OpenCLIP's ClipLoss options plus the algorithm.
 //
 // The zero value is OpenCLIP's default: the global loss without gradient
@@ -86,6 +125,8 @@ type ClipOptions struct {
 	// Tile is the column tile width of the Tiled and Ring algorithms;
 	// 0 picks a default.
 	Tile int
+	// Precision is the GEMMs' arithmetic (default FP32).
+	Precision Precision
 	// MemoryBudget bounds, in bytes per rank, the memory (as Memory counts
 	// it) of the algorithm Auto chooses; 0 means the memory available on
 	// the node (node.MemoryBudget: MemAvailable, or less where a memory

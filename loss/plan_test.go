@@ -92,23 +92,25 @@ func TestPlanIsExecution(t *testing.T) {
 		mk   func(c mpi.Comm) stepper[float32]
 	}
 	var losses []loss
-	for _, m := range []string{"global", "global_gwg", "local", "local_gwg"} {
-		for _, a := range Algorithms() {
-			for _, tile := range []int{0, 2, 4} {
-				o, _ := ParseMode(m)
-				o.Algorithm, o.Tile = a, tile
-				losses = append(losses, loss{fmt.Sprintf("clip/%s/%s/tile=%d", m, a, tile),
-					func(w, b int) Plan { return o.Plan(w, b, d, 4) },
-					func(c mpi.Comm) stepper[float32] { return NewClipLoss[float32](c, d, o) }})
+	for _, prec := range []Precision{FP32, AMPBF16} {
+		for _, m := range []string{"global", "global_gwg", "local", "local_gwg"} {
+			for _, a := range Algorithms() {
+				for _, tile := range []int{0, 2, 4} {
+					o, _ := ParseMode(m)
+					o.Algorithm, o.Tile, o.Precision = a, tile, prec
+					losses = append(losses, loss{fmt.Sprintf("clip/%s/%s/%s/tile=%d", prec, m, a, tile),
+						func(w, b int) Plan { return o.Plan(w, b, d, 4) },
+						func(c mpi.Comm) stepper[float32] { return NewClipLoss[float32](c, d, o) }})
+				}
 			}
 		}
-	}
-	for _, m := range SigLipImpls() {
-		for _, tile := range []int{0, 2, 4} {
-			o := SigLipOptions{Impl: m, Tile: tile}
-			losses = append(losses, loss{fmt.Sprintf("siglip/%s/tile=%d", m, tile),
-				func(w, b int) Plan { return o.Plan(w, b, d, 4) },
-				func(c mpi.Comm) stepper[float32] { return NewSigLipLoss[float32](c, d, o) }})
+		for _, m := range SigLipImpls() {
+			for _, tile := range []int{0, 2, 4} {
+				o := SigLipOptions{Impl: m, Tile: tile, Precision: prec}
+				losses = append(losses, loss{fmt.Sprintf("siglip/%s/%s/tile=%d", prec, m, tile),
+					func(w, b int) Plan { return o.Plan(w, b, d, 4) },
+					func(c mpi.Comm) stepper[float32] { return NewSigLipLoss[float32](c, d, o) }})
+			}
 		}
 	}
 	for _, w := range []int{1, 2, 3, 4} {

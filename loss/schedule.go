@@ -11,7 +11,46 @@ type step struct {
 	// local and gwg are the effective options: both false when W = 1.
 	local, gwg  bool
 	backward    bool
+	half        bool    // AMPBF16
 	scale, bias float64 // bias 0 without one
+}
+
+// dh is the row stride of bf16 features: d rounded up to even, so that
+// every row starts on a float32 and moves as float32 pairs.
+func (st *step) dh() int { return st.d + st.d%2 }
+
+// words returns the elements n elements of buffer id take: in AMPBF16,
+// features take half (as bf16 pairs, rows dh apart).
+func (st *step) words(id buf, n int) int {
+	if st.half && feature(id) {
+		return n / st.d * st.dh() / 2
+	}
+	return n
+}
+
+// feat returns where, in bf16 numbers, the features at r are in AMPBF16:
+// the caller's are read from their rounded copies.
+func (st *step) feat(r ref) ref {
+	id := r.id
+	switch id {
+	case bImg:
+		id = bHImg
+	case bTxt:
+		id = bHTxt
+	}
+	return ref{id, r.off / st.d * st.dh()}
+}
+
+// runStep runs s on e; in AMPBF16 it first rounds the caller's features to
+// bf16, once: every GEMM and transfer of them reads the copies.
+func runStep(s schedule, e engine, st *step) error {
+	for i, h := range [2]buf{bHImg, bHTxt} {
+		if st.half {
+			e.buffer(h, st.b*st.d)
+			e.kernel(kernOp{op: kRound, x: h.at(0), y: [2]buf{bImg, bTxt}[i].at(0), rows: st.b, cols: st.d})
+		}
+	}
+	return s.run(e, st)
 }
 
 // schedule is one algorithm's step.

@@ -39,15 +39,16 @@ func (o *outputs) sameBits(want *outputs) string {
 func TestThreadsBitIdentical(t *testing.T) {
 	p := newProblem(41, 3, 70, 24, 30)
 	p.lg.Bias, p.lg.HasBias = -3, true
-	t.Run("dtype=float32", func(t *testing.T) { checkThreadsBitIdentical[float32](t, p) })
-	t.Run("dtype=float64", func(t *testing.T) { checkThreadsBitIdentical[float64](t, p) })
+	t.Run("dtype=float32", func(t *testing.T) { checkThreadsBitIdentical[float32](t, p, FP32) })
+	t.Run("dtype=float32/amp_bf16", func(t *testing.T) { checkThreadsBitIdentical[float32](t, p, AMPBF16) })
+	t.Run("dtype=float64", func(t *testing.T) { checkThreadsBitIdentical[float64](t, p, FP32) })
 }
 
-func checkThreadsBitIdentical[T blas.Float](t *testing.T, p *problem) {
+func checkThreadsBitIdentical[T blas.Float](t *testing.T, p *problem, prec Precision) {
 	for _, m := range modes {
 		for _, algo := range Algorithms() {
 			opt := m
-			opt.Algorithm = algo
+			opt.Algorithm, opt.Precision = algo, prec
 			if algo == Tiled || algo == Ring {
 				opt.Tile = 50
 			}
@@ -70,7 +71,7 @@ func checkThreadsBitIdentical[T blas.Float](t *testing.T, p *problem) {
 		t.Run("siglip="+impl.String(), func(t *testing.T) {
 			var want *outputs
 			for _, threads := range threadCounts {
-				got := solveWith(t, p, sigLoss[T](p, SigLipOptions{Impl: impl, Tile: 50, Threads: threads}))
+				got := solveWith(t, p, sigLoss[T](p, SigLipOptions{Impl: impl, Tile: 50, Threads: threads, Precision: prec}))
 				if want == nil {
 					want = got
 				} else if s := got.sameBits(want); s != "" {

@@ -3,7 +3,7 @@
 # Debian/Ubuntu: apt-get (as root, or through sudo). Elsewhere: print what to
 # install and fail.
 set -euo pipefail
-pkgs=(libopenblas-dev libopenmpi-dev openmpi-bin pkg-config)
+pkgs=(libopenblas-dev libopenmpi-dev openmpi-bin libdnnl-dev pkg-config)
 need_go=1.26
 
 if ! command -v go >/dev/null; then
@@ -34,5 +34,6 @@ fi
 ok=1
 pkg-config --exists openblas 2>/dev/null || { ok=0; echo "deps: OpenBLAS not found by pkg-config (package openblas / openblas-devel / brew install openblas)" >&2; }
 pkg-config --exists ompi 2>/dev/null || { ok=0; echo "deps: Open MPI not found by pkg-config (package openmpi / openmpi-devel / brew install open-mpi)" >&2; }
+{ pkg-config --exists dnnl 2>/dev/null || [ -f /usr/include/oneapi/dnnl/dnnl.h ] || [ -f /usr/local/include/oneapi/dnnl/dnnl.h ]; } || { ok=0; echo "deps: oneDNN not found (header oneapi/dnnl/dnnl.h; package onednn / onednn-devel / brew install onednn)" >&2; }
 command -v mpirun >/dev/null || { ok=0; echo "deps: mpirun not on PATH (Open MPI)" >&2; }
 [ $ok = 1 ] || { echo "deps: install the above, or build without tags: go build ./... (pure Go, single rank)" >&2; exit 1; }

@@ -4,7 +4,8 @@
 # through scripts/mpirun.sh, bounded by CLIPMPI_TIMEOUT, which the Makefile
 # sets):
 #   1. make run's job on NP ranks (global batch NP × 1024): held-out
-#      recall@1 above 0.9 both ways;
+#      recall@1 above 0.9 both ways; with --precision amp_bf16, recall@1
+#      within 0.01 of fp32's both ways;
 #   2. the same job on NP ranks, its ranks SIGKILLed after the epoch-3
 #      checkpoint, resumed from it on 1 rank: metrics.csv continued across
 #      the kill (each step and evaluation once), losses equal to the
@@ -36,6 +37,16 @@ echo "== make run's job on $NP ranks: held-out recall@1 above 0.9"
 RUN=(--progress lines)
 "$MPIRUN" "$NP" "$BIN/train" "${RUN[@]}" --logs "$d/run" --summary "$d/run.json" >"$d/run.log" 2>&1 || { show "$d/run.log"; fail "make run's job"; }
 "$BIN/clustertool" summary -file "$d/run.json" -world "$NP" -min-recall 0.9 || { show "$d/run.log"; fail "make run's recall"; }
+echo "== make run PRECISION=amp_bf16: recall@1 within 0.01 of fp32's"
+"$MPIRUN" "$NP" "$BIN/train" "${RUN[@]}" --precision amp_bf16 --logs "$d/runbf" --summary "$d/runbf.json" >"$d/runbf.log" 2>&1 || { show "$d/runbf.log"; fail "make run's job in amp_bf16"; }
+python3 - "$d/run.json" "$d/runbf.json" <<'PY' || { show "$d/runbf.log"; fail "amp_bf16 recall"; }
+import json, sys
+a, b = (json.load(open(f)) for f in sys.argv[1:])
+for k in ("recall_i2t_at1", "recall_t2i_at1"):
+    print(f"   {k}: fp32 {a[k]:.4f}, amp_bf16 {b[k]:.4f} ({b['gemm_path']})")
+    if abs(a[k] - b[k]) > 0.01:
+        sys.exit(f"{k} differs by more than 0.01")
+PY
 
 # descendants PID: every live descendant of PID.
 descendants() {

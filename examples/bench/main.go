@@ -46,6 +46,8 @@ type Record struct {
 	B                int      `json:"b"`
 	D                int      `json:"d"`
 	Dtype            string   `json:"dtype"`
+	Precision        string   `json:"precision"` // fp32 or amp_bf16 (loss.Precision)
+	GemmPath         string   `json:"gemm_path"` // what runs the GEMMs: blas_backend, or blas.BF16Path() in amp_bf16
 	Tile             int      `json:"tile"`
 	Steps            int      `json:"steps"`
 	StepMsMedian     float64  `json:"step_ms_median"`
@@ -110,6 +112,7 @@ func main() {
 	mode := flag.String("mode", "local_gwg", "OpenCLIP mode: global, global_gwg, local or local_gwg")
 	algos := flag.String("algo", "all", "algorithm(s), comma-separated, or all")
 	dtype := flag.String("dtype", "float32", "float32 or float64")
+	precision := flag.String("precision", "fp32", "the GEMMs' precision: fp32, or amp_bf16 (bf16: the same; float32 only)")
 	steps := flag.Int("steps", 10, "timed steps")
 	warmup := flag.Int("warmup", 2, "untimed steps first")
 	tile := flag.Int("tile", 0, "tile width of tiled and ring (0: default)")
@@ -128,7 +131,7 @@ func main() {
 		os.Exit(1)
 	}
 	code := 0
-	cfg := benchConfig{loss: *lossKind, b: *b, d: *d, mode: *mode, algos: *algos, dtype: *dtype,
+	cfg := benchConfig{loss: *lossKind, b: *b, d: *d, mode: *mode, algos: *algos, dtype: *dtype, precision: *precision,
 		steps: *steps, warmup: *warmup, tile: *tile, threads: *threads, memLimit: *memLimit, jsonOnly: *jsonOnly, budget: *maxBatch, net: *netRate, repeat: *repeat}
 	if err := run(comm, os.Stdout, cfg); err != nil {
 		if comm.Rank() == 0 {
@@ -143,6 +146,7 @@ func main() {
 // benchConfig is the command line.
 type benchConfig struct {
 	loss, mode, algos, dtype  string
+	precision                 string
 	b, d, steps, warmup, tile int
 	threads                   int     // per rank, BLAS and kernels; 0: CPUs / local ranks
 	memLimit                  float64 // MiB per rank; 0: 80% of node.AvailableMemory / ranks on the node
@@ -171,6 +175,19 @@ func run(comm mpi.Comm, out io.Writer, bc benchConfig) error {
 	steps, warmup, tile, memLimit, jsonOnly := bc.steps, bc.warmup, bc.tile, bc.memLimit, bc.jsonOnly
 	if dtype != "float32" && dtype != "float64" {
 		return fmt.Errorf("unknown dtype %q (want float32 or float64)", dtype)
+	}
+	prec, err := loss.FP32, error(nil) // an empty -precision too
+	if bc.precision != "" {
+		if prec, err = loss.ParsePrecision(bc.precision); err != nil {
+			return err
+		}
+	}
+	if prec == loss.AMPBF16 && dtype != "float32" {
+		return fmt.Errorf("-precision amp_bf16 needs -dtype float32")
+	}
+	gemmPath := blas.Backend()
+	if prec == loss.AMPBF16 {
+		gemmPath = blas.BF16Path()
 	}
 	if bc.threads < 0 {
 		return fmt.Errorf("-threads %d: want a positive count, or 0 for the CPUs per rank", bc.threads)
@@ -204,7 +221,7 @@ func run(comm mpi.Comm, out io.Writer, bc benchConfig) error {
 		}
 		for _, a := range list {
 			o := opt
-			o.Algorithm, o.Tile, o.Threads = a, tile, threads
+			o.Algorithm, o.Tile, o.Threads, o.Precision = a, tile, threads, prec
 			configs = append(configs, config{a.String(), o.Plan, o.Predict, tile, threads, func(c mpi.Comm, d int) any {
 				if dtype == "float64" {
 					return loss.NewClipLoss[float64](c, d, o)
@@ -226,7 +243,7 @@ func run(comm mpi.Comm, out io.Writer, bc benchConfig) error {
 			}
 		}
 		for _, m := range list {
-			o := loss.SigLipOptions{Impl: m, Tile: tile, Threads: threads}
+			o := loss.SigLipOptions{Impl: m, Tile: tile, Threads: threads, Precision: prec}
 			configs = append(configs, config{m.String(), o.Plan, o.Predict, tile, threads, func(c mpi.Comm, d int) any {
 				if dtype == "float64" {
 					return loss.NewSigLipLoss[float64](c, d, o)
@@ -243,16 +260,16 @@ func run(comm mpi.Comm, out io.Writer, bc benchConfig) error {
 	loss.Warn = func(string) {}
 	rank0 := comm.Rank() == 0
 	if rank0 && !jsonOnly {
-		fmt.Fprintf(out, "# clipmpi bench: loss=%s W=%d, b=%d, d=%d, mode=%s, %s, %d steps after %d warm-up; blas=%s threads=%d, kernels=%s threads=%d, mpi=%v\n",
-			lossKind, comm.Size(), b, d, mode, dtype, steps, warmup, blas.Backend(), blas.Threads(), loss.KernelISA(), threads, mpi.Enabled)
+		fmt.Fprintf(out, "# clipmpi bench: loss=%s W=%d, b=%d, d=%d, mode=%s, %s, precision %s (GEMMs: %s), %d steps after %d warm-up; blas=%s threads=%d, kernels=%s threads=%d, mpi=%v\n",
+			lossKind, comm.Size(), b, d, mode, dtype, prec, gemmPath, steps, warmup, blas.Backend(), blas.Threads(), loss.KernelISA(), threads, mpi.Enabled)
 	}
 	rates, err := measureRates(comm, dtype, b, d, threads)
 	if err != nil {
 		return err
 	}
 	if rank0 && !jsonOnly {
-		fmt.Fprintf(out, "# cost model rates: GEMM %.1f GFLOP/s (narrow tiles %.1f, kept b×N block %.1f); kernels stats %.2f, grad %.2f, sigmoid %.2f, naive %.1f + %.1f ns per logit; copy %.2f, transpose %.2f ns per element; link %.3g Gbit/s, latency %.3g µs\n",
-			rates.GemmGflops, rates.NarrowGflops, rates.KeptGflops, rates.StatsNs, rates.GradNs, rates.SigmoidNs, rates.NaiveStatsNs, rates.NaiveGradNs, rates.CopyNs, rates.TransposeNs, rates.LinkGbits, rates.LatencyUs)
+		fmt.Fprintf(out, "# cost model rates: GEMM %.1f GFLOP/s (narrow tiles %.1f, kept b×N block %.1f, bf16 %.1f); kernels stats %.2f, grad %.2f, sigmoid %.2f, naive %.1f + %.1f ns per logit; copy %.2f, transpose %.2f ns per element; link %.3g Gbit/s, latency %.3g µs\n",
+			rates.GemmGflops, rates.NarrowGflops, rates.KeptGflops, rates.BF16Gflops, rates.StatsNs, rates.GradNs, rates.SigmoidNs, rates.NaiveStatsNs, rates.NaiveGradNs, rates.CopyNs, rates.TransposeNs, rates.LinkGbits, rates.LatencyUs)
 	}
 	// Rounds (-repeat): every configuration is measured once per round,
 	// round after round, so that other work on the machine falls on all
@@ -280,9 +297,9 @@ func run(comm mpi.Comm, out io.Writer, bc benchConfig) error {
 			var rec Record
 			var err error
 			if dtype == "float64" {
-				rec, err = measure[float64](comm, cfg, b, d, steps, warmup, local, memLimit, bc.budget, link)
+				rec, err = measure[float64](comm, cfg, b, d, steps, warmup, local, memLimit, bc.budget, link, prec)
 			} else {
-				rec, err = measure[float32](comm, cfg, b, d, steps, warmup, local, memLimit, bc.budget, link)
+				rec, err = measure[float32](comm, cfg, b, d, steps, warmup, local, memLimit, bc.budget, link, prec)
 			}
 			if err != nil {
 				return fmt.Errorf("%s: %w", cfg.name, err)
@@ -306,7 +323,7 @@ func run(comm mpi.Comm, out io.Writer, bc benchConfig) error {
 			esize = 8
 		}
 		rec.PredictedStepMs = cfg.predict(comm.Size(), b, d, esize, rates).Seconds * 1e3
-		rec.Mode, rec.Dtype, rec.Loss = mode, dtype, lossKind
+		rec.Mode, rec.Dtype, rec.Loss, rec.Precision, rec.GemmPath = mode, dtype, lossKind, prec.String(), gemmPath
 		recs = append(recs, rec)
 		if err := emit(comm, out, &rec); err != nil {
 			return fmt.Errorf("%s: %w", cfg.name, err)
@@ -314,7 +331,7 @@ func run(comm mpi.Comm, out io.Writer, bc benchConfig) error {
 	}
 	if rank0 && !jsonOnly {
 		table(out, recs, bc.budget, bc.net)
-		fmt.Fprintln(out, autoLine(lossKind, mode, comm.Size(), b, d, dtype, tile, rates, memLimit))
+		fmt.Fprintln(out, autoLine(lossKind, mode, comm.Size(), b, d, dtype, prec, tile, rates, memLimit))
 	}
 	return nil
 }
@@ -421,7 +438,7 @@ func table(out io.Writer, recs []Record, budget float64, net bool) {
 	}
 }
 
-func measure[T blas.Float](comm mpi.Comm, cfg config, b, d, steps, warmup, local int, memLimit, budget float64, link *float64) (Record, error) {
+func measure[T blas.Float](comm mpi.Comm, cfg config, b, d, steps, warmup, local int, memLimit, budget float64, link *float64, prec loss.Precision) (Record, error) {
 	esize := 8
 	if blas.Is32[T]() {
 		esize = 4
@@ -490,7 +507,7 @@ func measure[T blas.Float](comm mpi.Comm, cfg config, b, d, steps, warmup, local
 	rec.CommExposedMs = exposed[len(exposed)/2]
 	rec.Gflops = rec.GflopPerStep / (rec.StepMsMedian / 1e3)
 
-	gemmMs, err := gemmFloor[T](comm, plan)
+	gemmMs, err := gemmFloor[T](comm, plan, prec)
 	if err != nil {
 		return rec, err
 	}
@@ -563,8 +580,9 @@ func maxBatch(rec *Record, cfg config, w, b, d, esize, local int, budget float64
 // gemmFloor times each GEMM shape of the plan on this machine, all ranks at
 // once (as in a step, so the ranks share memory bandwidth), and returns the
 // step's GEMM time: the fastest of 3 runs of each shape (a floor is a lower
-// bound; the slowest rank's time counts in each run) times its count.
-func gemmFloor[T blas.Float](comm mpi.Comm, plan loss.Plan) (float64, error) {
+// bound; the slowest rank's time counts in each run) times its count. In
+// amp_bf16 the GEMMs are blas.GemmBF16's.
+func gemmFloor[T blas.Float](comm mpi.Comm, plan loss.Plan, prec loss.Precision) (float64, error) {
 	var total float64
 	for _, g := range plan.Gemms {
 		a := make([]T, g.M*g.K)
@@ -575,6 +593,12 @@ func gemmFloor[T blas.Float](comm mpi.Comm, plan loss.Plan) (float64, error) {
 		}
 		for i := range bb {
 			bb[i] = T(float64(i%13) / 13)
+		}
+		var ah, bh []blas.BF16
+		if prec == loss.AMPBF16 {
+			ah, bh = make([]blas.BF16, len(a)), make([]blas.BF16, len(bb))
+			blas.RoundBF16(ah, blas.As32(a))
+			blas.RoundBF16(bh, blas.As32(bb))
 		}
 		ta, tb := blas.NoTrans, blas.NoTrans
 		lda, ldb := g.K, g.N
@@ -590,7 +614,11 @@ func gemmFloor[T blas.Float](comm mpi.Comm, plan loss.Plan) (float64, error) {
 				return 0, mpi.Fail(comm, err)
 			}
 			t0 := time.Now()
-			blas.Gemm(ta, tb, g.M, g.N, g.K, 1, a, lda, bb, ldb, 0, c, g.N)
+			if prec == loss.AMPBF16 {
+				blas.GemmBF16(ta, tb, g.M, g.N, g.K, 1, ah, lda, bh, ldb, 0, blas.As32(c), g.N)
+			} else {
+				blas.Gemm(ta, tb, g.M, g.N, g.K, 1, a, lda, bb, ldb, 0, c, g.N)
+			}
 			ts = append(ts, float64(time.Since(t0).Nanoseconds())/1e6)
 		}
 		if err := comm.AllreduceF64(mpi.Max, ts, ts); err != nil {

@@ -20,7 +20,7 @@ import (
 // lists, each present in every record (nullable: may be null).
 var documentedFields = map[string]bool{
 	"loss": false, "algo": false, "mode": false, "world": false, "b": false, "d": false,
-	"dtype": false, "tile": false, "steps": false,
+	"dtype": false, "precision": false, "gemm_path": false, "tile": false, "steps": false,
 	"step_ms_median": false, "step_ms_min": false, "step_ms_max": false,
 	"gflop_per_step": false, "gflops": false,
 	"gemm_floor_ms": false, "comm_floor_ms": false, "floor_ms": false, "ratio_to_floor": false,

@@ -68,6 +68,7 @@ type options struct {
 	warmup, epochs       int
 	seed                 uint64
 	dtype                string
+	precision            string
 
 	resume        string
 	logs          string
@@ -123,6 +124,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.IntVar(&o.epochs, "epochs", 12, "passes over the training rows")
 	fs.Uint64Var(&o.seed, "seed", 0, "seed of the initial weights and the shuffles")
 	fs.StringVar(&o.dtype, "dtype", "float32", "element type: float32 (fast) or float64")
+	fs.StringVar(&o.precision, "precision", "fp32", "the loss's GEMMs, as OpenCLIP's --precision: fp32, or amp_bf16 (operands rounded to bfloat16, fp32 sums; float32 only)")
 
 	fs.StringVar(&o.resume, "resume", "", "checkpoint to resume from, or 'latest' for LOGS/checkpoints/latest.ckpt")
 	fs.StringVar(&o.logs, "logs", "logs", "directory for metrics.csv, curves.png and checkpoints/ (empty: none)")
@@ -154,6 +156,11 @@ func (o *options) validate() error {
 	}
 	if o.dtype != "float32" && o.dtype != "float64" {
 		return fmt.Errorf("--dtype %q: want float32 or float64", o.dtype)
+	}
+	if p, err := loss.ParsePrecision(o.precision); err != nil {
+		return fmt.Errorf("--precision: %w", err)
+	} else if p == loss.AMPBF16 && o.dtype != "float32" {
+		return fmt.Errorf("--precision amp_bf16 needs --dtype float32")
 	}
 	switch o.progress {
 	case "auto", "bar", "lines":
@@ -261,6 +268,15 @@ func reporter(err error) int {
 	return 0
 }
 
+// gemmPath names what computes the loss's GEMMs at the precision: the
+// BLAS, or the bf16 GEMM's path.
+func gemmPath(precision string) string {
+	if p, _ := loss.ParsePrecision(precision); p == loss.AMPBF16 {
+		return blas.BF16Path()
+	}
+	return blas.Backend()
+}
+
 // launch describes the launch environment rank 0 was started in.
 var launch string
 
@@ -274,7 +290,8 @@ func newLoss[T blas.Float](comm mpi.Comm, dim int, o *options) (clip.Loss[T], st
 		if err != nil {
 			return nil, "", err
 		}
-		opt, ch, err := loss.ResolveSigLip[T](comm, loss.SigLipOptions{Impl: impl, Tile: o.tile}, o.batchSize, dim)
+		prec, _ := loss.ParsePrecision(o.precision) // validated
+		opt, ch, err := loss.ResolveSigLip[T](comm, loss.SigLipOptions{Impl: impl, Tile: o.tile, Precision: prec}, o.batchSize, dim)
 		if err != nil {
 			return nil, "", err
 		}
@@ -289,7 +306,8 @@ func newLoss[T blas.Float](comm mpi.Comm, dim int, o *options) (clip.Loss[T], st
 	if err != nil {
 		return nil, "", err
 	}
-	opt := loss.ClipOptions{LocalLoss: o.localLoss, GatherWithGrad: o.gatherWithGrad, Algorithm: algo, Tile: o.tile}
+	prec, _ := loss.ParsePrecision(o.precision) // validated
+	opt := loss.ClipOptions{LocalLoss: o.localLoss, GatherWithGrad: o.gatherWithGrad, Algorithm: algo, Tile: o.tile, Precision: prec}
 	opt, ch, err := loss.ResolveClip[T](comm, opt, o.batchSize, dim)
 	if err != nil {
 		return nil, "", err
@@ -384,7 +402,7 @@ func run[T blas.Float](comm mpi.Comm, o *options) error {
 			fmt.Printf(format, a...)
 		}
 	}
-	say("clipmpi train: %d ranks, %s\n", w, o.dtype)
+	say("clipmpi train: %d ranks, %s, precision %s (bf16 GEMM: %s)\n", w, o.dtype, o.precision, blas.BF16Path())
 	say("backends: blas=%s (threads per rank %d), mpi=%v, GOMAXPROCS=%d\n", blas.Backend(), blas.Threads(), mpi.Enabled, runtime.GOMAXPROCS(0))
 	say("launch: %s\n", launch)
 
@@ -576,7 +594,7 @@ func run[T blas.Float](comm mpi.Comm, o *options) error {
 		ValMetrics: after.Map(), ValMetricsBefore: before.Map(),
 		ValRows: val.Total, TrainRows: train.Rows(), ChanceAt1: 1 / float64(val.Total),
 		Head: head.String(), Mode: loss.ClipOptions{LocalLoss: o.localLoss, GatherWithGrad: o.gatherWithGrad}.Mode(),
-		Algorithm: o.algo, DType: o.dtype, BLAS: blas.Backend(), BLASThreads: blas.Threads(), MPI: mpi.Enabled,
+		Algorithm: o.algo, DType: o.dtype, Precision: o.precision, GemmPath: gemmPath(o.precision), BLAS: blas.Backend(), BLASThreads: blas.Threads(), MPI: mpi.Enabled,
 		LogitScale: m.Logit().Scale,
 	}
 	if trainSteps > 0 {

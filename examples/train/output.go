@@ -48,6 +48,8 @@ type summary struct {
 	Mode             string             `json:"mode"`
 	Algorithm        string             `json:"algorithm"`
 	DType            string             `json:"dtype"`
+	Precision        string             `json:"precision"`
+	GemmPath         string             `json:"gemm_path"` // the loss's GEMMs: blas.Backend() or blas.BF16Path()
 	BLAS             string             `json:"blas"`
 	BLASThreads      int                `json:"blas_threads"`
 	MPI              bool               `json:"mpi"`
