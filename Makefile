@@ -1,7 +1,7 @@
 # clipmpi: `make run` and `make test` do all set-up themselves.
 SHELL      := /bin/bash
 GO         ?= go
-TAGS       ?= mpi openblas
+TAGS       ?= mpi openblas dnnl
 GOTAGS     := -tags '$(TAGS)'
 BIN        := $(CURDIR)/bin
 MPIRUN     := $(CURDIR)/scripts/mpirun.sh
@@ -32,8 +32,10 @@ build: deps
 
 # The main job: train projection heads on NP ranks on the built-in synthetic
 # set (local_loss + gather_with_grad, the algorithm Auto picks); summary, metrics and plot in run/.
+# PRECISION=amp_bf16: the loss's GEMMs in bf16 (OpenCLIP's --precision).
+PRECISION ?= fp32
 run: build $(BIN)/train
-	$(MPIRUN) $(NP) $(BIN)/train --logs run --summary run/summary.json
+	$(MPIRUN) $(NP) $(BIN)/train --precision $(PRECISION) --logs run --summary run/summary.json
 
 $(BIN)/train: deps FORCE
 	$(GO) build $(GOTAGS) -o $@ ./examples/train
@@ -186,7 +188,7 @@ THREADS ?= 0
 # GEMM floor of its rounds (shared machines: others' work only adds time).
 REPEAT ?= 3
 bench-loss: build
-	$(if $(filter-out 0,$(THREADS)),OPENBLAS_NUM_THREADS=$(THREADS) )$(MPIRUN) $(NP) $(BIN)/bench -loss $(LOSS) -b $(B) -d $(D) -mode $(MODE) -algo $(ALGO) -dtype $(DTYPE) -steps $(STEPS) -tile $(TILE) -threads $(THREADS) -repeat $(REPEAT)
+	$(if $(filter-out 0,$(THREADS)),OPENBLAS_NUM_THREADS=$(THREADS) )$(MPIRUN) $(NP) $(BIN)/bench -loss $(LOSS) -b $(B) -d $(D) -mode $(MODE) -algo $(ALGO) -dtype $(DTYPE) -precision $(PRECISION) -steps $(STEPS) -tile $(TILE) -threads $(THREADS) -repeat $(REPEAT)
 
 # A shaped network (scripts/cluster/benchnet.sh; root): two hosts in
 # network namespaces, one rank each, each direction of their link limited
@@ -198,7 +200,7 @@ RATE   ?= 2gbit
 NICE   ?=
 .PHONY: bench-net
 bench-net: build
-	@RATE=$(RATE) REPEAT=$(REPEAT) NICE=$(NICE) B=$(B) D=$(D) STEPS=$(STEPS) MODE=$(MODE) TILE=$(TILE) DTYPE=$(DTYPE) \
+	@RATE=$(RATE) REPEAT=$(REPEAT) NICE=$(NICE) B=$(B) D=$(D) STEPS=$(STEPS) MODE=$(MODE) TILE=$(TILE) DTYPE=$(DTYPE) PRECISION=$(PRECISION) \
 	  flock /tmp/clipmpi-cluster.lock timeout --foreground -k 30 660 scripts/cluster/benchnet.sh $(BIN)
 
 clean:
@@ -273,7 +275,8 @@ test-capi: $(BIN)/capi-golden $(BIN)/golden.test
 # python3-pytest, python3-mpi4py). test-python runs python/tests under
 # mpirun (python/tests/pytest-rank.sh: ranks other than 0 write to
 # bin/pytest-*/rank<r>.log, shown when a suite fails): every
-# golden case at each world size, the error paths and the DDP training
+# golden case at each world size, the error paths, precision (amp_bf16
+# against fp32 and OpenCLIP's loss under autocast) and the DDP training
 # equivalence at NP ranks, the mpi4py communicators (mpi4py initialises
 # MPI), the launch checks (plain pytest: it starts its own processes), and
 # examples/torch/train.py on the synthetic set and on float16 .npy shards:
@@ -300,7 +303,7 @@ test-python: lib deps-python $(BIN)/golden.test $(BIN)/train $(BIN)/clustertool
 	for w in $$worlds; do \
 	  $(MAKE) --no-print-directory test-python-golden PYTEST_NP=$$w || exit 1; \
 	done
-	$(call pytest_mpi,$(NP),errors-train,python/tests/test_errors.py python/tests/test_train.py)
+	$(call pytest_mpi,$(NP),errors-train,python/tests/test_errors.py python/tests/test_precision.py python/tests/test_train.py)
 	$(call pytest_mpi,$(NP),mpi4py,python/tests/test_mpi4py.py)
 	@echo "== pytest python/tests/test_launch.py (its own processes)"
 	@PYTHONPATH=$(CURDIR)/python $(PYTHON_TORCH) -m pytest $(PYTEST_ARGS) python/tests/test_launch.py
@@ -322,7 +325,8 @@ test-python-golden:
 # inside PyTorch, the same loss from Go (bin/bench) and the PyTorch
 # reference of OpenCLIP's loss over gloo, under mpirun -np NP at b = TORCH_B
 # rows per rank, d = D, float32, one thread per rank (local_loss +
-# gather_with_grad), each with its peak RSS; TORCH_REPS rounds interleaved,
+# gather_with_grad), each in fp32 and again in amp_bf16 (the reference under
+# torch.autocast to bfloat16), each with its peak RSS; TORCH_REPS rounds interleaved,
 # judged on the best round of each (a shared machine disturbs some).
 # Runs under the bench lock, so that two benchmarks never overlap.
 .PHONY: bench-torch

@@ -243,9 +243,8 @@ var dnnl struct {
 	cache map[dnnlKey]*C.clip_gemm
 }
 
-// byteScratch holds oneDNN scratchpads (user mode), grown to the largest
-// seen.
-var byteScratch = sync.Pool{New: func() any { return new([]byte) }}
+// byteScratch holds idle oneDNN scratchpads (user mode).
+var byteScratch freeList[byte]
 
 func dnnlStatus(st C.int) string { return "oneDNN status " + strconv.Itoa(int(st)) }
 
@@ -301,20 +300,17 @@ func gemmBF16DNNL(tA, tB Transpose, m, n, k int, alpha float32, a []BF16, lda in
 	key := dnnlKey{tA, tB, m, n, k, lda, ldb, ldc, Threads(), math.Float32bits(alpha), math.Float32bits(beta)}
 	g, cached := dnnlGet(key, alpha, beta)
 	var p *[]byte
-	var scratch unsafe.Pointer
+	var pad unsafe.Pointer
 	if size := int(g.scratch); size > 0 {
 		// 64-byte aligned, as oneDNN's own scratchpads are.
-		p = byteScratch.Get().(*[]byte)
-		if cap(*p) < size+63 {
-			*p = make([]byte, size+63)
-		}
+		p = byteScratch.get(size + 63)
 		buf := (*p)[:size+63]
 		off := int(-uintptr(unsafe.Pointer(&buf[0])) & 63)
-		scratch = unsafe.Pointer(&buf[off])
+		pad = unsafe.Pointer(&buf[off])
 	}
-	st := C.clip_bf16_exec(C.int(key.nthreads), g, unsafe.Pointer(&a[0]), unsafe.Pointer(&b[0]), (*C.float)(&c[0]), scratch)
+	st := C.clip_bf16_exec(C.int(key.nthreads), g, unsafe.Pointer(&a[0]), unsafe.Pointer(&b[0]), (*C.float)(&c[0]), pad)
 	if p != nil {
-		byteScratch.Put(p)
+		byteScratch.put(p)
 	}
 	if !cached {
 		C.clip_bf16_destroy(g)

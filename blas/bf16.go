@@ -139,9 +139,40 @@ func scaleC(m, n int, beta float32, c []float32, ldc int) {
 	}
 }
 
-// f32Scratch holds the widened operands of the emulated path; it grows to
-// the largest product seen, so steady-state calls do not allocate.
-var f32Scratch = sync.Pool{New: func() any { return new([]float32) }}
+// freeList holds idle scratch slices, each grown to the largest it
+// served, so that steady-state calls do not allocate. Not a sync.Pool: a
+// garbage collection would empty that, and a step would allocate again.
+type freeList[T any] struct {
+	mu   sync.Mutex
+	free []*[]T
+}
+
+// get returns an idle slice, of at least n elements.
+func (l *freeList[T]) get(n int) *[]T {
+	var p *[]T
+	l.mu.Lock()
+	if k := len(l.free); k > 0 {
+		p = l.free[k-1]
+		l.free = l.free[:k-1]
+	}
+	l.mu.Unlock()
+	if p == nil {
+		p = new([]T)
+	}
+	if cap(*p) < n {
+		*p = make([]T, n)
+	}
+	return p
+}
+
+func (l *freeList[T]) put(p *[]T) {
+	l.mu.Lock()
+	l.free = append(l.free, p)
+	l.mu.Unlock()
+}
+
+// f32Scratch holds the widened operands of the emulated path.
+var f32Scratch freeList[float32]
 
 // gemmBF16Emulated widens the stored m×k (or k×m) region of A and the k×n
 // (or n×k) region of B to float32, exactly, with compact leading
@@ -155,17 +186,14 @@ func gemmBF16Emulated(tA, tB Transpose, m, n, k int, alpha float32, a []BF16, ld
 	if tB == Trans {
 		br, bc = n, k
 	}
-	p := f32Scratch.Get().(*[]float32)
 	need := ar*ac + br*bc
-	if cap(*p) < need {
-		*p = make([]float32, need)
-	}
+	p := f32Scratch.get(need)
 	s := (*p)[:need]
 	wa, wb := s[:ar*ac], s[ar*ac:]
 	widen(wa, a, ar, ac, lda)
 	widen(wb, b, br, bc, ldb)
 	Sgemm(tA, tB, m, n, k, alpha, wa, ac, wb, bc, beta, c, ldc)
-	f32Scratch.Put(p)
+	f32Scratch.put(p)
 }
 
 // widen copies the r×cols matrix src (leading dimension ld) into the

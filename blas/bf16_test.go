@@ -385,9 +385,6 @@ func TestGemmBF16Concurrent(t *testing.T) {
 }
 
 func TestGemmBF16Allocs(t *testing.T) {
-	if raceEnabled {
-		t.Skip("the race detector makes sync.Pool drop items")
-	}
 	const m, n, k = 64, 256, 512
 	rnd := rand.New(rand.NewPCG(9, 10))
 	a, b, c := randBF16(rnd, m*k), randBF16(rnd, n*k), make([]float32, m*n)

@@ -24,8 +24,9 @@ import (
 	"github.com/clipmpi/clipmpi/slurm"
 )
 
-// abiVersion is CLIPMPI_ABI_VERSION of clipmpi.h.
-const abiVersion = 1
+// abiVersion is CLIPMPI_ABI_VERSION of clipmpi.h. 2: the options'
+// precision field.
+const abiVersion = 2
 
 // Return codes of clipmpi.h.
 const (
@@ -149,7 +150,8 @@ var lib struct {
 func init() {
 	lib.comms = map[uintptr]*commObj{}
 	lib.losses = map[uintptr]*lossObj{}
-	lib.buildInfo = (*C.cm_cchar)(unsafe.Pointer(C.CString(fmt.Sprintf("clipmpi abi %d; mpi=%v; blas=%s", abiVersion, mpi.Enabled, blas.Backend()))))
+	lib.buildInfo = (*C.cm_cchar)(unsafe.Pointer(C.CString(fmt.Sprintf("clipmpi abi %d; mpi=%v; blas=%s; bf16=%s",
+		abiVersion, mpi.Enabled, blas.Backend(), blas.BF16Path()))))
 }
 
 func usable() *apiError {
@@ -538,6 +540,11 @@ func clipmpi_clip_new(out **C.clipmpi_loss, p *C.clipmpi_comm, dtype C.int32_t, 
 	}
 	co := loss.ClipOptions{LocalLoss: o.local_loss != 0, GatherWithGrad: o.gather_with_grad != 0, Tile: int(o.tile),
 		MemoryBudget: int64(o.memory_budget), Threads: int(o.threads)}
+	prec, perr := precisionOf(o.precision, dtype)
+	if perr != nil {
+		return finish(perr)
+	}
+	co.Precision = prec
 	if err := parseRates(o.rates_json, &co.Rates); err != nil {
 		return finish(err)
 	}
@@ -565,6 +572,11 @@ func clipmpi_siglip_new(out **C.clipmpi_loss, p *C.clipmpi_comm, dtype C.int32_t
 		return finish(errorf(codeUsage, "clipmpi_siglip_new: opt->struct_size %d is too small; use clipmpi_siglip_options_init", int64(opt.struct_size)))
 	}
 	so := loss.SigLipOptions{Tile: int(o.tile), MemoryBudget: int64(o.memory_budget), Threads: int(o.threads)}
+	prec, perr := precisionOf(o.precision, dtype)
+	if perr != nil {
+		return finish(perr)
+	}
+	so.Precision = prec
 	if err := parseRates(o.rates_json, &so.Rates); err != nil {
 		return finish(err)
 	}
@@ -582,6 +594,32 @@ func clipmpi_siglip_new(out **C.clipmpi_loss, p *C.clipmpi_comm, dtype C.int32_t
 			l.f64 = loss.NewSigLipLoss[float64](c, l.dim, so)
 		}
 	})
+}
+
+// precisionOf reads an options struct's precision (NULL: fp32) for a loss
+// of element type dtype.
+func precisionOf(name *C.cm_cchar, dtype C.int32_t) (loss.Precision, *apiError) {
+	if name == nil {
+		return loss.FP32, nil
+	}
+	return parsePrecision(C.GoString(name), int(dtype))
+}
+
+// parsePrecision returns the precision named name ("fp32", "amp_bf16" or
+// "bf16") for a loss of element type dtype: CLIPMPI_ERR_USAGE for another
+// name, and for amp_bf16 with CLIPMPI_FLOAT64 (its GEMMs round float32
+// operands to bf16). Any other dtype is newLoss's to reject.
+func parsePrecision(name string, dtype int) (loss.Precision, *apiError) {
+	p, err := loss.ParsePrecision(name)
+	if err != nil {
+		return loss.FP32, errorf(codeUsage, "%v", err)
+	}
+	if p == loss.AMPBF16 && dtype == dtypeF64 {
+		return loss.FP32, errorf(codeUsage, "clipmpi: precision %q needs CLIPMPI_FLOAT32 features "+
+			"(OpenCLIP's amp_bf16 rounds float32 GEMM operands to bf16); this loss is CLIPMPI_FLOAT64: "+
+			"use precision \"fp32\" or float32 features", name)
+	}
+	return p, nil
 }
 
 // parseRates reads the cost model's rates from JSON (nil: leave r as it

@@ -72,3 +72,32 @@ func TestRejectOnEveryRank(t *testing.T) {
 		t.Errorf("ErrNonFinite maps to %d", got.code)
 	}
 }
+
+// TestPrecision: the options' precision names OpenCLIP's; an unknown name,
+// and amp_bf16 for a float64 loss, are CLIPMPI_ERR_USAGE with a message
+// that says why.
+func TestPrecision(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		dtype int
+		want  loss.Precision
+		code  int
+		msg   string
+	}{
+		{"fp32", dtypeF32, loss.FP32, codeOK, ""},
+		{"fp32", dtypeF64, loss.FP32, codeOK, ""},
+		{"amp_bf16", dtypeF32, loss.AMPBF16, codeOK, ""},
+		{"bf16", dtypeF32, loss.AMPBF16, codeOK, ""},
+		{"amp_bf16", dtypeF64, 0, codeUsage, "CLIPMPI_FLOAT32"},
+		{"fp16", dtypeF32, 0, codeUsage, `"fp16"`},
+		{"", dtypeF32, 0, codeUsage, "precision"},
+	} {
+		p, err := parsePrecision(c.name, c.dtype)
+		switch {
+		case c.code == codeOK && (err != nil || p != c.want):
+			t.Errorf("%q, %s: %v, %v; want %v", c.name, dtypeNames[c.dtype], p, err, c.want)
+		case c.code != codeOK && (err == nil || err.code != c.code || !strings.Contains(err.msg, c.msg)):
+			t.Errorf("%q, %s: %v; want code %d mentioning %s", c.name, dtypeNames[c.dtype], err, c.code, c.msg)
+		}
+	}
+}

@@ -70,8 +70,15 @@
 extern "C" {
 #endif
 
-/* The version of this ABI; clipmpi_abi_version() returns the library's. */
-#define CLIPMPI_ABI_VERSION 1
+/* The version of this ABI; clipmpi_abi_version() returns the library's.
+ * Versions only add: a function, or a field at the end of an options
+ * struct, which the library reads only up to the caller's struct_size (a
+ * caller built against an older header gets the new fields' defaults). A
+ * library older than the header ignores the fields it does not know, so a
+ * caller that sets a newer field checks clipmpi_abi_version() first.
+ *   1: the first.
+ *   2: the options' precision (OpenCLIP's amp_bf16). */
+#define CLIPMPI_ABI_VERSION 2
 
 /* Return codes. */
 #define CLIPMPI_OK 0
@@ -124,7 +131,11 @@ typedef struct clipmpi_loss clipmpi_loss;
 int clipmpi_abi_version(void);
 
 /* Returns a static string describing the build, e.g.
- * "clipmpi abi 1; mpi=true; blas=openblas". */
+ * "clipmpi abi 2; mpi=true; blas=openblas; bf16=avx512_bf16". bf16 names
+ * the GEMM of precision "amp_bf16": "amx" or "avx512_bf16" (oneDNN on the
+ * CPU's matrix units or bf16 instructions) or "emulated" (operands widened
+ * to float32 exactly and multiplied by the float32 GEMM: the same numbers
+ * up to the order of the float32 sums, at the float32 GEMM's speed). */
 const char *clipmpi_build_info(void);
 
 /* Returns the message of the last failed call on the calling thread, or ""
@@ -213,6 +224,23 @@ typedef struct clipmpi_clip_options {
     int32_t blas_threads;     /* if > 0, set the threads of every GEMM of
                                  the process (OpenBLAS is process-wide);
                                  0: leave them (OPENBLAS_NUM_THREADS) */
+    const char *precision;    /* (ABI 2) the GEMMs' arithmetic, named as
+                                 OpenCLIP's --precision: "fp32" (default,
+                                 also NULL) multiplies in the features'
+                                 type; "amp_bf16" (or "bf16"), what
+                                 OpenCLIP computes under
+                                 torch.autocast(dtype=torch.bfloat16):
+                                 the GEMM operands (the features; in the
+                                 backward pass, the logits' gradients)
+                                 rounded to bf16, products summed in
+                                 float32; logits, the loss and the
+                                 gradients stay float32, statistics
+                                 float64.
+                                 Features travel between ranks in bf16.
+                                 CLIPMPI_FLOAT32 losses only: with
+                                 CLIPMPI_FLOAT64 it is CLIPMPI_ERR_USAGE.
+                                 Ranks that differ in it get
+                                 CLIPMPI_ERR_DISAGREE. */
 } clipmpi_clip_options;
 
 /* Options of a SigLipLoss (OpenCLIP's SigLipLoss). */
@@ -226,6 +254,7 @@ typedef struct clipmpi_siglip_options {
     int64_t memory_budget; /* as in clipmpi_clip_options */
     const char *rates_json;
     int32_t blas_threads;
+    const char *precision; /* (ABI 2) as in clipmpi_clip_options */
 } clipmpi_siglip_options;
 
 /* Fill *opt with the defaults (OpenCLIP's defaults) and struct_size. */
@@ -237,8 +266,9 @@ void clipmpi_siglip_options_init(clipmpi_siglip_options *opt);
  * CLIPMPI_FLOAT64) and dimension dim. opt NULL means the defaults. Not
  * collective (it communicates nothing), except for the library's
  * initialisation when comm is NULL. CLIPMPI_ERR_USAGE for an unknown
- * algorithm or dist_impl, dim < 1, tile, threads, blas_threads or
- * memory_budget < 0, bad rates_json, or another dtype. */
+ * algorithm, dist_impl or precision, precision "amp_bf16" with
+ * CLIPMPI_FLOAT64, dim < 1, tile, threads, blas_threads or memory_budget
+ * < 0, bad rates_json, or another dtype. */
 int clipmpi_clip_new(clipmpi_loss **out, clipmpi_comm *comm, int32_t dtype, int64_t dim,
                      const clipmpi_clip_options *opt);
 int clipmpi_siglip_new(clipmpi_loss **out, clipmpi_comm *comm, int32_t dtype, int64_t dim,

@@ -147,7 +147,7 @@ func check[T blas.Float](a *agreement, img, txt []T, lg Logit, opts float64, bac
 	case differ(agreeSize):
 		return nil, fmt.Errorf("%w on the element type: float32 on some ranks, float64 on others", ErrShapeMismatch)
 	case differ(agreeOpts):
-		return nil, fmt.Errorf("%w on the loss options (local_loss, gather_with_grad, algorithm, tile or logit bias)", ErrShapeMismatch)
+		return nil, fmt.Errorf("%w on the loss options (local_loss, gather_with_grad, algorithm, tile, precision or logit bias)", ErrShapeMismatch)
 	case v[agreeB] == 0:
 		return nil, fmt.Errorf("%w: 0 rows per rank", ErrEmptyBatch)
 	}

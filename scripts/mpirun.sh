@@ -11,6 +11,9 @@
 #                           sched_yield for 2^28 (about 0.1 s) after every
 #                           GEMM, which took a core from the loss kernels'
 #                           threads (README, "Threads inside a rank");
+#   OMP_NUM_THREADS         as OPENBLAS_NUM_THREADS, and OMP_WAIT_POLICY
+#                           PASSIVE, unless set: OpenMP's threads (oneDNN's
+#                           bf16 GEMMs, PyTorch's) sleep when idle;
 #   the OpenMPI TCP keepalive settings that turn a lost peer into an error
 #   within seconds instead of minutes (README, "Clusters: Slurm and
 #   several hosts").
@@ -33,8 +36,12 @@ flags=(--bind-to none)
 threads=$(( cores / np ))
 [ "$threads" -ge 1 ] || threads=1
 export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-$threads}
-# OpenMP's threads (PyTorch's, oneDNN's) get the same share of the cores.
+# OpenMP's threads (PyTorch's, oneDNN's) get the same share of the cores,
+# and an idle one sleeps at once instead of spinning (libgomp's default
+# spins a while after every parallel region: after every bf16 GEMM, while
+# the loss kernels want the cores).
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$OPENBLAS_NUM_THREADS}
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 # OpenBLAS picks its kernels by the CPU model it knows, and falls back to
 # old ones on a newer CPU: Debian 12's 0.3.21 runs its Prescott (SSE3)
 # kernels on Intel's Emerald Rapids (family 6, model 207), at a fifth of
@@ -59,6 +66,6 @@ export OMPI_MCA_oob_tcp_keepalive_probes=${OMPI_MCA_oob_tcp_keepalive_probes:-3}
 export OMPI_MCA_btl_vader_single_copy_mechanism=${OMPI_MCA_btl_vader_single_copy_mechanism:-none}
 if [ -n "${CLIPMPI_TIMEOUT:-}" ]; then
   [[ $CLIPMPI_TIMEOUT =~ ^[0-9]+$ ]] || { echo "$0: CLIPMPI_TIMEOUT=$CLIPMPI_TIMEOUT: want whole seconds" >&2; exit 2; }
-  exec timeout -k 10 "$CLIPMPI_TIMEOUT" mpirun "${flags[@]}" -x OPENBLAS_NUM_THREADS -x OMP_NUM_THREADS -x OPENBLAS_THREAD_TIMEOUT -np "$np" "$@"
+  exec timeout -k 10 "$CLIPMPI_TIMEOUT" mpirun "${flags[@]}" -x OPENBLAS_NUM_THREADS -x OMP_NUM_THREADS -x OMP_WAIT_POLICY -x OPENBLAS_THREAD_TIMEOUT -np "$np" "$@"
 fi
-exec mpirun "${flags[@]}" -x OPENBLAS_NUM_THREADS -x OMP_NUM_THREADS -x OPENBLAS_THREAD_TIMEOUT -np "$np" "$@"
+exec mpirun "${flags[@]}" -x OPENBLAS_NUM_THREADS -x OMP_NUM_THREADS -x OMP_WAIT_POLICY -x OPENBLAS_THREAD_TIMEOUT -np "$np" "$@"

@@ -375,6 +375,41 @@ static void error_paths(void) {
     check(clipmpi_siglip_new(&l5, NULL, CLIPMPI_FLOAT64, D, &so) == CLIPMPI_ERR_USAGE, "unknown dist_impl");
     check(clipmpi_abi_version() == CLIPMPI_ABI_VERSION, "abi version %d", clipmpi_abi_version());
 
+    /* precision (ABI 2): an unknown name, and amp_bf16 with float64, are
+     * local misuse; amp_bf16 is close to fp32 in float32; ranks that
+     * differ in it disagree. */
+    clipmpi_clip_options po = o;
+    po.precision = "fp16";
+    check(clipmpi_clip_new(&l5, NULL, CLIPMPI_FLOAT32, D, &po) == CLIPMPI_ERR_USAGE &&
+              strstr(clipmpi_last_error(), "fp16") != NULL,
+          "unknown precision: %s", clipmpi_last_error());
+    po.precision = "amp_bf16";
+    check(clipmpi_clip_new(&l5, NULL, CLIPMPI_FLOAT64, D, &po) == CLIPMPI_ERR_USAGE &&
+              strstr(clipmpi_last_error(), "CLIPMPI_FLOAT32") != NULL,
+          "amp_bf16 with float64: %s", clipmpi_last_error());
+    so.dist_impl = NULL;
+    so.precision = "amp_bf16";
+    check(clipmpi_siglip_new(&l5, NULL, CLIPMPI_FLOAT64, D, &so) == CLIPMPI_ERR_USAGE, "siglip amp_bf16 with float64");
+    {
+        float t32[B * D], gi1[B * D], gt1[B * D], gi2[B * D], gt2[B * D];
+        for (int k = 0; k < B * D; k++) t32[k] = (float)txt[k];
+        clipmpi_loss *lf = NULL, *lb = NULL;
+        clipmpi_result rf, rb;
+        po.precision = NULL;
+        if (clipmpi_clip_new(&lf, NULL, CLIPMPI_FLOAT32, D, &po) != CLIPMPI_OK) fail("fp32 clip_new: %s", clipmpi_last_error());
+        po.precision = "amp_bf16";
+        if (clipmpi_clip_new(&lb, NULL, CLIPMPI_FLOAT32, D, &po) != CLIPMPI_OK) fail("amp_bf16 clip_new: %s", clipmpi_last_error());
+        int rf_rc = clipmpi_forward_backward_f32(lf, B, f32, t32, gi1, gt1, 10, 0, 0, &rf);
+        int rb_rc = clipmpi_forward_backward_f32(lb, B, f32, t32, gi2, gt2, 10, 0, 0, &rb);
+        check(every(rf_rc, CLIPMPI_OK) && every(rb_rc, CLIPMPI_OK), "fp32 and amp_bf16 steps: %d, %d: %s", rf_rc,
+              rb_rc, clipmpi_last_error());
+        check(fabs(rb.loss - rf.loss) <= 2e-2 * fabs(rf.loss), "amp_bf16 loss %g, fp32 %g", rb.loss, rf.loss);
+        EXPECT("precision amp_bf16 on rank 1 only", CLIPMPI_ERR_DISAGREE,
+               clipmpi_forward_backward_f32(rank == 1 ? lb : lf, B, f32, t32, gi1, gt1, 10, 0, 0, &rf));
+        clipmpi_loss_free(lf);
+        clipmpi_loss_free(lb);
+    }
+
     /* auto with a budget nothing fits: CLIPMPI_ERR_NOFIT on every rank at
      * the first call; rates given as JSON; bad JSON is local misuse. */
     clipmpi_clip_options tight = o;

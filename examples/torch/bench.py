@@ -11,7 +11,9 @@ The reference process does not load libclipmpi: it starts gloo from Open
 MPI's (or Slurm's) environment variables with MASTER_ADDR/MASTER_PORT, so
 its memory is PyTorch's alone. Features are random unit rows, the scale is
 1/0.07 (OpenCLIP's initialisation), float32 unless --dtype float64; one
-thread per rank unless --threads says otherwise.
+thread per rank unless --threads says otherwise. --precision amp_bf16 is
+OpenCLIP's: the reference runs under torch.autocast("cpu",
+dtype=torch.bfloat16), clipmpi with ClipLoss(precision="amp_bf16").
 """
 
 import argparse
@@ -60,7 +62,10 @@ def main():
     p.add_argument("--mode", default="local_gwg", choices=["global", "global_gwg", "local", "local_gwg"])
     p.add_argument("--algo", default="fused", help="clipmpi's algorithm")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--precision", default="fp32", choices=["fp32", "amp_bf16"])
     a = p.parse_args()
+    if a.precision == "amp_bf16" and a.dtype != "float32":
+        p.error("--precision amp_bf16 takes --dtype float32")
 
     import torch
 
@@ -72,7 +77,7 @@ def main():
 
         comm = ct.world()
         rank, size = comm.rank, comm.size
-        loss_fn = ct.ClipLoss(local_loss=local, gather_with_grad=gwg, algorithm=a.algo)
+        loss_fn = ct.ClipLoss(local_loss=local, gather_with_grad=gwg, algorithm=a.algo, precision=a.precision)
 
         def barrier():
             comm.bcast_bytes(b"\0")
@@ -95,7 +100,8 @@ def main():
         dist.init_process_group("gloo", init_method="env://", rank=rank, world_size=size)
 
         def loss_fn(img, txt, scale):
-            return reference.clip_loss(img, txt, scale, local_loss=local, gather_with_grad=gwg)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.precision == "amp_bf16"):
+                return reference.clip_loss(img, txt, scale, local_loss=local, gather_with_grad=gwg)
 
         def barrier():
             dist.barrier()
@@ -132,7 +138,8 @@ def main():
     if rank == 0:
         print(json.dumps({
             "impl": a.impl, "mode": a.mode, "algo": a.algo if a.impl == "clipmpi" else "openclip-formulas",
-            "world": size, "b": a.b, "d": a.d, "dtype": a.dtype, "steps": a.steps, "threads": a.threads,
+            "world": size, "b": a.b, "d": a.d, "dtype": a.dtype, "precision": a.precision, "steps": a.steps,
+            "threads": a.threads,
             "step_ms_median": round(times[len(times) // 2], 2), "step_ms_min": round(times[0], 2),
             "step_ms_max": round(times[-1], 2), "peak_rss_mib": round(peaks[0], 1),
             "rss_before_mib": round(base_kib / 1024, 1), "loss_value": value,

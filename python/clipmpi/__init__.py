@@ -28,7 +28,9 @@ library_path = _lib.library_path
 
 
 def build_info():
-    """The library's build, e.g. "clipmpi abi 1; mpi=true; blas=openblas"."""
+    """The library's build, e.g. "clipmpi abi 2; mpi=true; blas=openblas;
+    bf16=avx512_bf16" (bf16: the GEMM of precision "amp_bf16", "amx",
+    "avx512_bf16" or "emulated")."""
     return _lib.lib.clipmpi_build_info().decode()
 
 

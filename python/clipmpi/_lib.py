@@ -33,7 +33,7 @@ REJECT_DEVICE = 2
 REJECT_SHAPE = 3
 REJECT_ARGUMENT = 4
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 
 class Error(Exception):
@@ -122,6 +122,7 @@ class ClipOptions(ctypes.Structure):
         ("memory_budget", ctypes.c_int64),
         ("rates_json", ctypes.c_char_p),
         ("blas_threads", ctypes.c_int32),
+        ("precision", ctypes.c_char_p),  # ABI 2
     ]
 
 
@@ -134,6 +135,7 @@ class SigLipOptions(ctypes.Structure):
         ("memory_budget", ctypes.c_int64),
         ("rates_json", ctypes.c_char_p),
         ("blas_threads", ctypes.c_int32),
+        ("precision", ctypes.c_char_p),  # ABI 2
     ]
 
 

@@ -17,11 +17,20 @@ logit bias. Features stay in PyTorch's memory: the library reads them and
 writes the gradients into new tensors, copying nothing (a non-contiguous
 input is made contiguous first).
 
-Inputs must be CPU tensors of float32 or float64, b x d on every rank. A
-rank whose inputs are of another dtype, on a GPU or of the wrong shape
-raises InvalidInputError (a TypeError and ValueError), and so does every
-other rank of the step, naming it; ranks that disagree on b or d raise
-RanksDisagreeError, NaN or Inf raises NonFiniteError, on every rank.
+Inputs must be CPU tensors of float32, float64, bfloat16 or float16, b x d
+on every rank; the gradients come back in the features' dtype. precision
+is OpenCLIP's: "amp_bf16" multiplies bf16-rounded operands with float32
+sums, as OpenCLIP's loss does under torch.autocast("cpu",
+dtype=torch.bfloat16); "fp32" multiplies in float32 (float64 for float64
+features). The default, None, follows the call: amp_bf16 under a CPU
+autocast to bfloat16 or for bfloat16 features, else fp32. bfloat16 and
+float16 features are computed in float32 (converted for the call), and so
+are float64 features under amp_bf16; the loss is a float32 tensor then, as
+OpenCLIP's is under autocast. A rank whose inputs are of another dtype, on
+a GPU or of the wrong shape raises InvalidInputError (a TypeError and
+ValueError), and so does every other rank of the step, naming it; ranks
+that disagree on b, d, dtype or precision raise RanksDisagreeError, NaN or
+Inf raises NonFiniteError, on every rank.
 """
 
 import ctypes
@@ -36,7 +45,48 @@ from . import _lib
 
 __all__ = ["ClipLoss", "SigLipLoss", "init_distributed"]
 
-_DTYPES = {torch.float32: (_lib.FLOAT32, "f32"), torch.float64: (_lib.FLOAT64, "f64")}
+# The dtypes the modules take; the library computes in _COMPUTE's.
+_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_COMPUTE = {torch.float32: (_lib.FLOAT32, "f32"), torch.float64: (_lib.FLOAT64, "f64")}
+
+# Precision names as OpenCLIP's --precision spells them ("bf16" is taken
+# for amp_bf16, as the library takes it); others go to the library, whose
+# UsageError names them.
+FP32, AMP_BF16 = "fp32", "amp_bf16"
+_PRECISION_ALIASES = {"bf16": AMP_BF16}
+
+
+def _canonical_precision(precision, who):
+    if precision is None:
+        return None
+    if not isinstance(precision, str):
+        raise TypeError(f"{who}: precision is a {type(precision).__name__}; want \"amp_bf16\", \"fp32\" or None")
+    return _PRECISION_ALIASES.get(precision, precision)
+
+
+def _autocast_bf16():
+    """Whether a CPU autocast to bfloat16 is on (torch.autocast("cpu",
+    dtype=torch.bfloat16))."""
+    try:
+        return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    except (TypeError, AttributeError):  # torch < 2.4
+        return torch.is_autocast_cpu_enabled() and torch.get_autocast_cpu_dtype() == torch.bfloat16
+
+
+def _resolve(precision, dtype):
+    """The precision and the dtype the library computes in, for features of
+    dtype under the module's precision (None: follow the call). float64
+    features stay float64 under autocast, as autocast leaves float64
+    matmuls alone."""
+    if precision is None:
+        if dtype == torch.float64:
+            precision = FP32
+        elif dtype == torch.bfloat16 or _autocast_bf16():
+            precision = AMP_BF16
+        else:
+            precision = FP32
+    compute = torch.float64 if dtype == torch.float64 and precision == FP32 else torch.float32
+    return precision, compute
 
 
 def _communicator(comm):
@@ -56,18 +106,20 @@ def _check_rank(rank, world_size, comm, who):
 
 class _Bridge:
     """One loss configuration on one communicator; the C losses are made on
-    first use for each (dtype, dimension), which communicates nothing."""
+    first use for each (dtype, dimension, precision), which communicates
+    nothing."""
 
     def __init__(self, kind, comm, options):
         self.kind, self.comm, self.options = kind, comm, options
         self._losses = {}
 
-    def loss(self, dtype, dim):
-        key = (dtype, dim)
+    def loss(self, dtype, dim, precision):
+        key = (dtype, dim, precision)
         p = self._losses.get(key)
         if p is None:
             p = ctypes.c_void_p()
             new = _lib.lib.clipmpi_clip_new if self.kind == "clip" else _lib.lib.clipmpi_siglip_new
+            self.options.precision = precision.encode()  # read by new only
             _lib.check(new(ctypes.byref(p), self.comm.handle, dtype, dim, ctypes.byref(self.options)))
             self._losses[key] = p
         return p
@@ -98,7 +150,8 @@ def _validate(image, text, logit_scale, logit_bias):
         if t.layout != torch.strided:
             return _lib.REJECT_ARGUMENT, f"{name} has layout {t.layout}; clipmpi takes dense tensors"
         if t.dtype not in _DTYPES:
-            return _lib.REJECT_DTYPE, f"{name} has dtype {t.dtype}; clipmpi takes torch.float32 or torch.float64"
+            return _lib.REJECT_DTYPE, (f"{name} has dtype {t.dtype}; clipmpi takes torch.float32, float64, "
+                                       "bfloat16 or float16")
     if text.dtype != image.dtype:
         return _lib.REJECT_DTYPE, f"image_features is {image.dtype} but text_features is {text.dtype}"
     if image.dim() != 2 or image.shape[1] < 1:
@@ -124,10 +177,12 @@ class _LossFunction(torch.autograd.Function):
     hands them out scaled by the incoming gradient."""
 
     @staticmethod
-    def forward(ctx, bridge, backward, image, text, logit_scale, logit_bias):
-        img, txt = image.contiguous(), text.contiguous()
-        code, suffix = _DTYPES[img.dtype]
-        loss = bridge.loss(code, img.shape[1])
+    def forward(ctx, bridge, backward, precision, image, text, logit_scale, logit_bias):
+        precision, compute = _resolve(precision, image.dtype)
+        # Contiguous, in the dtype computed in: no copy when they are already.
+        img, txt = image.to(compute).contiguous(), text.to(compute).contiguous()
+        code, suffix = _COMPUTE[compute]
+        loss = bridge.loss(code, img.shape[1], precision)
         scale = _scalar(logit_scale)
         has_bias = logit_bias is not None
         bias = _scalar(logit_bias) if has_bias else 0.0
@@ -139,6 +194,7 @@ class _LossFunction(torch.autograd.Function):
             _lib.check(fb(loss, rows, img.data_ptr(), txt.data_ptr(), gi.data_ptr(), gt.data_ptr(),
                           scale, bias, has_bias, ctypes.byref(res)))
             ctx.results = (gi, gt, res.grad_logit_scale, res.grad_logit_bias)
+            ctx.feature_dtype = image.dtype
             value = res.loss
         else:
             out = ctypes.c_double()
@@ -148,7 +204,7 @@ class _LossFunction(torch.autograd.Function):
             value = out.value
         ctx.scalar_like = (logit_scale if isinstance(logit_scale, torch.Tensor) else None,
                            logit_bias if isinstance(logit_bias, torch.Tensor) else None)
-        return torch.tensor(value, dtype=image.dtype)
+        return torch.tensor(value, dtype=compute)
 
     @staticmethod
     def backward(ctx, grad):
@@ -159,20 +215,23 @@ class _LossFunction(torch.autograd.Function):
         g = grad.item()
         if g != 1.0:
             gi, gt, gs, gb = gi * g, gt * g, gs * g, gb * g
+        gi, gt = gi.to(ctx.feature_dtype), gt.to(ctx.feature_dtype)  # no-ops unless converted
         s, b = ctx.scalar_like
         need = ctx.needs_input_grad
-        return (None, None, gi if need[2] else None, gt if need[3] else None,
-                torch.full_like(s, gs) if s is not None and need[4] else None,
-                torch.full_like(b, gb) if b is not None and need[5] else None)
+        return (None, None, None, gi if need[3] else None, gt if need[4] else None,
+                torch.full_like(s, gs) if s is not None and need[5] else None,
+                torch.full_like(b, gb) if b is not None and need[6] else None)
 
 
-def _apply(bridge, image, text, logit_scale, logit_bias):
+def _apply(bridge, precision, image, text, logit_scale, logit_bias):
     reason, detail = _validate(image, text, logit_scale, logit_bias)
     if reason:
         bridge.comm.reject_step(reason, detail)
     backward = torch.is_grad_enabled() and any(
         isinstance(t, torch.Tensor) and t.requires_grad for t in (image, text, logit_scale, logit_bias))
-    return _LossFunction.apply(bridge, backward, image, text, logit_scale, logit_bias)
+    # The autocast state is read here, outside the autograd.Function.
+    precision, _ = _resolve(precision, image.dtype)
+    return _LossFunction.apply(bridge, backward, precision, image, text, logit_scale, logit_bias)
 
 
 class _Base(torch.nn.Module):
@@ -209,11 +268,17 @@ class ClipLoss(_Base):
     dict of loss.Rates' JSON fields (None: measured at the first call).
     comm: None (MPI_COMM_WORLD), an mpi4py communicator, a Fortran handle,
     or a clipmpi.Communicator.
+
+    precision: "amp_bf16" (OpenCLIP's --precision amp_bf16: the GEMMs take
+    bf16-rounded operands and sum in float32), "fp32", or None (default):
+    amp_bf16 under torch.autocast("cpu", dtype=torch.bfloat16) or for
+    bfloat16 features, fp32 otherwise (see the module's doc for dtypes).
+    An unknown name raises UsageError here.
     """
 
     def __init__(self, local_loss=False, gather_with_grad=False, cache_labels=False, rank=None, world_size=None,
                  use_horovod=False, *, algorithm="fused", tile=0, threads=0, blas_threads=0, memory_budget=0,
-                 rates=None, comm=None):
+                 rates=None, comm=None, precision=None):
         super().__init__()
         if use_horovod:
             raise ValueError("clipmpi.torch.ClipLoss: use_horovod is not supported; clipmpi communicates over MPI")
@@ -229,16 +294,19 @@ class ClipLoss(_Base):
         self._keep = (algorithm.encode(), _rates(rates))  # kept alive for the options' pointers
         o.algorithm, o.tile, o.threads, o.blas_threads = self._keep[0], tile, threads, blas_threads
         o.memory_budget, o.rates_json = memory_budget, self._keep[1]
+        self.precision = _canonical_precision(precision, "clipmpi.torch.ClipLoss")
         self._bridge = _Bridge("clip", self.comm, o)
-        self._bridge.loss(_lib.FLOAT64, 1)  # checks the options now (UsageError)
+        # Checks the options now (UsageError).
+        self._bridge.loss(_lib.FLOAT32, 1, FP32 if self.precision is None else self.precision)
 
     def forward(self, image_features, text_features, logit_scale, logit_bias=None, output_dict=False):
-        loss = _apply(self._bridge, image_features, text_features, logit_scale, logit_bias)
+        loss = _apply(self._bridge, self.precision, image_features, text_features, logit_scale, logit_bias)
         return {"contrastive_loss": loss} if output_dict else loss
 
     def extra_repr(self):
         return (f"local_loss={self.local_loss}, gather_with_grad={self.gather_with_grad}, "
-                f"algorithm={self.algorithm!r}, rank={self.rank}, world_size={self.world_size}")
+                f"algorithm={self.algorithm!r}, precision={self.precision!r}, rank={self.rank}, "
+                f"world_size={self.world_size}")
 
 
 class SigLipLoss(_Base):
@@ -246,12 +314,12 @@ class SigLipLoss(_Base):
 
     dist_impl: "bidir" (default, also None), "shift", "reduce", "gather" or
     "auto"; chunk_size (or tile): the logit tile (0: default). rank,
-    world_size, cache_labels, threads, blas_threads, memory_budget, rates
-    and comm as for ClipLoss.
+    world_size, cache_labels, threads, blas_threads, memory_budget, rates,
+    comm and precision as for ClipLoss.
     """
 
     def __init__(self, cache_labels=False, rank=None, world_size=None, dist_impl=None, *, chunk_size=0, tile=None,
-                 threads=0, blas_threads=0, memory_budget=0, rates=None, comm=None):
+                 threads=0, blas_threads=0, memory_budget=0, rates=None, comm=None, precision=None):
         super().__init__()
         self._own_comm = comm is not None and not isinstance(comm, Communicator)
         self.comm = _communicator(comm)
@@ -265,15 +333,17 @@ class SigLipLoss(_Base):
         self._keep = (self.dist_impl.encode(), _rates(rates))
         o.dist_impl, o.tile, o.threads, o.blas_threads = self._keep[0], self.tile or 0, threads, blas_threads
         o.memory_budget, o.rates_json = memory_budget, self._keep[1]
+        self.precision = _canonical_precision(precision, "clipmpi.torch.SigLipLoss")
         self._bridge = _Bridge("siglip", self.comm, o)
-        self._bridge.loss(_lib.FLOAT64, 1)
+        self._bridge.loss(_lib.FLOAT32, 1, FP32 if self.precision is None else self.precision)
 
     def forward(self, image_features, text_features, logit_scale, logit_bias=None, output_dict=False):
-        loss = _apply(self._bridge, image_features, text_features, logit_scale, logit_bias)
+        loss = _apply(self._bridge, self.precision, image_features, text_features, logit_scale, logit_bias)
         return {"contrastive_loss": loss} if output_dict else loss
 
     def extra_repr(self):
-        return f"dist_impl={self.dist_impl!r}, rank={self.rank}, world_size={self.world_size}"
+        return (f"dist_impl={self.dist_impl!r}, precision={self.precision!r}, rank={self.rank}, "
+                f"world_size={self.world_size}")
 
 
 def _free_port():
