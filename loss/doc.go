@@ -58,6 +58,19 @@
 // at scale 100 (1e-7 relative rounding of s, times |s| up to 100, enters
 // exp), not of the length of the sums.
 //
+// amp_bf16 (Precision AMPBF16, float32 losses): OpenCLIP's default
+// arithmetic. GEMM operands are rounded to bf16 once (the caller's
+// features at the start of a step, travelling between ranks as bf16; each
+// gradient tile by the kernel that writes it) and multiplied by
+// blas.GemmBF16 with float32 sums; logits and gradient tiles are float32,
+// statistics float64. At N = 32768 and logit scale 100 on bf16 features
+// (TestBF16AtScale: 4 ranks of 8192 rows, d = 32, the global loss; fused,
+// tiled and ring alike) the deviation from float64 relative to the largest
+// value was 1e-8 for the loss, 1.5e-7 for the scale gradient, 2.9e-3 and
+// 2.7e-3 for the image and text gradients (the bf16 rounding of the
+// gradient tiles); OpenCLIP's own amp_bf16 computation on the same inputs,
+// whose logits are rounded to bf16, gave 8.4e-4, 3.8e-3, 5.2e-2 and 7.5e-2.
+//
 // The references are OpenCLIP's src/open_clip/loss.py (the semantics, checked
 // against its outputs in ../test), FlashAttention's and Inf-CL's online
 // log-sum-exp over tiles, and Inf-CL's ring (Wang et al. 2024) for moving

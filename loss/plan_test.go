@@ -74,7 +74,8 @@ func (c *countingComm) IsendrecvF32(dst []float32, from int, src []float32, to i
 // algorithm's schedule are those a ForwardBackward step executes (every
 // BLAS call, seen by gemmHook, and every float32 transfer on each rank's
 // communicator), for every ClipLoss algorithm and mode and every SigLIP
-// method, W = 1..4, with tiles that do and do not divide the blocks; and
+// method, in both precisions (amp_bf16's features travel as bf16 pairs),
+// W = 1..4, with tiles that do and do not divide the blocks; and
 // no step has more exchanges in flight than mpi.MaxRequests.
 func TestPlanIsExecution(t *testing.T) {
 	var mu sync.Mutex

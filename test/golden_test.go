@@ -37,10 +37,14 @@ func caseRuns(c *Case) []caseRun {
 		for _, m := range loss.SigLipImpls() {
 			runs = append(runs, caseRun{"impl=" + m.String(), func(comm mpi.Comm) ([]string, error) { return RunSigLip(comm, c, m, true) },
 				func() ([]string, error) { return nil, nil }})
+			runs = append(runs, caseRun{"impl=" + m.String() + "/amp_bf16", func(comm mpi.Comm) ([]string, error) { return RunSigLipBF16(comm, c, m) },
+				func() ([]string, error) { return nil, nil }})
 		}
 		return runs
 	}
 	for _, a := range loss.Algorithms() {
+		runs = append(runs, caseRun{"algo=" + a.String() + "/amp_bf16", func(comm mpi.Comm) ([]string, error) { return RunClipBF16(comm, c, a) },
+			func() ([]string, error) { return nil, nil }})
 		ts := []int{0}
 		if a == loss.Tiled || a == loss.Ring {
 			ts = tiles

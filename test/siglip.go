@@ -30,7 +30,18 @@ func RunSigLip(comm mpi.Comm, c *Case, impl loss.SigLipImpl, override bool) ([]s
 	if err != nil {
 		return nil, err
 	}
-	return runRank(comm, c, loss.NewSigLipLoss[float64](comm, c.Dim, opt), false)
+	return runRank(comm, c, loss.NewSigLipLoss[float64](comm, c.Dim, opt), sigTols)
+}
+
+// RunSigLipBF16 is RunSigLip (the method impl) in float32 with
+// loss.AMPBF16, compared at the bf16 tolerances.
+func RunSigLipBF16(comm mpi.Comm, c *Case, impl loss.SigLipImpl) ([]string, error) {
+	opt, err := c.SigLipOptions(impl, true)
+	if err != nil {
+		return nil, err
+	}
+	opt.Precision = loss.AMPBF16
+	return runRank(comm, c, asF64[*loss.SigLipLoss[float32]]{loss.NewSigLipLoss[float32](comm, c.Dim, opt)}, bf16Tols(c, 0))
 }
 
 // RunSigLipSingle computes the case's single_process outputs on one rank.
@@ -39,5 +50,5 @@ func RunSigLipSingle(c *Case) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	return runSingle(c, loss.NewSigLipLoss[float64](mpi.Self(), c.Dim, opt), false)
+	return runSingle(c, loss.NewSigLipLoss[float64](mpi.Self(), c.Dim, opt), sigTols)
 }
