@@ -28,6 +28,8 @@ const (
 	bOwn               // b×d: a reduce-scatter's share, Reduce's partial
 	bHImg              // b×d: the caller's image features in bf16 (AMPBF16)
 	bHTxt              // b×d: the caller's text features in bf16 (AMPBF16)
+	bHX                // x's gradient tile in bf16, at x's positions (AMPBF16)
+	bHY                // y's, likewise
 	bStream            // the ring streams' buffers, streamBufs each
 	nbuf    = bStream + 2*streamBufs
 )
@@ -233,7 +235,12 @@ func newRecorder(st *step, elemSize int) *recorder {
 	return &recorder{st: st, elem: int64(elemSize), gemmAt: map[GemmShape]int{}, transfAt: map[Transfer]int{}}
 }
 
-func (r *recorder) buffer(id buf, n int) { r.size[id] = max(r.size[id], r.st.words(id, n)) }
+func (r *recorder) buffer(id buf, n int) {
+	r.size[id] = max(r.size[id], r.st.words(id, n))
+	if h, ok := r.st.shadow(id); ok {
+		r.size[h] = max(r.size[h], (n+1)/2)
+	}
+}
 func (r *recorder) softmax(rows, cols int) {
 	r.stats = max(r.stats, 8*(6*int64(cols)+4*int64(rows)))
 }

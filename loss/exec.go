@@ -49,7 +49,12 @@ func (x *exec[T]) at(r ref) []T { return x.ws[r.id][r.off:] }
 
 func (x *exec[T]) span(r ref, n int) []T { return x.ws[r.id][r.off : r.off+n] }
 
-func (x *exec[T]) buffer(id buf, n int) { x.ws[id] = grow(x.ws[id], x.st.words(id, n)) }
+func (x *exec[T]) buffer(id buf, n int) {
+	x.ws[id] = grow(x.ws[id], x.st.words(id, n))
+	if h, ok := x.st.shadow(id); ok {
+		x.ws[h] = grow(x.ws[h], (n+1)/2)
+	}
+}
 
 // wire returns the n elements at r as they are stored and travel: in
 // AMPBF16, features as their bf16 numbers in pairs.
@@ -76,14 +81,23 @@ func (x *exec[T]) gemm(g gemmOp) {
 }
 
 // bf16 returns the bf16 operand at r and its leading dimension: features
-// (rows dh apart), or a gradient tile its kernel rounded in place (row i's
-// bf16 numbers begin its float32 row: twice the leading dimension).
+// (rows dh apart), or the bf16 copy its kernel wrote of a gradient tile.
 func (x *exec[T]) bf16(r ref, ld int) ([]blas.BF16, int) {
 	if feature(r.id) {
 		f := x.st.feat(r)
 		return asBF16(x.ws[f.id])[f.off:], x.st.dh()
 	}
-	return asBF16(x.at(r)), 2 * ld
+	return x.half(r), ld
+}
+
+// half returns the bf16 copy of the gradient tile at r (nil for no ref
+// or outside AMPBF16).
+func (x *exec[T]) half(r ref) []blas.BF16 {
+	h, ok := x.st.shadow(r.id)
+	if !r.valid() || !ok {
+		return nil
+	}
+	return asBF16(x.ws[h])[r.off:]
 }
 
 func blasT(t bool) blas.Transpose {
@@ -103,12 +117,13 @@ func (x *exec[T]) kernel(o kernOp) {
 		if o.y.valid() {
 			dt = x.at(o.y)
 		}
+		k.hd, k.hdt = x.half(o.x), x.half(o.y)
 		sx, sb := grad(k, x.at(o.x), dt, x.at(o.x), o.ld, o.rows, o.cols, o.at, st.rank*st.b, st.scale, st.bias, x.c, x.c,
 			x.rowM, x.rowS, x.colM[o.at:], x.colS[o.at:], x.colX[o.at:], x.colB[o.at:])
 		x.sumX += sx
 		x.sumB += sb
 	case kSig:
-		x.c = 1 / float64(st.b)
+		x.c, k.hd = 1/float64(st.b), x.half(o.x)
 		ls, sx, sb := sigTile(k, x.at(o.x), x.at(o.x), o.ld, o.rows, o.cols, o.at, st.scale, st.bias, x.c, st.backward)
 		x.lossSum += ls
 		x.sumX += sx
@@ -131,15 +146,12 @@ func (x *exec[T]) kernel(o kernOp) {
 	case kZero:
 		clear(x.wire(o.x, o.rows*o.cols))
 	case kRound:
-		h, f, dh := asBF16(x.ws[o.x.id]), blas.As32(x.at(o.y)), st.dh()
-		for i := range o.rows {
-			blas.RoundBF16(h[i*dh:i*dh+o.cols], f[i*o.cols:(i+1)*o.cols])
-		}
+		roundRows(k, asBF16(x.ws[o.x.id]), st.dh(), x.at(o.y), o.cols, o.rows, o.cols)
 	}
 	// Naive's gradient blocks are complete after the row gradients (local)
 	// or the transposed sum (global): the GEMMs read them in bf16.
 	if st.half && (o.op == kRowGrad && st.local || o.op == kAddTranspose) {
-		roundRows(k, x.at(o.x), o.ld, o.rows, o.cols)
+		roundRows(k, x.half(o.x), o.ld, x.at(o.x), o.ld, o.rows, o.cols)
 	}
 }
 

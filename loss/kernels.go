@@ -113,7 +113,8 @@ type kernels[T blas.Float] struct {
 	nb, bs                 int  // row blocks and their size
 	native                 bool // float32 C kernels
 	isa                    int
-	half                   bool // gradient tiles end in bf16 (AMPBF16)
+	half                   bool        // gradient tiles end in bf16 (AMPBF16)
+	hd, hdt                []blas.BF16 // the bf16 copies of d and dt
 
 	part  []float64 // 2·nb×cols column partials of the blocks
 	sums  []float64 // 3·nb scalar partials of the blocks
@@ -147,7 +148,7 @@ func (k *kernels[T]) setTile(x []T, ld, rows, cols int) {
 
 // release drops the references to the caller's slices.
 func (k *kernels[T]) release() {
-	k.x, k.d, k.dt, k.src = nil, nil, nil, nil
+	k.x, k.d, k.dt, k.src, k.hd, k.hdt = nil, nil, nil, nil, nil, nil
 	k.rowM, k.rowS, k.colM, k.colS, k.colX, k.colB = nil, nil, nil, nil, nil, nil
 }
 
@@ -495,29 +496,25 @@ func (k *kernels[T]) gradBlock(b int) {
 			cx, cb, k.sums[2*b:2*b+2])
 	}
 	if k.half {
-		roundRows(k, k.d[off:], k.ld, r1-r0, k.cols)
+		roundRows(k, k.hd[off:], k.ld, k.d[off:], k.ld, r1-r0, k.cols)
 		if dt != nil {
-			roundRows(k, dt, k.ld, r1-r0, k.cols)
+			roundRows(k, k.hdt[off:], k.ld, dt, k.ld, r1-r0, k.cols)
 		}
 	}
 }
 
-// roundRows rounds the rows×cols tile x (leading dimension ld) to bf16 in
-// place: row i's bf16 numbers take the first half of its bytes, so that
-// the tile reads as bf16 with leading dimension 2·ld. Each value is read
-// before its bf16 number, lower in the row, is written.
-func roundRows[T blas.Float](k *kernels[T], x []T, ld, rows, cols int) {
+// roundRows writes the rows×cols tile x (leading dimension ldx) rounded to
+// bf16 into h (leading dimension ldh), while the block is in the caches.
+func roundRows[T blas.Float](k *kernels[T], h []blas.BF16, ldh int, x []T, ldx, rows, cols int) {
 	x32 := blas.As32(x)
+	checkTile(len(x32), ldx, rows, cols)
+	checkTile(len(h), ldh, rows, cols)
 	if k.useNative() {
-		checkTile(len(x32), ld, rows, cols)
-		bf16rows32(kernelISA, x32, ld, rows, cols)
+		bf16rows32(kernelISA, x32, ldx, h, ldh, rows, cols)
 		return
 	}
-	h := asBF16(x)
 	for i := range rows {
-		for j, v := range x32[i*ld : i*ld+cols] {
-			h[2*i*ld+j] = blas.ToBF16(v)
-		}
+		blas.RoundBF16(h[i*ldh:i*ldh+cols], x32[i*ldx:i*ldx+cols])
 	}
 }
 
@@ -630,7 +627,7 @@ func (k *kernels[T]) sigBlock(b int) {
 		s[0] *= math.Ln2
 	}
 	if k.half && k.backward {
-		roundRows(k, d, k.ld, r1-r0, k.cols)
+		roundRows(k, k.hd[off:], k.ld, d, k.ld, r1-r0, k.cols)
 	}
 }
 

@@ -476,28 +476,16 @@ KINL void sig_body(const int R, float *d, const float *x, long ld, long rows, lo
 	sums[2] = sb;
 }
 
-// bf16_body rounds each row of the rows×cols tile x (leading dimension ld)
-// to bfloat16, nearest even, in place: row i's numbers take the first
-// 2·cols bytes of the row. Sixteen values are read whole before their
-// bf16 numbers, which lie lower in the row, are written; memcpy keeps the
-// aliasing defined.
-KINL void bf16_body(float *x, long ld, long rows, long cols) {
+// bf16_body writes the rows×cols tile x (leading dimension ldx) rounded to
+// bfloat16, nearest even, into h (leading dimension ldh).
+KINL void bf16_body(const float *x, long ldx, uint16_t *h, long ldh, long rows, long cols) {
 	for (long i = 0; i < rows; i++) {
-		char *row = (char *)(x + i * ld);
-		long j = 0;
-		for (; j + 16 <= cols; j += 16) {
-			uint32_t u[16];
-			uint16_t h[16];
-			memcpy(u, row + 4 * j, sizeof u);
-			for (int k = 0; k < 16; k++)
-				h[k] = (uint16_t)((u[k] + 0x7fffu + ((u[k] >> 16) & 1u)) >> 16);
-			memcpy(row + 2 * j, h, sizeof h);
-		}
-		for (; j < cols; j++) {
+		const float *xi = x + i * ldx;
+		uint16_t *hi = h + i * ldh;
+		for (long j = 0; j < cols; j++) {
 			uint32_t u;
-			memcpy(&u, row + 4 * j, 4);
-			uint16_t h = (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-			memcpy(row + 2 * j, &h, 2);
+			memcpy(&u, xi + j, 4);
+			hi[j] = (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 		}
 	}
 }

@@ -30,8 +30,8 @@ T static void sig_##S(float *d, const float *x, long ld, long rows, long cols, l
 		int backward, double *sums) { \
 	sig_body(R, d, x, ld, rows, cols, e0, A, B, c, backward, sums); \
 } \
-T static void bf16_##S(float *x, long ld, long rows, long cols) { \
-	bf16_body(x, ld, rows, cols); \
+T static void bf16_##S(const float *x, long ldx, uint16_t *h, long ldh, long rows, long cols) { \
+	bf16_body(x, ldx, h, ldh, rows, cols); \
 } \
 T static int finite_##S(const float *x, long n) { \
 	return finite_body(x, n); \
@@ -94,8 +94,8 @@ void clip_sig32(int isa, float *d, const float *x, long ld, long rows, long cols
 	FLUSHED(PICK(isa, sig)(d, x, ld, rows, cols, e0, A, B, c, backward, sums));
 }
 
-void clip_bf16rows32(int isa, float *x, long ld, long rows, long cols) {
-	PICK(isa, bf16)(x, ld, rows, cols);
+void clip_bf16rows32(int isa, const float *x, long ldx, uint16_t *h, long ldh, long rows, long cols) {
+	PICK(isa, bf16)(x, ldx, h, ldh, rows, cols);
 }
 
 int clip_finite32(int isa, const float *x, long n) {

@@ -30,7 +30,9 @@ void clip_sig32(int isa, float *d, const float *x, long ld, long rows, long cols
 
 int clip_finite32(int isa, const float *x, long n) { return finite_body(x, n); }
 
-void clip_bf16rows32(int isa, float *x, long ld, long rows, long cols) { bf16_body(x, ld, rows, cols); }
+void clip_bf16rows32(int isa, const float *x, long ldx, uint16_t *h, long ldh, long rows, long cols) {
+	bf16_body(x, ldx, h, ldh, rows, cols);
+}
 
 void clip_stats32(int isa, const float *x, long ld, long rows, long cols, float A, int neg, float *rmax, double *racc,
 		float *cmax, double *cacc) {

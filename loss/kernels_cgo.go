@@ -5,6 +5,7 @@ package loss
 /*
 #cgo CFLAGS: -O3
 #cgo LDFLAGS: -lm
+#include <stdint.h>
 
 // Defined in kernels_amd64.c or kernels_arm64.c; isa is one of the isa
 // constants of kernels_isa.go.
@@ -18,7 +19,7 @@ void clip_grad32(int isa, float *di, float *dt, const float *x, long ld, long ro
 void clip_sig32(int isa, float *d, const float *x, long ld, long rows, long cols, long e0, float A, float B,
 	float c, int backward, double *sums);
 int clip_finite32(int isa, const float *x, long n);
-void clip_bf16rows32(int isa, float *x, long ld, long rows, long cols);
+void clip_bf16rows32(int isa, const float *x, long ldx, uint16_t *h, long ldh, long rows, long cols);
 void clip_stats32(int isa, const float *x, long ld, long rows, long cols, float A, int neg, float *rmax, double *racc,
 	float *cmax, double *cacc);
 void clip_colmerge32(int isa, long nb, long cols, long stride, const float *pm, const double *ps, float A, int neg,
@@ -26,7 +27,11 @@ void clip_colmerge32(int isa, long nb, long cols, long stride, const float *pm, 
 */
 import "C"
 
-import "unsafe"
+import (
+	"unsafe"
+
+	"github.com/clipmpi/clipmpi/blas"
+)
 
 // nativeKernels reports that the C float32 kernels are compiled in.
 const nativeKernels = true
@@ -110,6 +115,7 @@ func finite32(isa int, x []float32) bool {
 	return C.clip_finite32(C.int(isa), ptr32(x), C.long(len(x))) != 0
 }
 
-func bf16rows32(isa int, x []float32, ld, rows, cols int) {
-	C.clip_bf16rows32(C.int(isa), ptr32(x), C.long(ld), C.long(rows), C.long(cols))
+func bf16rows32(isa int, x []float32, ldx int, h []blas.BF16, ldh, rows, cols int) {
+	C.clip_bf16rows32(C.int(isa), ptr32(x), C.long(ldx), (*C.uint16_t)(unsafe.Pointer(unsafe.SliceData(h))), C.long(ldh),
+		C.long(rows), C.long(cols))
 }

@@ -2,6 +2,8 @@
 
 package loss
 
+import "github.com/clipmpi/clipmpi/blas"
+
 // nativeKernels reports that the C float32 kernels are compiled in: not
 // without cgo, with the purego tag, or on other architectures, where the Go
 // kernels run for both element types.
@@ -38,4 +40,6 @@ func colmerge32(isa, nb, cols, stride int, pm []float32, ps []float64, a float32
 	panic(errNoNative)
 }
 
-func bf16rows32(isa int, x []float32, ld, rows, cols int) { panic(errNoNative) }
+func bf16rows32(isa int, x []float32, ldx int, h []blas.BF16, ldh, rows, cols int) {
+	panic(errNoNative)
+}

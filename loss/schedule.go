@@ -28,6 +28,15 @@ func (st *step) words(id buf, n int) int {
 	return n
 }
 
+// shadow returns, in AMPBF16, the buffer that holds the bf16 copy of the
+// gradient tiles in id (x or y), at the same positions: the GEMMs read it.
+func (st *step) shadow(id buf) (buf, bool) {
+	if !st.half || id != bX && id != bY {
+		return 0, false
+	}
+	return bHX + id - bX, true
+}
+
 // feat returns where, in bf16 numbers, the features at r are in AMPBF16:
 // the caller's are read from their rounded copies.
 func (st *step) feat(r ref) ref {
