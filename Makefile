@@ -34,6 +34,9 @@ build: deps
 # set (local_loss + gather_with_grad, the algorithm Auto picks); summary, metrics and plot in run/.
 # PRECISION=amp_bf16: the loss's GEMMs in bf16 (OpenCLIP's --precision).
 PRECISION ?= fp32
+# SUMS_BF16=true (bench-loss, bench-net): with amp_bf16, the ring methods'
+# gradient sums travel in bf16 too.
+SUMS_BF16 ?= false
 run: build $(BIN)/train
 	$(MPIRUN) $(NP) $(BIN)/train --precision $(PRECISION) --logs run --summary run/summary.json
 
@@ -188,7 +191,7 @@ THREADS ?= 0
 # GEMM floor of its rounds (shared machines: others' work only adds time).
 REPEAT ?= 3
 bench-loss: build
-	$(if $(filter-out 0,$(THREADS)),OPENBLAS_NUM_THREADS=$(THREADS) )$(MPIRUN) $(NP) $(BIN)/bench -loss $(LOSS) -b $(B) -d $(D) -mode $(MODE) -algo $(ALGO) -dtype $(DTYPE) -precision $(PRECISION) -steps $(STEPS) -tile $(TILE) -threads $(THREADS) -repeat $(REPEAT)
+	$(if $(filter-out 0,$(THREADS)),OPENBLAS_NUM_THREADS=$(THREADS) )$(MPIRUN) $(NP) $(BIN)/bench -loss $(LOSS) -b $(B) -d $(D) -mode $(MODE) -algo $(ALGO) -dtype $(DTYPE) -precision $(PRECISION) -sums-bf16=$(SUMS_BF16) -steps $(STEPS) -tile $(TILE) -threads $(THREADS) -repeat $(REPEAT)
 
 # A shaped network (scripts/cluster/benchnet.sh; root): two hosts in
 # network namespaces, one rank each, each direction of their link limited
@@ -200,7 +203,7 @@ RATE   ?= 2gbit
 NICE   ?=
 .PHONY: bench-net
 bench-net: build
-	@RATE=$(RATE) REPEAT=$(REPEAT) NICE=$(NICE) B=$(B) D=$(D) STEPS=$(STEPS) MODE=$(MODE) TILE=$(TILE) DTYPE=$(DTYPE) PRECISION=$(PRECISION) \
+	@RATE=$(RATE) REPEAT=$(REPEAT) NICE=$(NICE) B=$(B) D=$(D) STEPS=$(STEPS) MODE=$(MODE) TILE=$(TILE) DTYPE=$(DTYPE) PRECISION=$(PRECISION) SUMS_BF16=$(SUMS_BF16) \
 	  flock /tmp/clipmpi-cluster.lock timeout --foreground -k 30 660 scripts/cluster/benchnet.sh $(BIN)
 
 clean:

@@ -39,21 +39,25 @@ func TestBF16(t *testing.T) {
 			ref := solve[float64](t, q, ClipOptions{LocalLoss: m.LocalLoss, GatherWithGrad: m.GatherWithGrad, Algorithm: Naive})
 			for _, algo := range Algorithms() {
 				for _, tile := range []int{0, 2} {
-					opt := m
-					opt.Algorithm, opt.Tile, opt.Precision = algo, tile, AMPBF16
-					t.Run(fmt.Sprintf("w=%d/d=%d/%s/%s/tile=%d", sh.w, sh.d, m.Mode(), algo, tile), func(t *testing.T) {
-						checkBF16(t, solve[float32](t, p, opt), ref)
-					})
+					for _, sums := range []bool{false, true} {
+						opt := m
+						opt.Algorithm, opt.Tile, opt.Precision, opt.SumsBF16 = algo, tile, AMPBF16, sums
+						t.Run(fmt.Sprintf("w=%d/d=%d/%s/%s/tile=%d/sums_bf16=%v", sh.w, sh.d, m.Mode(), algo, tile, sums), func(t *testing.T) {
+							checkBF16(t, solve[float32](t, p, opt), ref)
+						})
+					}
 				}
 			}
 		}
 		ref := sigRef(q)
 		for _, impl := range SigLipImpls() {
 			for _, tile := range []int{0, 2} {
-				opt := SigLipOptions{Impl: impl, Tile: tile, Precision: AMPBF16}
-				t.Run(fmt.Sprintf("w=%d/d=%d/siglip/%s/tile=%d", sh.w, sh.d, impl, tile), func(t *testing.T) {
-					checkBF16(t, solveWith(t, p, sigLoss[float32](p, opt)), ref)
-				})
+				for _, sums := range []bool{false, true} {
+					opt := SigLipOptions{Impl: impl, Tile: tile, Precision: AMPBF16, SumsBF16: sums}
+					t.Run(fmt.Sprintf("w=%d/d=%d/siglip/%s/tile=%d/sums_bf16=%v", sh.w, sh.d, impl, tile, sums), func(t *testing.T) {
+						checkBF16(t, solveWith(t, p, sigLoss[float32](p, opt)), ref)
+					})
+				}
 			}
 		}
 	}
@@ -81,6 +85,7 @@ func TestBF16Panics(t *testing.T) {
 		"clip":    func() { NewClipLoss[float64](c, 4, ClipOptions{Precision: AMPBF16}) },
 		"siglip":  func() { NewSigLipLoss[float64](c, 4, SigLipOptions{Precision: AMPBF16}) },
 		"unknown": func() { NewClipLoss[float32](c, 4, ClipOptions{Precision: 7}) },
+		"sums":    func() { NewClipLoss[float32](c, 4, ClipOptions{SumsBF16: true}) },
 	} {
 		func() {
 			defer func() {
@@ -101,12 +106,12 @@ func TestBF16NoAllocations(t *testing.T) {
 	for _, m := range modes {
 		for _, algo := range Algorithms() {
 			opt := m
-			opt.Algorithm, opt.Tile, opt.Precision = algo, 5, AMPBF16
+			opt.Algorithm, opt.Tile, opt.Precision, opt.SumsBF16 = algo, 5, AMPBF16, true
 			news = append(news, func(c mpi.Comm) stepper[float32] { return NewClipLoss[float32](c, p.d, opt) })
 		}
 	}
 	for _, impl := range SigLipImpls() {
-		news = append(news, sigLoss[float32](p, SigLipOptions{Impl: impl, Tile: 3, Precision: AMPBF16}))
+		news = append(news, sigLoss[float32](p, SigLipOptions{Impl: impl, Tile: 3, Precision: AMPBF16, SumsBF16: true}))
 	}
 	for i, mk := range news {
 		if n := stepAllocs(p, mk); n != 0 {

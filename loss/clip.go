@@ -53,7 +53,7 @@ func NewClipLoss[T blas.Float](comm mpi.Comm, dim int, opt ClipOptions) *ClipLos
 		panic(errAlgorithm)
 	}
 	l := &ClipLoss[T]{opt: opt, algo: opt.Algorithm}
-	initCore(&l.core, l, comm, dim, opt.Tile, opt.MemoryBudget, opt.Threads, opt.Precision, opt.Algorithm == Auto)
+	initCore(&l.core, l, comm, dim, opt.Tile, opt.MemoryBudget, opt.Threads, opt.Precision, opt.SumsBF16, opt.Algorithm == Auto)
 	if opt.LocalLoss && !opt.GatherWithGrad && comm.Size() > 1 && comm.Rank() == 0 {
 		warnLocalOnce.Do(func() {
 			Warn("local_loss without gather_with_grad: feature gradients hold only the direct paths (OpenCLIP semantics); set GatherWithGrad for the full gradient")
@@ -128,7 +128,7 @@ func (l *ClipLoss[T]) schedule(st *step) (schedule, error) {
 
 // code identifies the options in the agreement vector.
 func (o ClipOptions) code() float64 {
-	return float64(o.Algorithm)*4 + b2f(o.LocalLoss)*2 + b2f(o.GatherWithGrad) + float64(o.Tile)*64 + float64(o.Precision)*0x1p52
+	return float64(o.Algorithm)*4 + b2f(o.LocalLoss)*2 + b2f(o.GatherWithGrad) + float64(o.Tile)*64 + float64(o.Precision)*0x1p52 + b2f(o.SumsBF16)*0x1p51
 }
 
 func b2f(b bool) float64 {

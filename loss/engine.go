@@ -54,10 +54,13 @@ func (b buf) stream(s, k int) buf { return bStream + buf(s*streamBufs+k) }
 // in AMPBF16 they hold bf16 numbers, rows step.dh apart (step.words).
 func feature(id buf) bool {
 	if id >= bStream {
-		return (id-bStream)%streamBufs < sPart
+		return streamBuf(id) < sPart
 	}
 	return id <= bTxt || id == bIall || id == bTall || id == bHImg || id == bHTxt
 }
+
+// streamBuf returns which of its stream's buffers id is (sTB...).
+func streamBuf(id buf) int { return int(id-bStream) % streamBufs }
 
 // gemmOp is C = alpha·op(A)·op(B) + beta·C, row-major.
 type gemmOp struct {
@@ -239,6 +242,9 @@ func (r *recorder) buffer(id buf, n int) {
 	r.size[id] = max(r.size[id], r.st.words(id, n))
 	if h, ok := r.st.shadow(id); ok {
 		r.size[h] = max(r.size[h], (n+1)/2)
+	}
+	if h, ok := r.st.sumShadow(id); ok {
+		r.size[h] = max(r.size[h], r.st.words(h, n))
 	}
 }
 func (r *recorder) softmax(rows, cols int) {

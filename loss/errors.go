@@ -16,7 +16,7 @@ const (
 	errAutoPlan   = "loss: Plan, Memory and Predict need a concrete algorithm (ResolveClip and ResolveSigLip turn Auto into one)"
 	errThreads    = "loss: thread count must not be negative"
 	errNoNative   = "loss: internal error: native kernels not compiled in"
-	errPrecision  = "loss: unknown precision, or amp_bf16 with float64 features"
+	errPrecision  = "loss: unknown precision, amp_bf16 with float64 features, or SumsBF16 without amp_bf16"
 )
 
 // Errors a caller can act on. Every rank returns the same error value (the

@@ -54,12 +54,15 @@ func (x *exec[T]) buffer(id buf, n int) {
 	if h, ok := x.st.shadow(id); ok {
 		x.ws[h] = grow(x.ws[h], (n+1)/2)
 	}
+	if h, ok := x.st.sumShadow(id); ok {
+		x.ws[h] = grow(x.ws[h], x.st.words(h, n))
+	}
 }
 
 // wire returns the n elements at r as they are stored and travel: in
 // AMPBF16, features as their bf16 numbers in pairs.
 func (x *exec[T]) wire(r ref, n int) []T {
-	if !x.st.half || !feature(r.id) {
+	if !x.st.bf16(r.id) {
 		return x.span(r, n)
 	}
 	f := x.st.feat(r)
@@ -140,6 +143,14 @@ func (x *exec[T]) kernel(o kernOp) {
 	case kTranspose, kAddTranspose:
 		transpose(k, x.at(o.x), x.at(o.y), o.rows, o.op == kAddTranspose)
 	case kAdd:
+		if st.bf16(o.y.id) { // a sum that travelled in bf16
+			f, dst, dh := st.feat(o.y), x.at(o.x), st.dh()
+			h := asBF16(x.ws[f.id])[f.off:]
+			for i := range o.rows * o.cols {
+				dst[i] += T(h[i/o.cols*dh+i%o.cols].Float32())
+			}
+			break
+		}
 		addTo(k, x.span(o.x, o.rows*o.cols), x.span(o.y, o.rows*o.cols))
 	case kCopy:
 		copy(x.wire(o.x, o.rows*o.cols), x.wire(o.y, o.rows*o.cols))
@@ -216,6 +227,11 @@ func (x *exec[T]) reduce(s stat) error {
 }
 
 func (x *exec[T]) post(t xfer) (int, error) {
+	if h, ok := x.st.sumShadow(t.src.id); ok { // SumsBF16: the sum leaves in bf16
+		d, dh := x.st.d, x.st.dh()
+		roundRows(&x.k, asBF16(x.ws[h])[t.src.off/d*dh:], dh, x.at(t.src), d, t.n/d, d)
+		t.src.id = h
+	}
 	i, err := exchange(&x.ex, x.wire(t.dst, t.n), t.from, x.wire(t.src, t.n), t.to)
 	if err != nil {
 		return noXfer, fmt.Errorf("loss: %s: %w", t.what, err)

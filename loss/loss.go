@@ -16,13 +16,14 @@ var Warn = func(msg string) { fmt.Fprintln(os.Stderr, "clipmpi: warning:", msg) 
 // kernels' threads, the per-call agreement, the engine that computes, and
 // Auto's state.
 type core[T blas.Float] struct {
-	comm    mpi.Comm
-	dim     int
-	threads int
-	agree   agreement
-	x       exec[T]
-	auto    *auto // with Auto: the choice per batch size
-	half    bool  // AMPBF16
+	comm     mpi.Comm
+	dim      int
+	threads  int
+	agree    agreement
+	x        exec[T]
+	auto     *auto // with Auto: the choice per batch size
+	half     bool  // AMPBF16
+	halfSums bool  // SumsBF16
 }
 
 // picker returns the schedule of a validated call (choosing it with
@@ -33,7 +34,7 @@ type picker interface {
 
 // initCore checks what both constructors check and sets c up, with the
 // kernels' pool owned by (closed once unreachable with) owner.
-func initCore[T blas.Float, O any](c *core[T], owner *O, comm mpi.Comm, dim, tile int, budget int64, threads int, prec Precision, isAuto bool) {
+func initCore[T blas.Float, O any](c *core[T], owner *O, comm mpi.Comm, dim, tile int, budget int64, threads int, prec Precision, sums, isAuto bool) {
 	if comm == nil {
 		panic(errNilComm)
 	}
@@ -46,8 +47,8 @@ func initCore[T blas.Float, O any](c *core[T], owner *O, comm mpi.Comm, dim, til
 	if budget < 0 {
 		panic(errBudget)
 	}
-	checkPrecision[T](prec)
-	c.half = prec == AMPBF16
+	checkPrecision[T](prec, sums)
+	c.half, c.halfSums = prec == AMPBF16, sums
 	threads = resolveThreads(threads)
 	p := newOwnedPool(owner, threads)
 	c.comm, c.dim, c.threads = comm, dim, threads
@@ -72,7 +73,7 @@ func (c *core[T]) call(p picker, dImg, dTxt, img, txt []T, lg Logit, code float6
 	if mode != nil {
 		mode(st)
 	}
-	st.half = c.half
+	st.half, st.halfSums = c.half, c.halfSums
 	s, err := p.schedule(st)
 	if err != nil {
 		return Result{}, err

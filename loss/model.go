@@ -96,13 +96,13 @@ func newStep(w, b, d int) *step {
 func (o ClipOptions) step(w, b, d int) *step {
 	st := newStep(w, b, d)
 	st.local, st.gwg = o.LocalLoss && w > 1, o.GatherWithGrad && w > 1
-	st.half = o.Precision == AMPBF16
+	st.half, st.halfSums = o.Precision == AMPBF16, o.SumsBF16
 	return st
 }
 
 func (o SigLipOptions) step(w, b, d int) *step {
 	st := newStep(w, b, d)
-	st.half = o.Precision == AMPBF16
+	st.half, st.halfSums = o.Precision == AMPBF16, o.SumsBF16
 	return st
 }
 

@@ -102,9 +102,10 @@ func ParsePrecision(name string) (Precision, error) {
 	return Precision(i), err
 }
 
-// checkPrecision panics unless p is known and, for AMPBF16, T is float32.
-func checkPrecision[T blas.Float](p Precision) {
-	if p < FP32 || p > AMPBF16 || p == AMPBF16 && !blas.Is32[T]() {
+// checkPrecision panics unless p is known and, for AMPBF16, T is float32,
+// and unless sums in bf16 come with AMPBF16.
+func checkPrecision[T blas.Float](p Precision, sums bool) {
+	if p < FP32 || p > AMPBF16 || p == AMPBF16 && !blas.Is32[T]() || sums && p != AMPBF16 {
 		panic(errPrecision)
 	}
 }
@@ -127,6 +128,11 @@ type ClipOptions struct {
 	Tile int
 	// Precision is the GEMMs' arithmetic (default FP32).
 	Precision Precision
+	// SumsBF16, with AMPBF16, sends the ring methods' text-gradient
+	// partial sums (Fused with several ranks, Ring; SigLIP's Bidir and
+	// Shift) in bf16 too, rounded at every hop, which halves what a ring
+	// step moves; collectives' sums stay float32.
+	SumsBF16 bool
 	// MemoryBudget bounds, in bytes per rank, the memory (as Memory counts
 	// it) of the algorithm Auto chooses; 0 means the memory available on
 	// the node (node.MemoryBudget: MemAvailable, or less where a memory

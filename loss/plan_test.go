@@ -93,12 +93,16 @@ func TestPlanIsExecution(t *testing.T) {
 		mk   func(c mpi.Comm) stepper[float32]
 	}
 	var losses []loss
-	for _, prec := range []Precision{FP32, AMPBF16} {
+	for _, pr := range []struct {
+		p    Precision
+		sums bool
+	}{{FP32, false}, {AMPBF16, false}, {AMPBF16, true}} {
+		prec := fmt.Sprintf("%s/sums_bf16=%v", pr.p, pr.sums)
 		for _, m := range []string{"global", "global_gwg", "local", "local_gwg"} {
 			for _, a := range Algorithms() {
 				for _, tile := range []int{0, 2, 4} {
 					o, _ := ParseMode(m)
-					o.Algorithm, o.Tile, o.Precision = a, tile, prec
+					o.Algorithm, o.Tile, o.Precision, o.SumsBF16 = a, tile, pr.p, pr.sums
 					losses = append(losses, loss{fmt.Sprintf("clip/%s/%s/%s/tile=%d", prec, m, a, tile),
 						func(w, b int) Plan { return o.Plan(w, b, d, 4) },
 						func(c mpi.Comm) stepper[float32] { return NewClipLoss[float32](c, d, o) }})
@@ -107,7 +111,7 @@ func TestPlanIsExecution(t *testing.T) {
 		}
 		for _, m := range SigLipImpls() {
 			for _, tile := range []int{0, 2, 4} {
-				o := SigLipOptions{Impl: m, Tile: tile, Precision: prec}
+				o := SigLipOptions{Impl: m, Tile: tile, Precision: pr.p, SumsBF16: pr.sums}
 				losses = append(losses, loss{fmt.Sprintf("siglip/%s/%s/tile=%d", prec, m, tile),
 					func(w, b int) Plan { return o.Plan(w, b, d, 4) },
 					func(c mpi.Comm) stepper[float32] { return NewSigLipLoss[float32](c, d, o) }})

@@ -42,8 +42,9 @@ const (
 	sTB   = 0 // two text blocks
 	sPart = 2 // two partial sums
 	sIn   = 4 // the partial sum arriving
+	sHalf = 5 // with SumsBF16: the two partial sums in bf16, as they leave
 	// streamBufs is the number of buffers of a stream.
-	streamBufs = 5
+	streamBufs = 7
 )
 
 func (g *ring) init(st *step, t int, names [3]string) {

@@ -12,6 +12,7 @@ type step struct {
 	local, gwg  bool
 	backward    bool
 	half        bool    // AMPBF16
+	halfSums    bool    // AMPBF16 with SumsBF16
 	scale, bias float64 // bias 0 without one
 }
 
@@ -19,13 +20,31 @@ type step struct {
 // every row starts on a float32 and moves as float32 pairs.
 func (st *step) dh() int { return st.d + st.d%2 }
 
-// words returns the elements n elements of buffer id take: in AMPBF16,
-// features take half (as bf16 pairs, rows dh apart).
+// bf16 reports whether buffer id holds bf16 numbers, rows dh apart:
+// features in AMPBF16, and with SumsBF16 the ring's sums as they travel.
+func (st *step) bf16(id buf) bool {
+	if st.halfSums && id >= bStream && streamBuf(id) >= sIn {
+		return true
+	}
+	return st.half && feature(id)
+}
+
+// words returns the elements n elements of buffer id take: half for bf16
+// buffers (as bf16 pairs, rows dh apart).
 func (st *step) words(id buf, n int) int {
-	if st.half && feature(id) {
+	if st.bf16(id) {
 		return n / st.d * st.dh() / 2
 	}
 	return n
+}
+
+// sumShadow returns, with SumsBF16, the bf16 buffer a ring's partial sum
+// in id is rounded into before it leaves.
+func (st *step) sumShadow(id buf) (buf, bool) {
+	if !st.halfSums || id < bStream || streamBuf(id) < sPart || streamBuf(id) >= sIn {
+		return 0, false
+	}
+	return id + sHalf - sPart, true
 }
 
 // shadow returns, in AMPBF16, the buffer that holds the bf16 copy of the

@@ -54,8 +54,9 @@ type SigLipOptions struct {
 	// Memory per rank is O(b·Tile + b·d) for the ring methods, in forward
 	// and backward.
 	Tile int
-	// Precision is the GEMMs' arithmetic, as in ClipOptions.
+	// Precision and SumsBF16 are ClipOptions'.
 	Precision Precision
+	SumsBF16  bool
 	// MemoryBudget and Rates are ClipOptions' (for SigLipAuto).
 	MemoryBudget int64
 	Rates        Rates
@@ -65,7 +66,7 @@ type SigLipOptions struct {
 }
 
 func (o SigLipOptions) code() float64 {
-	return 1e6 + float64(o.Impl) + float64(o.Tile)*8 + float64(o.Precision)*0x1p52
+	return 1e6 + float64(o.Impl) + float64(o.Tile)*8 + float64(o.Precision)*0x1p52 + b2f(o.SumsBF16)*0x1p51
 }
 
 // SigLipLoss is OpenCLIP's SigLipLoss across the ranks of a communicator.
@@ -103,7 +104,7 @@ func NewSigLipLoss[T blas.Float](comm mpi.Comm, dim int, opt SigLipOptions) *Sig
 		panic(errSigLipImpl)
 	}
 	l := &SigLipLoss[T]{opt: opt, impl: opt.Impl}
-	initCore(&l.core, l, comm, dim, opt.Tile, opt.MemoryBudget, opt.Threads, opt.Precision, opt.Impl == SigLipAuto)
+	initCore(&l.core, l, comm, dim, opt.Tile, opt.MemoryBudget, opt.Threads, opt.Precision, opt.SumsBF16, opt.Impl == SigLipAuto)
 	return l
 }
 

@@ -113,6 +113,7 @@ func main() {
 	algos := flag.String("algo", "all", "algorithm(s), comma-separated, or all")
 	dtype := flag.String("dtype", "float32", "float32 or float64")
 	precision := flag.String("precision", "fp32", "the GEMMs' precision: fp32, or amp_bf16 (bf16: the same; float32 only)")
+	sumsBF16 := flag.Bool("sums-bf16", false, "with amp_bf16: the ring methods' gradient sums travel in bf16 too (loss SumsBF16)")
 	steps := flag.Int("steps", 10, "timed steps")
 	warmup := flag.Int("warmup", 2, "untimed steps first")
 	tile := flag.Int("tile", 0, "tile width of tiled and ring (0: default)")
@@ -131,7 +132,7 @@ func main() {
 		os.Exit(1)
 	}
 	code := 0
-	cfg := benchConfig{loss: *lossKind, b: *b, d: *d, mode: *mode, algos: *algos, dtype: *dtype, precision: *precision,
+	cfg := benchConfig{loss: *lossKind, b: *b, d: *d, mode: *mode, algos: *algos, dtype: *dtype, precision: *precision, sumsBF16: *sumsBF16,
 		steps: *steps, warmup: *warmup, tile: *tile, threads: *threads, memLimit: *memLimit, jsonOnly: *jsonOnly, budget: *maxBatch, net: *netRate, repeat: *repeat}
 	if err := run(comm, os.Stdout, cfg); err != nil {
 		if comm.Rank() == 0 {
@@ -147,6 +148,7 @@ func main() {
 type benchConfig struct {
 	loss, mode, algos, dtype  string
 	precision                 string
+	sumsBF16                  bool
 	b, d, steps, warmup, tile int
 	threads                   int     // per rank, BLAS and kernels; 0: CPUs / local ranks
 	memLimit                  float64 // MiB per rank; 0: 80% of node.AvailableMemory / ranks on the node
@@ -185,6 +187,9 @@ func run(comm mpi.Comm, out io.Writer, bc benchConfig) error {
 	if prec == loss.AMPBF16 && dtype != "float32" {
 		return fmt.Errorf("-precision amp_bf16 needs -dtype float32")
 	}
+	if bc.sumsBF16 && prec != loss.AMPBF16 {
+		return fmt.Errorf("-sums-bf16 needs -precision amp_bf16")
+	}
 	gemmPath := blas.Backend()
 	if prec == loss.AMPBF16 {
 		gemmPath = blas.BF16Path()
@@ -221,7 +226,7 @@ func run(comm mpi.Comm, out io.Writer, bc benchConfig) error {
 		}
 		for _, a := range list {
 			o := opt
-			o.Algorithm, o.Tile, o.Threads, o.Precision = a, tile, threads, prec
+			o.Algorithm, o.Tile, o.Threads, o.Precision, o.SumsBF16 = a, tile, threads, prec, bc.sumsBF16
 			configs = append(configs, config{a.String(), o.Plan, o.Predict, tile, threads, func(c mpi.Comm, d int) any {
 				if dtype == "float64" {
 					return loss.NewClipLoss[float64](c, d, o)
@@ -243,7 +248,7 @@ func run(comm mpi.Comm, out io.Writer, bc benchConfig) error {
 			}
 		}
 		for _, m := range list {
-			o := loss.SigLipOptions{Impl: m, Tile: tile, Threads: threads, Precision: prec}
+			o := loss.SigLipOptions{Impl: m, Tile: tile, Threads: threads, Precision: prec, SumsBF16: bc.sumsBF16}
 			configs = append(configs, config{m.String(), o.Plan, o.Predict, tile, threads, func(c mpi.Comm, d int) any {
 				if dtype == "float64" {
 					return loss.NewSigLipLoss[float64](c, d, o)
@@ -260,8 +265,8 @@ func run(comm mpi.Comm, out io.Writer, bc benchConfig) error {
 	loss.Warn = func(string) {}
 	rank0 := comm.Rank() == 0
 	if rank0 && !jsonOnly {
-		fmt.Fprintf(out, "# clipmpi bench: loss=%s W=%d, b=%d, d=%d, mode=%s, %s, precision %s (GEMMs: %s), %d steps after %d warm-up; blas=%s threads=%d, kernels=%s threads=%d, mpi=%v\n",
-			lossKind, comm.Size(), b, d, mode, dtype, prec, gemmPath, steps, warmup, blas.Backend(), blas.Threads(), loss.KernelISA(), threads, mpi.Enabled)
+		fmt.Fprintf(out, "# clipmpi bench: loss=%s W=%d, b=%d, d=%d, mode=%s, %s, precision %s (GEMMs: %s, sums in bf16: %v), %d steps after %d warm-up; blas=%s threads=%d, kernels=%s threads=%d, mpi=%v\n",
+			lossKind, comm.Size(), b, d, mode, dtype, prec, gemmPath, bc.sumsBF16, steps, warmup, blas.Backend(), blas.Threads(), loss.KernelISA(), threads, mpi.Enabled)
 	}
 	rates, err := measureRates(comm, dtype, b, d, threads)
 	if err != nil {
@@ -331,7 +336,7 @@ func run(comm mpi.Comm, out io.Writer, bc benchConfig) error {
 	}
 	if rank0 && !jsonOnly {
 		table(out, recs, bc.budget, bc.net)
-		fmt.Fprintln(out, autoLine(lossKind, mode, comm.Size(), b, d, dtype, prec, tile, rates, memLimit))
+		fmt.Fprintln(out, autoLine(lossKind, mode, comm.Size(), b, d, dtype, prec, bc.sumsBF16, tile, rates, memLimit))
 	}
 	return nil
 }

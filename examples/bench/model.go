@@ -297,7 +297,7 @@ func modelLoss(mc modelConfig, kind string, r loss.Rates, esize int, budget int6
 
 // autoLine is what Auto would choose among all the loss's algorithms with
 // the rates of the run and the bench's memory limit per rank.
-func autoLine(lossKind, mode string, w, b, d int, dtype string, prec loss.Precision, tile int, r loss.Rates, limitMiB float64) string {
+func autoLine(lossKind, mode string, w, b, d int, dtype string, prec loss.Precision, sums bool, tile int, r loss.Rates, limitMiB float64) string {
 	esize := 4
 	if dtype == "float64" {
 		esize = 8
@@ -306,13 +306,13 @@ func autoLine(lossKind, mode string, w, b, d int, dtype string, prec loss.Precis
 	var ch loss.Choice
 	var err error
 	if lossKind == "siglip" {
-		_, ch, err = loss.SigLipOptions{Tile: tile, Precision: prec}.Choose(w, b, d, esize, r, budget)
+		_, ch, err = loss.SigLipOptions{Tile: tile, Precision: prec, SumsBF16: sums}.Choose(w, b, d, esize, r, budget)
 	} else {
 		opt, perr := loss.ParseMode(mode)
 		if perr != nil {
 			return "auto: " + perr.Error()
 		}
-		opt.Tile, opt.Precision = tile, prec
+		opt.Tile, opt.Precision, opt.SumsBF16 = tile, prec, sums
 		_, ch, err = opt.Choose(w, b, d, esize, r, budget)
 	}
 	if err != nil {

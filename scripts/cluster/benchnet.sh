@@ -21,7 +21,8 @@
 #   scripts/cluster/benchnet.sh [BIN]      (BIN: built bin/ directory, default ./bin)
 # Environment: RATE (2gbit; any tc rate), BURST (256kb), LATENCY (5ms),
 # B (1024), D (512), STEPS (10), MODE (local_gwg), TILE (0), PRECISION (fp32
-# or amp_bf16: features travel in bf16), DTYPE
+# or amp_bf16: features travel in bf16), SUMS_BF16 (false; true: gradient
+# sums too), DTYPE
 # (float32), THREADS (1: the two hosts share this machine's cores), REPEAT
 # (3 rounds, each algorithm's fastest reported), NICE
 # (empty; e.g. -10 puts the ranks ahead of other jobs), LOSSES ("clip
@@ -50,7 +51,7 @@ REPEAT=${REPEAT:-3}
 # shared machine (as root); empty: as they come.
 NICE=${NICE:-}
 [ -z "$NICE" ] || MPIRUN_PREFIX=(nice -n "$NICE")
-DTYPE=${DTYPE:-float32} PRECISION=${PRECISION:-fp32} LOSSES=${LOSSES:-clip siglip} ALGO=${ALGO:-all}
+DTYPE=${DTYPE:-float32} PRECISION=${PRECISION:-fp32} SUMS_BF16=${SUMS_BF16:-false} LOSSES=${LOSSES:-clip siglip} ALGO=${ALGO:-all}
 
 [ "$(id -u)" = 0 ] || skip_all "not root: creating network namespaces, veth pairs and qdiscs needs root"
 [ -x "$BIN/bench" ] || { fail "missing $BIN/bench (make bench-net builds it)"; exit 1; }
@@ -99,7 +100,7 @@ bench_locked() {
 		mpirun_ns "$@"
 	} 9>/tmp/clipmpi-bench.lock >"$out" 2>&1
 }
-BENCH=("$BIN/bench" -net -b "$B" -d "$D" -steps "$STEPS" -mode "$MODE" -tile "$TILE" -dtype "$DTYPE" -precision "$PRECISION" -algo "$ALGO" -threads "$THREADS" -repeat "$REPEAT")
+BENCH=("$BIN/bench" -net -b "$B" -d "$D" -steps "$STEPS" -mode "$MODE" -tile "$TILE" -dtype "$DTYPE" -precision "$PRECISION" -sums-bf16="$SUMS_BF16" -algo "$ALGO" -threads "$THREADS" -repeat "$REPEAT")
 log "one rank on each of hostA and hostB: ${BENCH[*]}"
 for loss in $LOSSES; do
 	need_time "the $loss bench" 30
