@@ -79,6 +79,15 @@ const (
 	pathAMX        = "amx"
 )
 
+// stored returns the rows and columns of an operand stored for op(X) of
+// rows×cols: transposed, cols×rows.
+func stored(t Transpose, rows, cols int) (int, int) {
+	if t == Trans {
+		return cols, rows
+	}
+	return rows, cols
+}
+
 // checkGemm panics, with gonum's messages and in gonum's order, on
 // arguments Sgemm would reject.
 func checkGemm(tA, tB Transpose, m, n, k, na, lda, nb, ldb, nc, ldc int) {
@@ -93,14 +102,8 @@ func checkGemm(tA, tB Transpose, m, n, k, na, lda, nb, ldb, nc, ldc int) {
 	case k < 0:
 		panic(errKLT0)
 	}
-	ar, ac := m, k
-	if tA == Trans {
-		ar, ac = k, m
-	}
-	br, bc := k, n
-	if tB == Trans {
-		br, bc = n, k
-	}
+	ar, ac := stored(tA, m, k)
+	br, bc := stored(tB, k, n)
 	switch {
 	case lda < max(1, ac):
 		panic(errLdA)
@@ -178,14 +181,8 @@ var f32Scratch freeList[float32]
 // (or n×k) region of B to float32, exactly, with compact leading
 // dimensions, and calls Sgemm on them. Arguments are checked and m, n, k > 0.
 func gemmBF16Emulated(tA, tB Transpose, m, n, k int, alpha float32, a []BF16, lda int, b []BF16, ldb int, beta float32, c []float32, ldc int) {
-	ar, ac := m, k
-	if tA == Trans {
-		ar, ac = k, m
-	}
-	br, bc := k, n
-	if tB == Trans {
-		br, bc = n, k
-	}
+	ar, ac := stored(tA, m, k)
+	br, bc := stored(tB, k, n)
 	need := ar*ac + br*bc
 	p := f32Scratch.get(need)
 	s := (*p)[:need]

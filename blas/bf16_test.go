@@ -169,14 +169,8 @@ func TestGemmBF16(t *testing.T) {
 					for _, tB := range trans {
 						for _, ab := range scalars {
 							alpha, beta := ab[0], ab[1]
-							ar, ac := m, k
-							if tA == Trans {
-								ar, ac = k, m
-							}
-							br, bc := k, n
-							if tB == Trans {
-								br, bc = n, k
-							}
+							ar, ac := stored(tA, m, k)
+							br, bc := stored(tB, k, n)
 							lda, ldb, ldc := max(ac, 1)+2, max(bc, 1)+1, max(n, 1)+3
 							a := randBF16(rnd, max(ar*lda, 1))
 							b := randBF16(rnd, max(br*ldb, 1))

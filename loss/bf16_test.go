@@ -208,14 +208,7 @@ func openclipBF16(img, txt []float64, n, d int, s float64) (loss, gs float64, dI
 // float32 features to bf16 would add a perturbation of the inputs, the same
 // in kind for both). The figures are in the package doc.
 func TestBF16AtScale(t *testing.T) {
-	switch {
-	case testing.Short():
-		t.Skip("-short: N = 32768 takes a minute or more on 2 cores")
-	case raceEnabled:
-		t.Skip("race detector: N = 32768 needs several GiB and would take many minutes under it")
-	case blas.Backend() == "gonum":
-		t.Skip("pure-Go GEMM: N = 32768 takes several minutes; this test runs with -tags openblas (make unit)")
-	}
+	skipAtScale(t)
 	p := rounded(newProblem(101, 4, 8192, 32, 100))
 	want := solve[float64](t, p, ClipOptions{Algorithm: Tiled})
 	n := p.w * p.b

@@ -197,7 +197,9 @@ func (x *exec[T]) collective(c collOp) error {
 		err = mpi.ReduceScatter(x.comm, x.span(c.dst, c.n), x.span(c.src, c.n*x.st.w))
 	case cAllreduce:
 		// Reduce's broadcast of bf16 features adds zeros to one rank's
-		// numbers, taken in pairs as float32: exact, whatever the bits.
+		// numbers, taken in pairs as float32: exact for every pair of
+		// finite bf16 numbers (a -0 pair may come back +0), subnormal
+		// patterns included, as MPI adds without flushing them.
 		err = mpi.Allreduce(x.comm, mpi.Sum, x.wire(c.dst, c.n), x.wire(c.src, c.n))
 	}
 	if err != nil {

@@ -23,6 +23,19 @@ func scaleErrs(got, want *outputs) [4]float64 {
 	return [4]float64{relErr(got.loss, want.loss), relErr(got.gs, want.gs), relErr(got.dImg, want.dImg), relErr(got.dTxt, want.dTxt)}
 }
 
+// skipAtScale skips a test at N = 32768 where it would take too long.
+func skipAtScale(t *testing.T) {
+	t.Helper()
+	switch {
+	case testing.Short():
+		t.Skip("-short: N = 32768 takes a minute or more on 2 cores")
+	case raceEnabled:
+		t.Skip("race detector: N = 32768 needs several GiB and would take many minutes under it")
+	case blas.Backend() == "gonum":
+		t.Skip("pure-Go GEMM: N = 32768 takes several minutes; this test runs with -tags openblas (make unit)")
+	}
+}
+
 // TestFloat32AtScale compares the float32 fast path with float64 at
 // N = 32768 and logit scale 100 (W = 4 in-process ranks of 8192 rows,
 // d = 32, local_gwg; SigLIP with bias -10): the dI GEMM then sums 32768
@@ -34,14 +47,7 @@ func scaleErrs(got, want *outputs) [4]float64 {
 // Measured (OpenBLAS, the AVX-512 kernels), max|float32 - float64| over
 // max|float64| per output, all below 1e-4: see the package doc.
 func TestFloat32AtScale(t *testing.T) {
-	switch {
-	case testing.Short():
-		t.Skip("-short: N = 32768 takes a minute or more on 2 cores")
-	case raceEnabled:
-		t.Skip("race detector: N = 32768 needs several GiB and would take many minutes under it")
-	case blas.Backend() == "gonum":
-		t.Skip("pure-Go GEMM: N = 32768 takes several minutes; this test runs with -tags openblas (make unit)")
-	}
+	skipAtScale(t)
 	// Per output, the largest relative error allowed (issue 11: fix the
 	// accumulation rather than widen this).
 	const tol = 1e-4
