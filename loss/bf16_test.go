@@ -3,6 +3,7 @@ package loss
 import (
 	"fmt"
 	"math"
+	"sync"
 	"testing"
 
 	"github.com/clipmpi/clipmpi/blas"
@@ -133,67 +134,96 @@ func openclipBF16(img, txt []float64, n, d int, s float64) (loss, gs float64, dI
 		a[i] = blas.ToBF16(float32(s * img[i])).Float32()
 		bt[i] = blas.ToBF16(float32(txt[i])).Float32()
 	}
-	const rows = 512
-	x := make([]float32, rows*n)
-	bf := func(v float32) float64 { return float64(blas.ToBF16(v).Float32()) }
-	// Pass 1: the bf16 logits' row and column log-sum-exps.
-	rowL, colM, colS, diag := make([]float64, n), make([]float64, n), make([]float64, n), make([]float64, n)
-	fill(colM, math.Inf(-1))
-	for r0 := 0; r0 < n; r0 += rows {
-		blas.Sgemm(blas.NoTrans, blas.Trans, rows, n, d, 1, a[r0*d:], d, bt, d, 0, x, n)
+	const rows, workers = 512, 2
+	bf := func(v float32) float32 { return blas.ToBF16(v).Float32() }
+	// panels runs f on every panel of rows, each worker on its own share,
+	// with its own logit buffer x = the panel's bf16 logits.
+	panels := func(f func(w, r0 int, x []float32)) {
+		var wg sync.WaitGroup
+		for w := range workers {
+			wg.Go(func() {
+				x := make([]float32, rows*n)
+				for r0 := w * rows; r0 < n; r0 += workers * rows {
+					blas.Sgemm(blas.NoTrans, blas.Trans, rows, n, d, 1, a[r0*d:], d, bt, d, 0, x, n)
+					for i := range x {
+						x[i] = bf(x[i])
+					}
+					f(w, r0, x)
+				}
+			})
+		}
+		wg.Wait()
+	}
+	// Pass 1: the bf16 logits' row and column log-sum-exps (columns per
+	// worker, merged).
+	rowL, diag := make([]float64, n), make([]float64, n)
+	var colM, colS [workers][]float64
+	for w := range workers {
+		colM[w], colS[w] = make([]float64, n), make([]float64, n)
+		fill(colM[w], math.Inf(-1))
+	}
+	panels(func(w, r0 int, x []float32) {
+		cm, cs := colM[w], colS[w]
 		for i := range rows {
 			xi := x[i*n : (i+1)*n]
 			m := math.Inf(-1)
 			for j, v := range xi {
-				z := bf(v)
+				z := float64(v)
 				m = math.Max(m, z)
-				if z > colM[j] {
-					colS[j] *= math.Exp(colM[j] - z)
-					colM[j] = z
+				if z > cm[j] {
+					cs[j] *= math.Exp(cm[j] - z)
+					cm[j] = z
 				}
-				colS[j] += math.Exp(z - colM[j])
+				cs[j] += math.Exp(z - cm[j])
 			}
 			var sum float64
 			for _, v := range xi {
-				sum += math.Exp(bf(v) - m)
+				sum += math.Exp(float64(v) - m)
 			}
 			rowL[r0+i] = m + math.Log(sum)
-			diag[r0+i] = bf(xi[r0+i])
+			diag[r0+i] = float64(xi[r0+i])
 		}
-	}
+	})
+	colL := make([]float64, n)
 	for j := range n {
-		colS[j] = colM[j] + math.Log(colS[j])
-		loss += (rowL[j] - diag[j]) + (colS[j] - diag[j])
+		m := math.Max(colM[0][j], colM[1][j])
+		colL[j] = m + math.Log(colS[0][j]*math.Exp(colM[0][j]-m)+colS[1][j]*math.Exp(colM[1][j]-m))
+		loss += (rowL[j] - diag[j]) + (colL[j] - diag[j])
 	}
 	loss /= float64(2 * n)
 	// Pass 2: dS in bf16, the gradients of s·I (rounded to bf16) and of T
-	// (a float32 sum over every panel, rounded at the end).
+	// (float32 sums over the panels, rounded at the end).
 	c := 1 / float64(2*n)
-	gA, gB := make([]float32, rows*d), make([]float32, n*d)
 	dImg, dTxt = make([]float64, n*d), make([]float64, n*d)
-	for r0 := 0; r0 < n; r0 += rows {
-		blas.Sgemm(blas.NoTrans, blas.Trans, rows, n, d, 1, a[r0*d:], d, bt, d, 0, x, n)
+	var gB [workers][]float32
+	var gsw [workers]float64
+	panels(func(w, r0 int, x []float32) {
+		if gB[w] == nil {
+			gB[w] = make([]float32, n*d)
+		}
 		for i := range rows {
 			xi := x[i*n : (i+1)*n]
 			for j, v := range xi {
-				z := bf(v)
-				g := c * (math.Exp(z-rowL[r0+i]) + math.Exp(z-colS[j]))
+				z := float64(v)
+				g := c * (math.Exp(z-rowL[r0+i]) + math.Exp(z-colL[j]))
 				if j == r0+i {
 					g -= 2 * c
 				}
-				xi[j] = blas.ToBF16(float32(g)).Float32()
+				xi[j] = bf(float32(g))
 			}
 		}
+		gA := make([]float32, rows*d)
 		blas.Sgemm(blas.NoTrans, blas.NoTrans, rows, d, n, 1, x, n, bt, d, 0, gA, d)
-		blas.Sgemm(blas.Trans, blas.NoTrans, n, d, rows, 1, x, n, a[r0*d:], d, 1, gB, d)
+		blas.Sgemm(blas.Trans, blas.NoTrans, n, d, rows, 1, x, n, a[r0*d:], d, 1, gB[w], d)
 		for k, v := range gA {
-			ga := bf(v)
+			ga := float64(bf(v))
 			dImg[r0*d+k] = s * ga
-			gs += ga * img[r0*d+k]
+			gsw[w] += ga * img[r0*d+k]
 		}
-	}
-	for k, v := range gB {
-		dTxt[k] = bf(v)
+	})
+	gs = gsw[0] + gsw[1]
+	for k := range dTxt {
+		dTxt[k] = float64(bf(gB[0][k] + gB[1][k]))
 	}
 	return loss, gs, dImg, dTxt
 }
