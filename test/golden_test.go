@@ -70,14 +70,16 @@ func loadCases(t *testing.T) []*Case {
 	return cases
 }
 
-// skipUnimplemented skips a case whose loss kind has no implementation yet,
-// saying so.
-func skipUnimplemented(t *testing.T, c *Case) {
+// knownKind fails a case whose loss kind this harness does not run: a
+// golden case that is not checked must not pass (DistillClipLoss's
+// distill_* cases in ../shared/golden fail here until it is implemented;
+// the repository's copy holds none).
+func knownKind(t *testing.T, c *Case) {
 	t.Helper()
 	switch c.LossKind {
 	case "clip", "siglip":
 	default:
-		t.Skipf("%s: unknown loss_kind %q", c.TestName(), c.LossKind)
+		t.Fatalf("%s: loss_kind %q: no implementation in this harness", c.TestName(), c.LossKind)
 	}
 }
 
@@ -97,7 +99,7 @@ func TestGoldenInProcess(t *testing.T) {
 	}
 	for _, c := range loadCases(t) {
 		t.Run(c.TestName(), func(t *testing.T) {
-			skipUnimplemented(t, c)
+			knownKind(t, c)
 			for _, run := range caseRuns(c) {
 				t.Run(run.name, func(t *testing.T) {
 					comms := mpi.NewGroup(c.WorldSize)
@@ -147,7 +149,7 @@ func TestGoldenMPI(t *testing.T) {
 		}
 		ran++
 		t.Run(c.TestName(), func(t *testing.T) {
-			skipUnimplemented(t, c)
+			knownKind(t, c)
 			for _, run := range caseRuns(c) {
 				t.Run(run.name, func(t *testing.T) {
 					bad, err := run.run(world)
