@@ -69,27 +69,24 @@ func to32(s []float64) []float32 {
 	return t
 }
 
+// gemmSizes are the m, n, k the GEMM tests run: empty, tiny, odd, and
+// across blocking edges.
+var gemmSizes = [][3]int{{0, 3, 4}, {3, 0, 4}, {3, 4, 0}, {1, 1, 1}, {7, 5, 3}, {17, 33, 9}, {64, 65, 63}, {130, 3, 257}}
+
 // TestGemmConformance runs one suite against every implementation: sizes at
 // blocking edges, all transpose pairs, padded leading dimensions, alpha and
 // beta, and a check that A and B are not modified.
 func TestGemmConformance(t *testing.T) {
-	sizes := [][3]int{{0, 3, 4}, {3, 0, 4}, {3, 4, 0}, {1, 1, 1}, {7, 5, 3}, {17, 33, 9}, {64, 65, 63}, {130, 3, 257}}
 	trans := []Transpose{NoTrans, Trans}
 	for name, im := range impls() {
 		t.Run("impl="+name, func(t *testing.T) {
 			rnd := rand.New(rand.NewPCG(1, 2))
-			for _, sz := range sizes {
+			for _, sz := range gemmSizes {
 				m, n, k := sz[0], sz[1], sz[2]
 				for _, tA := range trans {
 					for _, tB := range trans {
-						ar, ac := m, k
-						if tA == Trans {
-							ar, ac = k, m
-						}
-						br, bc := k, n
-						if tB == Trans {
-							br, bc = n, k
-						}
+						ar, ac := stored(tA, m, k)
+						br, bc := stored(tB, k, n)
 						lda, ldb, ldc := max(ac, 1)+2, max(bc, 1)+1, max(n, 1)+3
 						a := randSlice(rnd, max(ar*lda, 1))
 						b := randSlice(rnd, max(br*ldb, 1))

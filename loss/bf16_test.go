@@ -28,9 +28,12 @@ func rounded(p *problem) *problem {
 // rounded to bf16. The forward pass multiplies exactly those operands
 // (products of bf16 numbers are exact in float32), so the loss agrees to
 // float32 rounding; the gradients also carry the bf16 rounding of the
-// gradient tiles (relative 2⁻⁹ per entry; measured worst 3.6e-3 of the
-// largest gradient at these small shapes, where a gradient is a sum of few
-// terms; the scale gradient 2e-5, the loss 1.4e-7).
+// gradient tiles (relative 2⁻⁹ per entry) and, with SumsBF16, of the text
+// gradients' partial sums at every hop. Measured worst, relative to the
+// largest value: image gradients 2.8e-3, text gradients 5.4e-3 (with
+// SumsBF16), scale gradient 2.1e-5, loss 1.4e-7; the bias gradient, whose
+// values are near 0, to 1e-7 absolute. The tolerances leave a factor of
+// 1.5 to 7.
 func TestBF16(t *testing.T) {
 	for _, sh := range []struct{ w, b, d int }{{1, 5, 3}, {2, 4, 8}, {3, 5, 7}, {4, 6, 5}} {
 		p := newProblem(uint64(sh.w*17+sh.b), sh.w, sh.b, sh.d, 20)
@@ -68,8 +71,8 @@ func checkBF16(t *testing.T, got, ref *outputs) {
 	t.Helper()
 	for _, s := range []string{
 		diff("loss", got.loss, ref.loss, 1e-6, 0),
-		diff("grad scale", got.gs, ref.gs, 2e-4, 0),
-		diff("grad bias", got.gb, ref.gb, 2e-4, 1e-7),
+		diff("grad scale", got.gs, ref.gs, 1e-4, 0),
+		diff("grad bias", got.gb, ref.gb, 1e-4, 1e-7),
 		diff("grad image", got.dImg, ref.dImg, 8e-3, 0),
 		diff("grad text", got.dTxt, ref.dTxt, 8e-3, 0),
 	} {

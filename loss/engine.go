@@ -239,13 +239,7 @@ func newRecorder(st *step, elemSize int) *recorder {
 }
 
 func (r *recorder) buffer(id buf, n int) {
-	r.size[id] = max(r.size[id], r.st.words(id, n))
-	if h, ok := r.st.shadow(id); ok {
-		r.size[h] = max(r.size[h], (n+1)/2)
-	}
-	if h, ok := r.st.sumShadow(id); ok {
-		r.size[h] = max(r.size[h], r.st.words(h, n))
-	}
+	r.st.sizes(id, n, func(id buf, w int) { r.size[id] = max(r.size[id], w) })
 }
 func (r *recorder) softmax(rows, cols int) {
 	r.stats = max(r.stats, 8*(6*int64(cols)+4*int64(rows)))

@@ -31,7 +31,7 @@ type exec[T blas.Float] struct {
 // start binds a call's buffers and step; run the schedule next.
 func (x *exec[T]) start(dImg, dTxt, img, txt []T, st *step) {
 	x.ws[bImg], x.ws[bTxt], x.ws[bDImg], x.ws[bDTxt] = img, txt, dImg, dTxt
-	x.st, x.ex.comm, x.k.half = st, x.comm, st.half
+	x.st, x.ex.comm = st, x.comm
 	x.lossSum, x.sumX, x.sumB, x.res = 0, 0, 0, Result{}
 }
 
@@ -50,13 +50,7 @@ func (x *exec[T]) at(r ref) []T { return x.ws[r.id][r.off:] }
 func (x *exec[T]) span(r ref, n int) []T { return x.ws[r.id][r.off : r.off+n] }
 
 func (x *exec[T]) buffer(id buf, n int) {
-	x.ws[id] = grow(x.ws[id], x.st.words(id, n))
-	if h, ok := x.st.shadow(id); ok {
-		x.ws[h] = grow(x.ws[h], (n+1)/2)
-	}
-	if h, ok := x.st.sumShadow(id); ok {
-		x.ws[h] = grow(x.ws[h], x.st.words(h, n))
-	}
+	x.st.sizes(id, n, func(id buf, w int) { x.ws[id] = grow(x.ws[id], w) })
 }
 
 // wire returns the n elements at r as they are stored and travel: in
@@ -143,11 +137,13 @@ func (x *exec[T]) kernel(o kernOp) {
 	case kTranspose, kAddTranspose:
 		transpose(k, x.at(o.x), x.at(o.y), o.rows, o.op == kAddTranspose)
 	case kAdd:
-		if st.bf16(o.y.id) { // a sum that travelled in bf16
+		if st.bf16(o.y.id) { // a sum that travelled in bf16 (rows dh apart)
 			f, dst, dh := st.feat(o.y), x.at(o.x), st.dh()
 			h := asBF16(x.ws[f.id])[f.off:]
-			for i := range o.rows * o.cols {
-				dst[i] += T(h[i/o.cols*dh+i%o.cols].Float32())
+			for i := range o.rows {
+				for j, v := range h[i*dh : i*dh+o.cols] {
+					dst[i*o.cols+j] += T(v.Float32())
+				}
 			}
 			break
 		}

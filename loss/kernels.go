@@ -113,8 +113,7 @@ type kernels[T blas.Float] struct {
 	nb, bs                 int  // row blocks and their size
 	native                 bool // float32 C kernels
 	isa                    int
-	half                   bool        // gradient tiles end in bf16 (AMPBF16)
-	hd, hdt                []blas.BF16 // the bf16 copies of d and dt
+	hd, hdt                []blas.BF16 // AMPBF16: the bf16 copies of d and dt the GEMMs read
 
 	part  []float64 // 2·nb×cols column partials of the blocks
 	sums  []float64 // 3·nb scalar partials of the blocks
@@ -495,7 +494,7 @@ func (k *kernels[T]) gradBlock(b int) {
 			float32(k.scale*math.Log2E), k.xr[r0:r1], k.wr[r0:r1], k.xc, k.wc, float32(k.cI), float32(k.cT),
 			cx, cb, k.sums[2*b:2*b+2])
 	}
-	if k.half {
+	if k.hd != nil {
 		roundRows(k, k.hd[off:], k.ld, k.d[off:], k.ld, r1-r0, k.cols)
 		if dt != nil {
 			roundRows(k, k.hdt[off:], k.ld, dt, k.ld, r1-r0, k.cols)
@@ -626,7 +625,7 @@ func (k *kernels[T]) sigBlock(b int) {
 			float32(k.bias*math.Log2E), float32(k.cI), k.backward, s)
 		s[0] *= math.Ln2
 	}
-	if k.half && k.backward {
+	if k.hd != nil && k.backward {
 		roundRows(k, k.hd[off:], k.ld, d, k.ld, r1-r0, k.cols)
 	}
 }

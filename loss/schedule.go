@@ -38,6 +38,19 @@ func (st *step) words(id buf, n int) int {
 	return n
 }
 
+// sizes calls f with the words buffer id takes for n elements and with
+// those of its bf16 shadows (AMPBF16): the one sizing rule both exec and
+// the recorder follow.
+func (st *step) sizes(id buf, n int, f func(id buf, words int)) {
+	f(id, st.words(id, n))
+	if h, ok := st.shadow(id); ok {
+		f(h, (n+1)/2)
+	}
+	if h, ok := st.sumShadow(id); ok {
+		f(h, st.words(h, n))
+	}
+}
+
 // sumShadow returns, with SumsBF16, the bf16 buffer a ring's partial sum
 // in id is rounded into before it leaves.
 func (st *step) sumShadow(id buf) (buf, bool) {
@@ -72,8 +85,8 @@ func (st *step) feat(r ref) ref {
 // runStep runs s on e; in AMPBF16 it first rounds the caller's features to
 // bf16, once: every GEMM and transfer of them reads the copies.
 func runStep(s schedule, e engine, st *step) error {
-	for i, h := range [2]buf{bHImg, bHTxt} {
-		if st.half {
+	if st.half {
+		for i, h := range [2]buf{bHImg, bHTxt} {
 			e.buffer(h, st.b*st.d)
 			e.kernel(kernOp{op: kRound, x: h.at(0), y: [2]buf{bImg, bTxt}[i].at(0), rows: st.b, cols: st.d})
 		}
